@@ -1,0 +1,42 @@
+# mcp-bridge: see README.md.
+#   make run    start a gateway on 127.0.0.1:9080 bridging the demo server
+#               (or CMD="any stdio MCP server command")
+#   make test   every test
+#   make bench  figures
+
+LISTEN ?= 127.0.0.1:9080
+BASE_URI ?= /mcp
+WORKERS ?= 1
+CMD ?=
+
+.PHONY: all deps test-deps build run test lint bench clean
+
+all: build
+
+deps:
+	@bash ci/deps.sh
+
+test-deps:
+	@bash ci/deps.sh test
+
+build: deps
+	cargo build --release --workspace
+
+run: build
+	target/release/mcp-bridge serve --listen $(LISTEN) --base-uri $(BASE_URI) --workers $(WORKERS) $(if $(strip $(CMD)),-- $(CMD))
+
+test: test-deps
+	cargo build --release --workspace
+	bash ci/test.sh
+
+lint: test-deps
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	luacheck lua t/lua
+
+bench: build
+	python3 ci/teardown_latency.py
+
+clean:
+	cargo clean
+	rm -rf t/servroot t/e2e/node_modules

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every test of mcp-bridge: Rust unit and integration tests, lints, the
+# Test::Nginx suites (with the real Test::Nginx when installed, else the
+# project's runner in t/lib), the end-to-end test with the official MCP SDK,
+# and a final check that nothing was left running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo test"
+cargo test --release --workspace --quiet
+
+step "lints: rustfmt, clippy, luacheck"
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+luacheck -q lua t/lua
+
+step "Test::Nginx suites"
+export TEST_NGINX_SERVROOT="${TEST_NGINX_SERVROOT:-$PWD/t/servroot}"
+if [[ -z "${TEST_NGINX_LOAD_MODULES:-}" && -f /usr/lib/nginx/modules/ngx_http_lua_module.so ]]; then
+    export TEST_NGINX_LOAD_MODULES="/usr/lib/nginx/modules/ndk_http_module.so /usr/lib/nginx/modules/ngx_http_lua_module.so"
+fi
+if perl -MTest::Nginx::Socket::Lua -e 1 2>/dev/null; then
+    echo "(using the installed Test::Nginx)"
+    prove -I . t/*.t
+else
+    echo "(Test::Nginx is not installed: using the project's runner in t/lib)"
+    prove -I t/lib -I . t/*.t t/runner/*.t
+fi
+
+step "end to end with the official MCP TypeScript SDK"
+(cd t/e2e && node --test sdk-sse.test.mjs)
+
+step "nothing left running"
+left=$(pgrep -f "target/release/(mcp-fixture|mcp-bridge-host)" || true)
+echo "backend and host processes left after the suite: $(echo -n "$left" | grep -c . || true)"
+if [[ -n "$left" ]]; then
+    ps -o pid,ppid,stat,args -p $(echo $left) || true
+    exit 1
+fi
+echo "all tests passed"

@@ -1,0 +1,51 @@
+-- mcp-bridge: serves a stdio MCP server over MCP's HTTP+SSE transport, one
+-- backend process per client session. A drop-in for APISIX's own plugin of
+-- the same name (same base_uri, command, args, max_sessions), running on
+-- the native module instead of ngx.pipe. The work happens in
+-- apisix/plugins/mcp/bridge/; this file is the APISIX shim.
+local plugin = require("apisix.plugin")
+local config = require("apisix.plugins.mcp.bridge.config")
+local handler = require("apisix.plugins.mcp.bridge.handler")
+local worker = require("apisix.plugins.mcp.bridge.worker")
+
+local setmetatable = setmetatable
+
+local plugin_name = "mcp-bridge"
+
+local _M = {
+    version = 0.2,
+    priority = 510,
+    name = plugin_name,
+    schema = config.schema,
+}
+
+function _M.check_schema(conf)
+    return config.check(conf)
+end
+
+-- plugin_attr:
+--   mcp-bridge:
+--     runtime_dir: /run/mcp-bridge   # sockets and the backends' default HOME
+--     host_program: /usr/local/apisix/mcp-bridge-host
+function _M.init()
+    worker.set(plugin.plugin_attr(plugin_name))
+    worker.watch_shutdown()
+end
+
+-- One route object per conf table (APISIX makes a new one per route version).
+local routes = setmetatable({}, { __mode = "k" })
+
+function _M.access(conf, ctx)
+    local route = routes[conf]
+    if not route then
+        route = { key = (ctx.conf_type or "route") .. "#" .. (ctx.conf_id or "?"), conf = conf }
+        routes[conf] = route
+    end
+    return handler.handle(route, ctx)
+end
+
+function _M.log(conf, ctx)
+    handler.log(ctx)
+end
+
+return _M

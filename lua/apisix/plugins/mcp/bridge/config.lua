@@ -1,0 +1,232 @@
+-- Route configuration: the schema (APISIX's mcp-bridge fields plus ours),
+-- its validation with messages that name the field, defaults, and the spawn
+-- request the host receives. Used by the APISIX plugin and the standalone
+-- gateway alike, so both accept exactly the same configuration.
+local json = require("apisix.plugins.mcp.bridge.json")
+
+local concat = table.concat
+local find = string.find
+local floor = math.floor
+local format = string.format
+local ipairs = ipairs
+local next = next
+local pairs = pairs
+local setmetatable = setmetatable
+local sort = table.sort
+local sub = string.sub
+local tostring = tostring
+local type = type
+
+local _M = {}
+
+local MiB = 1024 * 1024
+
+_M.schema = {
+    type = "object",
+    properties = {
+        base_uri = { type = "string", default = "",
+                     description = "prefix of the /sse and /message endpoints" },
+        command = { type = "string", minLength = 1,
+                    description = "program to run, found on PATH, never through a shell" },
+        args = { type = "array", items = { type = "string" }, default = {},
+                 description = "arguments of the program" },
+        max_sessions = { type = "integer", minimum = 1, default = 100,
+                         description = "live sessions of this route in one worker" },
+        env = { type = "object", additionalProperties = { type = "string" }, default = {},
+                description = "extra environment of the backend" },
+        cwd = { type = "string", minLength = 1, description = "working directory of the backend" },
+        kill_grace_ms = { type = "integer", minimum = 0, maximum = 60000, default = 2000,
+                          description = "delay between SIGTERM and SIGKILL of the backend" },
+        max_message_bytes = { type = "integer", minimum = 1024, maximum = 64 * MiB,
+                              default = 4 * MiB,
+                              description = "largest POST body and backend output line" },
+        stderr = { type = "string", enum = { "notify", "log" }, default = "notify",
+                   description = "where backend stderr lines go" },
+        keepalive_interval_ms = { type = "integer", minimum = 100, maximum = 3600000,
+                                  default = 15000,
+                                  description = "interval of SSE keepalive comments" },
+    },
+    required = { "command" },
+}
+
+local function is_array(t)
+    local n = 0
+    for k in pairs(t) do
+        if type(k) ~= "number" or k < 1 or floor(k) ~= k then
+            return false
+        end
+        n = n + 1
+    end
+    return n == #t
+end
+
+local function describe(v)
+    if type(v) == "string" then
+        return json.string(v)
+    end
+    return tostring(v)
+end
+
+local check_type
+
+check_type = function(name, spec, v)
+    local t = spec.type
+    if t == "string" then
+        if type(v) ~= "string" then
+            return format("%s must be a string, got %s", name, describe(v))
+        end
+        if find(v, "\0", 1, true) then
+            return format("%s must not contain a NUL byte", name)
+        end
+        if spec.minLength and #v < spec.minLength then
+            return format("%s must not be empty", name)
+        end
+        if spec.enum then
+            for _, allowed in ipairs(spec.enum) do
+                if v == allowed then
+                    return nil
+                end
+            end
+            return format("%s must be one of \"%s\", got %s", name,
+                          concat(spec.enum, "\", \""), describe(v))
+        end
+    elseif t == "integer" then
+        if type(v) ~= "number" or v ~= v or floor(v) ~= v then
+            return format("%s must be an integer, got %s", name, describe(v))
+        end
+        if spec.minimum and v < spec.minimum then
+            return format("%s must be at least %d, got %s", name, spec.minimum, describe(v))
+        end
+        if spec.maximum and v > spec.maximum then
+            return format("%s must be at most %d, got %s", name, spec.maximum, describe(v))
+        end
+    elseif t == "array" then
+        if type(v) ~= "table" or not is_array(v) then
+            return format("%s must be an array", name)
+        end
+        for i, item in ipairs(v) do
+            local err = check_type(format("%s[%d]", name, i), spec.items, item)
+            if err then
+                return err
+            end
+        end
+    elseif t == "object" then
+        -- An empty table is a valid empty object (a decoded "[]" or "{}").
+        if type(v) ~= "table" or (next(v) ~= nil and is_array(v)) then
+            return format("%s must be an object", name)
+        end
+        for k, item in pairs(v) do
+            if type(k) ~= "string" then
+                return format("%s must have string keys", name)
+            end
+            local err = check_type(format("%s[%s]", name, json.string(k)),
+                                   spec.additionalProperties, item)
+            if err then
+                return err
+            end
+        end
+    end
+    return nil
+end
+
+-- The endpoints are matched against nginx's normalized $uri, so only a
+-- plain absolute path without a trailing slash can ever match.
+local function check_base_uri(v)
+    if v == "" then
+        return nil
+    end
+    if sub(v, 1, 1) ~= "/" or sub(v, -1) == "/" or find(v, "//", 1, true)
+       or find(v, "[%s%%?#%c\\]") or find(v, "/%.%.?/") or find(v, "/%.%.?$") then
+        return format("base_uri must be empty or a path such as \"/mcp\" (a leading \"/\", no "
+                      .. "trailing \"/\", no \".\" or \"..\" segments, no spaces, \"%%\", "
+                      .. "\"?\" or \"#\"), got %s", json.string(v))
+    end
+    return nil
+end
+
+local function check_env(env)
+    for k in pairs(env) do
+        if k == "" or find(k, "=", 1, true) then
+            return format("env key %s must be a non-empty name without \"=\"", json.string(k))
+        end
+    end
+    return nil
+end
+
+-- Checks `conf` and fills in defaults, in place. Returns true, or false and
+-- a message naming the offending field.
+function _M.check(conf)
+    if type(conf) ~= "table" then
+        return false, "configuration must be an object"
+    end
+    local properties = _M.schema.properties
+    local unknown = {}
+    for k in pairs(conf) do
+        -- APISIX adds "_meta" (and other "_" fields) to every plugin's conf.
+        if type(k) ~= "string" or (properties[k] == nil and sub(k, 1, 1) ~= "_") then
+            unknown[#unknown + 1] = tostring(k)
+        end
+    end
+    if #unknown > 0 then
+        sort(unknown)
+        return false, "unknown field(s): " .. concat(unknown, ", ")
+    end
+    for _, k in ipairs(_M.schema.required) do
+        if conf[k] == nil then
+            return false, format("%s is required", k)
+        end
+    end
+    for k, spec in pairs(properties) do
+        local v = conf[k]
+        if v == nil and spec.default ~= nil then
+            v = spec.default
+            if type(v) == "table" then
+                v = {}
+            end
+            conf[k] = v
+        end
+        if v ~= nil then
+            local err = check_type(k, spec, v)
+            if err then
+                return false, err
+            end
+        end
+    end
+    local err = check_base_uri(conf.base_uri)
+        or check_env(conf.env)
+        or (conf.cwd and sub(conf.cwd, 1, 1) ~= "/"
+            and format("cwd must be an absolute path, got %s", json.string(conf.cwd)))
+    if err then
+        return false, err
+    end
+    return true
+end
+
+local spawn_requests = setmetatable({}, { __mode = "k" })
+
+-- The Spawn frame payload for a checked `conf` (cached per conf table).
+function _M.spawn_request(conf)
+    local cached = spawn_requests[conf]
+    if cached then
+        return cached
+    end
+    local parts = {
+        '{"command":', json.string(conf.command),
+        ',"args":', json.array_of_strings(conf.args),
+        ',"env":', json.object_of_strings(conf.env),
+        ',"kill_grace_ms":', json.integer(conf.kill_grace_ms),
+        ',"max_message_bytes":', json.integer(conf.max_message_bytes),
+        ',"stderr":', json.string(conf.stderr),
+        ',"keepalive_interval_ms":', json.integer(conf.keepalive_interval_ms),
+    }
+    if conf.cwd then
+        parts[#parts + 1] = ',"cwd":'
+        parts[#parts + 1] = json.string(conf.cwd)
+    end
+    parts[#parts + 1] = "}"
+    local request = concat(parts)
+    spawn_requests[conf] = request
+    return request
+end
+
+return _M

@@ -1,0 +1,308 @@
+-- The HTTP+SSE transport of MCP (protocol 2024-11-05):
+--   GET  {base_uri}/sse                      opens a session and streams it
+--   POST {base_uri}/message?sessionId=<id>   delivers one client message
+--
+-- A session lives as long as the stream's connection to the host: every
+-- way the GET request ends closes that connection, and the host then kills
+-- the backend. Nothing here polls: the stream waits on the host socket
+-- (with the keepalive interval as its read timeout), and a client abort
+-- ends the request at once through ngx.on_abort.
+local native = require("apisix.plugins.mcp.bridge.native")
+local respond = require("apisix.plugins.mcp.bridge.respond")
+local session_limit = require("apisix.plugins.mcp.session_limit")
+local wire = require("apisix.plugins.mcp.bridge.wire")
+local worker = require("apisix.plugins.mcp.bridge.worker")
+local config = require("apisix.plugins.mcp.bridge.config")
+
+local find = string.find
+local io_open = io.open
+local match = string.match
+local ngx = ngx
+local ngx_exit = ngx.exit
+local ngx_flush = ngx.flush
+local ngx_header = ngx.header
+local ngx_log = ngx.log
+local ngx_on_abort = ngx.on_abort
+local ngx_print = ngx.print
+local ngx_socket_tcp = ngx.socket.tcp
+local req = ngx.req
+local sub = string.sub
+local tonumber = tonumber
+local type = type
+
+local _M = {}
+
+local SESSION_ID_LEN = 48
+local TOKEN_LEN = 16
+local RETRY_AFTER_SECONDS = "1"
+
+local CONNECT_TIMEOUT_MS = 1000
+local SEND_TIMEOUT_MS = 10000
+local SPAWN_TIMEOUT_MS = 10000
+local ACK_TIMEOUT_MS = 10000
+local POOL_IDLE_MS = 60000
+local POOL_SIZE = 64
+local MAX_URI_ARGS = 32
+-- Beyond two keepalive intervals, this much more silence means a stuck host.
+local HOST_SILENCE_MARGIN_MS = 5000
+
+local SESSION_POOL_PREFIX = "mcp-bridge session "
+local DELIVERY_POOL_PREFIX = "mcp-bridge delivery "
+
+local EVENT_MESSAGE = "event: message\ndata: "
+local EVENT_END = "\n\n"
+local KEEPALIVE = ": keepalive\n\n"
+
+local warned_abort_off = false
+
+local function on_abort()
+    -- Ends the request at once: its cosockets close, so the host sees the
+    -- session's connection close and kills the backend; the log phase
+    -- releases the slot.
+    ngx_exit(499)
+end
+
+local function watch_client_abort()
+    local ok, err = ngx_on_abort(on_abort)
+    if ok or warned_abort_off then
+        return
+    end
+    warned_abort_off = true
+    ngx_log(ngx.WARN, "mcp-bridge: cannot watch for client aborts (", err, "): add ",
+            "\"lua_check_client_abort on;\" to the http block; until then a client that ",
+            "disconnects is noticed only when a write to it fails")
+end
+
+local function write_event(payload)
+    local ok, err = ngx_print(EVENT_MESSAGE, payload, EVENT_END)
+    if not ok then
+        return nil, err
+    end
+    -- Waiting for the write to finish is the back-pressure: a slow client
+    -- slows the host, which slows the backend, and nothing piles up here.
+    return ngx_flush(true)
+end
+
+local function write_keepalive()
+    local ok, err = ngx_print(KEEPALIVE)
+    if not ok then
+        return nil, err
+    end
+    return ngx_flush(true)
+end
+
+-- Forwards the host's frames to the client until the session ends. The
+-- host sends a keepalive frame after each silent interval, so a read that
+-- times out means the host is stuck. Returns why the session ended and
+-- whether that deserves a warning.
+local function stream(sock)
+    while true do
+        local kind, payload = wire.receive(sock)
+        local ok, err
+        if kind == wire.MESSAGE then
+            ok, err = write_event(payload)
+        elseif kind == wire.KEEPALIVE then
+            ok, err = write_keepalive()
+        elseif kind == wire.EXIT then
+            return payload
+        elseif kind then
+            return "unexpected frame \"" .. kind .. "\" from the host", true
+        else
+            return "host connection " .. payload, payload ~= "closed"
+        end
+        if not ok then
+            return "client write failed: " .. (err or "unknown")
+        end
+    end
+end
+
+-- GET {base_uri}/sse
+function _M.open(route, ctx)
+    local conf = route.conf
+    local slot = session_limit.acquire(conf.max_sessions, route.key)
+    if not slot then
+        return respond.error(429, "too many sessions: this route allows " .. conf.max_sessions
+                                  .. " at a time", { ["Retry-After"] = RETRY_AFTER_SECONDS })
+    end
+    ctx.mcp_bridge_slot = slot
+    watch_client_abort()
+
+    local path, err = worker.host_socket()
+    if not path then
+        slot:release()
+        ngx_log(ngx.ERR, "mcp-bridge: ", err)
+        return respond.error(503, "the bridge cannot start sessions right now")
+    end
+    local sock = ngx_socket_tcp()
+    sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, SPAWN_TIMEOUT_MS)
+    local ok
+    -- A session's connection must be a fresh one: never a pooled delivery
+    -- connection (this pool name is never given to setkeepalive).
+    ok, err = sock:connect("unix:" .. path, { pool = SESSION_POOL_PREFIX .. path })
+    if ok then
+        ok, err = wire.send(sock, wire.SPAWN, config.spawn_request(conf))
+    end
+    local kind, payload
+    if ok then
+        kind, payload = wire.receive(sock)
+        err = payload
+    end
+    if not kind then
+        sock:close()
+        slot:release()
+        ngx_log(ngx.ERR, "mcp-bridge: host at ", path, ": ", err)
+        return respond.error(503, "the bridge cannot start sessions right now")
+    end
+    if kind == wire.FAILED then
+        sock:close()
+        slot:release()
+        ngx_log(ngx.WARN, "mcp-bridge: cannot start the MCP server: ", payload)
+        return respond.error(502, "cannot start the MCP server: " .. payload)
+    end
+    local session_id, pid = match(payload, "^(%x+) (%d+)$")
+    if kind ~= wire.READY or not session_id then
+        sock:close()
+        slot:release()
+        ngx_log(ngx.ERR, "mcp-bridge: unexpected answer from the host: ", kind)
+        return respond.error(502, "the bridge could not start the session")
+    end
+
+    ngx.status = 200
+    ngx_header["Content-Type"] = "text/event-stream"
+    ngx_header["Cache-Control"] = "no-cache"
+    ngx_header["X-Accel-Buffering"] = "no"
+    ngx_log(ngx.INFO, "mcp-bridge: session started, backend pid ", pid)
+    ok, err = ngx_print("event: endpoint\ndata: ", conf.base_uri, "/message?sessionId=",
+                        session_id, EVENT_END)
+    if ok then
+        ok, err = ngx_flush(true)
+    end
+    local why, noteworthy
+    if ok then
+        sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS,
+                         2 * conf.keepalive_interval_ms + HOST_SILENCE_MARGIN_MS)
+        why, noteworthy = stream(sock)
+    else
+        why = "client write failed: " .. (err or "unknown")
+    end
+    sock:close()
+    slot:release()
+    ngx_log(noteworthy and ngx.WARN or ngx.INFO, "mcp-bridge: session of backend pid ", pid,
+            " ended: ", why)
+    return ngx_exit(ngx.HTTP_OK)
+end
+
+local ACK_STATUS = {
+    ["0"] = 202,
+    ["1"] = 404,
+    ["2"] = 400,
+    ["3"] = 503,
+    ["4"] = 413,
+}
+
+local function read_body(max)
+    local declared = tonumber(ngx.var.http_content_length)
+    if declared and declared > max then
+        return nil, 413
+    end
+    req.read_body()
+    local body = req.get_body_data()
+    if not body then
+        local file = req.get_body_file()
+        if file then
+            local f = io_open(file, "rb")
+            if f then
+                body = f:read("*a")
+                f:close()
+            end
+        end
+    end
+    if not body or body == "" then
+        return nil, 400
+    end
+    if #body > max then
+        return nil, 413
+    end
+    return body
+end
+
+local function is_session_id(s)
+    return #s == SESSION_ID_LEN and not find(s, "[^0-9a-f]")
+end
+
+-- POST {base_uri}/message?sessionId=<id>
+function _M.deliver(route)
+    local conf = route.conf
+    local args, err = req.get_uri_args(MAX_URI_ARGS)
+    if err == "truncated" then
+        req.discard_body()
+        return respond.error(400, "too many query parameters")
+    end
+    local session_id = args.sessionId
+    if type(session_id) == "table" then
+        req.discard_body()
+        return respond.error(400, "sessionId must be given once")
+    end
+    if type(session_id) ~= "string" or session_id == "" then
+        req.discard_body()
+        return respond.error(400, "missing sessionId query parameter")
+    end
+    local path = is_session_id(session_id) and native.socket_path(sub(session_id, 1, TOKEN_LEN))
+    if not path then
+        req.discard_body()
+        return respond.error(404, "session not found")
+    end
+
+    local body, status = read_body(conf.max_message_bytes)
+    if not body then
+        if status == 413 then
+            req.discard_body()
+            return respond.error(413, "request body is larger than max_message_bytes ("
+                                      .. conf.max_message_bytes .. ")")
+        end
+        return respond.error(400, "request body is empty; expected a JSON-RPC message")
+    end
+
+    local sock = ngx_socket_tcp()
+    sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, ACK_TIMEOUT_MS)
+    local ok = sock:connect("unix:" .. path, { pool = DELIVERY_POOL_PREFIX .. path })
+    if not ok then
+        -- The host of that session is gone, and the session with it.
+        return respond.error(404, "session not found")
+    end
+    ok, err = wire.send(sock, wire.DELIVER, session_id, body)
+    local kind, payload
+    if ok then
+        kind, payload = wire.receive(sock)
+        err = payload
+    end
+    if kind ~= wire.ACK or payload == "" then
+        sock:close()
+        if err == "timeout" then
+            ngx_log(ngx.ERR, "mcp-bridge: host at ", path, " did not acknowledge a message")
+            return respond.error(504, "the bridge did not acknowledge the message in time")
+        end
+        return respond.error(404, "session not found")
+    end
+    sock:setkeepalive(POOL_IDLE_MS, POOL_SIZE)
+
+    local code = ACK_STATUS[sub(payload, 1, 1)] or 502
+    if code == 202 then
+        return respond.empty(202)
+    end
+    local reason = sub(payload, 2)
+    if code == 503 then
+        return respond.error(503, reason, { ["Retry-After"] = RETRY_AFTER_SECONDS })
+    end
+    return respond.error(code, reason ~= "" and reason or "message refused")
+end
+
+-- Releases the request's slot, whatever path the request ended by.
+function _M.log(ctx)
+    local slot = ctx.mcp_bridge_slot
+    if slot then
+        slot:release()
+    end
+end
+
+return _M

@@ -1,0 +1,57 @@
+-- The bridge on a stock nginx with the lua module, without APISIX: what
+-- `mcp-bridge serve` and the test suites use.
+--
+--   init_by_lua_block   { require("apisix.plugins.mcp.bridge.standalone").define("mcp", conf) }
+--   location / {
+--       content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("mcp") }
+--       log_by_lua_block     { require("apisix.plugins.mcp.bridge.standalone").log() }
+--   }
+local config = require("apisix.plugins.mcp.bridge.config")
+local handler = require("apisix.plugins.mcp.bridge.handler")
+local respond = require("apisix.plugins.mcp.bridge.respond")
+local worker = require("apisix.plugins.mcp.bridge.worker")
+
+local error = error
+local ngx = ngx
+local type = type
+
+local _M = {}
+
+local routes = {}
+
+-- Global settings: { runtime_dir =, host_program = } (both optional).
+function _M.settings(opts)
+    worker.set(opts)
+end
+
+-- Defines route `name` from `conf`. Raises with a message naming the field
+-- when `conf` is invalid, so nginx refuses to start with that message.
+function _M.define(name, conf)
+    if type(name) ~= "string" or name == "" then
+        error("mcp-bridge: a route needs a name", 2)
+    end
+    local ok, err = config.check(conf)
+    if not ok then
+        error("mcp-bridge: invalid configuration of route \"" .. name .. "\": " .. err, 2)
+    end
+    routes[name] = { key = name, conf = conf }
+end
+
+function _M.init_worker()
+    worker.watch_shutdown()
+end
+
+function _M.serve(name)
+    local route = routes[name]
+    if not route then
+        ngx.log(ngx.ERR, "mcp-bridge: no route named \"", name, "\" was defined")
+        return respond.error(500, "mcp-bridge route is not configured")
+    end
+    return handler.handle(route, ngx.ctx)
+end
+
+function _M.log()
+    handler.log(ngx.ctx)
+end
+
+return _M

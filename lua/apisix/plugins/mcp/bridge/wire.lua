@@ -1,0 +1,54 @@
+-- Frames between a worker and its host (see rust/host/src/frame.rs): one
+-- byte of kind, the payload length as a big-endian 32-bit integer, then the
+-- payload.
+local bit = require("bit")
+
+local band = bit.band
+local byte = string.byte
+local char = string.char
+local rshift = bit.rshift
+local sub = string.sub
+
+local _M = {
+    SPAWN = "S", READY = "R", FAILED = "F", MESSAGE = "M", KEEPALIVE = "K", EXIT = "X",
+    DELIVER = "D", ACK = "A", QUERY = "Q", STATS = "T",
+}
+
+local HEADER_LEN = 5
+
+local function header(kind, len)
+    return kind .. char(band(rshift(len, 24), 0xff), band(rshift(len, 16), 0xff),
+                        band(rshift(len, 8), 0xff), band(len, 0xff))
+end
+
+local function payload_len(hdr)
+    local b1, b2, b3, b4 = byte(hdr, 2, 5)
+    return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+end
+
+-- Sends one frame; `...` are payload pieces, sent without concatenating.
+function _M.send(sock, kind, a, b)
+    local len = #(a or "") + #(b or "")
+    return sock:send({ header(kind, len), a or "", b or "" })
+end
+
+-- Reads one frame. Returns kind, payload or nil, err (the socket's error:
+-- "timeout", "closed", ...). After an error the connection is unusable.
+function _M.receive(sock)
+    local hdr, err = sock:receive(HEADER_LEN)
+    if not hdr then
+        return nil, err
+    end
+    local len = payload_len(hdr)
+    if len == 0 then
+        return sub(hdr, 1, 1), ""
+    end
+    local payload
+    payload, err = sock:receive(len)
+    if not payload then
+        return nil, err
+    end
+    return sub(hdr, 1, 1), payload
+end
+
+return _M

@@ -1,0 +1,86 @@
+-- This worker's side of the host: settings, starting it on first use, and
+-- stopping it when the worker shuts down gracefully (reload or quit), so
+-- sessions end at once instead of holding the worker until
+-- worker_shutdown_timeout.
+local native = require("apisix.plugins.mcp.bridge.native")
+
+local ngx = ngx
+local ngx_log = ngx.log
+local pcall = pcall
+local require = require
+local timer_at = ngx.timer.at
+
+local _M = {}
+
+local LEVEL_NAMES = {
+    [ngx.STDERR] = "emerg", [ngx.EMERG] = "emerg", [ngx.ALERT] = "alert", [ngx.CRIT] = "crit",
+    [ngx.ERR] = "error", [ngx.WARN] = "warn", [ngx.NOTICE] = "notice", [ngx.INFO] = "info",
+    [ngx.DEBUG] = "debug",
+}
+
+-- A day: the watcher only exists to be fired prematurely at shutdown.
+local WATCH_SECONDS = 86400
+
+local settings = {}
+local configured = false
+local watching = false
+
+-- Global settings (not per route): runtime_dir, host_program. Takes effect
+-- for hosts started afterwards.
+function _M.set(opts)
+    settings = opts or {}
+    configured = false
+end
+
+local function configure()
+    local level = "notice"
+    local ok, errlog = pcall(require, "ngx.errlog")
+    if ok then
+        level = LEVEL_NAMES[errlog.get_sys_filter_level()] or level
+    end
+    local opts = { log_level = level, runtime_dir = settings.runtime_dir,
+                   host_program = settings.host_program }
+    local done, err = pcall(native.configure, opts)
+    if not done then
+        ngx_log(ngx.ERR, "mcp-bridge: bad settings: ", err)
+    end
+    configured = true
+end
+
+local watch
+
+local function on_timer(premature)
+    watching = false
+    if premature then
+        -- The worker is exiting: the host ends every session (their
+        -- connections close, so their request handlers return) and exits.
+        native.shutdown()
+        return
+    end
+    watch()
+end
+
+watch = function()
+    if watching then
+        return
+    end
+    local ok, err = timer_at(WATCH_SECONDS, on_timer)
+    if ok then
+        watching = true
+    elseif err ~= "process exiting" then
+        ngx_log(ngx.WARN, "mcp-bridge: cannot watch for worker shutdown: ", err)
+    end
+end
+
+_M.watch_shutdown = watch
+
+-- Path of this worker's host socket, starting the host if needed.
+function _M.host_socket()
+    if not configured then
+        configure()
+    end
+    watch()
+    return native.host_socket()
+end
+
+return _M

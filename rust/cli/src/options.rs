@@ -1,0 +1,186 @@
+//! Command line of `mcp-bridge`.
+
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: mcp-bridge serve [OPTIONS] [-- COMMAND [ARGS...]]
+
+Serves the stdio MCP server COMMAND over MCP's HTTP+SSE transport on a
+stock nginx with the lua module, one COMMAND process per client session.
+Without COMMAND, bridges the bundled demo server (mcp-fixture --demo).
+
+options:
+  --listen ADDR                 address to listen on [127.0.0.1:9080]
+  --base-uri PATH               prefix of the /sse and /message endpoints [/mcp]
+  --workers N                   nginx worker processes [1]
+  --max-sessions N              live sessions per worker [100]
+  --kill-grace-ms N             SIGTERM to SIGKILL delay for a backend [2000]
+  --max-message-bytes N         largest message in either direction [4194304]
+  --keepalive-interval-ms N     SSE keepalive interval [15000]
+  --stderr notify|log           where backend stderr goes [notify]
+  --env KEY=VALUE               extra backend environment (repeatable)
+  --cwd DIR                     backend working directory
+  --log-level LEVEL             nginx error log level [notice]
+  --nginx PATH                  nginx binary [nginx on PATH, or /usr/sbin/nginx]
+  --prefix DIR                  keep nginx's files in DIR [a temporary directory]
+  -h, --help                    this help
+  -V, --version                 the version
+";
+
+#[derive(Debug, Clone)]
+pub struct Serve {
+    pub listen: String,
+    pub base_uri: String,
+    pub workers: u32,
+    pub max_sessions: u64,
+    pub kill_grace_ms: u64,
+    pub max_message_bytes: u64,
+    pub keepalive_interval_ms: u64,
+    pub stderr: String,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub log_level: String,
+    pub nginx: Option<PathBuf>,
+    pub prefix: Option<PathBuf>,
+    /// Empty: the bundled demo server.
+    pub command: Vec<String>,
+}
+
+impl Default for Serve {
+    fn default() -> Self {
+        Serve {
+            listen: "127.0.0.1:9080".into(),
+            base_uri: "/mcp".into(),
+            workers: 1,
+            max_sessions: 100,
+            kill_grace_ms: 2000,
+            max_message_bytes: 4 << 20,
+            keepalive_interval_ms: 15000,
+            stderr: "notify".into(),
+            env: Vec::new(),
+            cwd: None,
+            log_level: "notice".into(),
+            nginx: None,
+            prefix: None,
+            command: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Serve(Box<Serve>),
+    Help,
+    Version,
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|_| format!("{flag} needs a whole number, got \"{value}\""))
+}
+
+pub fn parse(args: &[String]) -> Result<Action, String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("serve") => {}
+        Some("-h") | Some("--help") | Some("help") => return Ok(Action::Help),
+        Some("-V") | Some("--version") => return Ok(Action::Version),
+        Some(other) => return Err(format!("unknown command \"{other}\"")),
+        None => return Err("missing command".into()),
+    }
+    let mut s = Serve::default();
+    while let Some(flag) = it.next() {
+        if flag == "--" {
+            s.command = it.by_ref().cloned().collect();
+            if s.command.is_empty() {
+                return Err("nothing after \"--\": give the MCP server's command".into());
+            }
+            break;
+        }
+        if flag == "-h" || flag == "--help" {
+            return Ok(Action::Help);
+        }
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (flag.as_str(), None),
+        };
+        if !name.starts_with("--") {
+            return Err(format!("unexpected argument \"{flag}\" (put the server's command after \"--\")"));
+        }
+        let mut value = || -> Result<String, String> {
+            inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name {
+            "--listen" => s.listen = value()?,
+            "--base-uri" => s.base_uri = value()?,
+            "--workers" => s.workers = number(name, &value()?)?,
+            "--max-sessions" => s.max_sessions = number(name, &value()?)?,
+            "--kill-grace-ms" => s.kill_grace_ms = number(name, &value()?)?,
+            "--max-message-bytes" => s.max_message_bytes = number(name, &value()?)?,
+            "--keepalive-interval-ms" => s.keepalive_interval_ms = number(name, &value()?)?,
+            "--stderr" => s.stderr = value()?,
+            "--env" => {
+                let v = value()?;
+                let (k, val) = v.split_once('=').ok_or_else(|| format!("--env needs KEY=VALUE, got \"{v}\""))?;
+                s.env.push((k.to_string(), val.to_string()));
+            }
+            "--cwd" => s.cwd = Some(value()?),
+            "--log-level" => s.log_level = value()?,
+            "--nginx" => s.nginx = Some(PathBuf::from(value()?)),
+            "--prefix" => s.prefix = Some(PathBuf::from(value()?)),
+            _ => return Err(format!("unknown option {name}")),
+        }
+    }
+    if s.workers == 0 || s.workers > 256 {
+        return Err(format!("--workers must be between 1 and 256, got {}", s.workers));
+    }
+    const LEVELS: [&str; 8] = ["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"];
+    if !LEVELS.contains(&s.log_level.as_str()) {
+        return Err(format!("--log-level must be one of {}, got \"{}\"", LEVELS.join(", "), s.log_level));
+    }
+    Ok(Action::Serve(Box::new(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn serve(s: &str) -> Serve {
+        match parse(&args(s)).expect("parse") {
+            Action::Serve(s) => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_the_command_after_the_separator() {
+        let s = serve("serve -- npx -y @modelcontextprotocol/server-filesystem /data");
+        assert_eq!(s.listen, "127.0.0.1:9080");
+        assert_eq!(s.base_uri, "/mcp");
+        assert_eq!(s.command, ["npx", "-y", "@modelcontextprotocol/server-filesystem", "/data"]);
+        assert!(serve("serve").command.is_empty(), "no command: the demo");
+    }
+
+    #[test]
+    fn options_take_separate_or_inline_values() {
+        let s = serve("serve --listen 0.0.0.0:8000 --workers=2 --max-sessions 5 --env A=1 --env B=x=y -- cat");
+        assert_eq!((s.listen.as_str(), s.workers, s.max_sessions), ("0.0.0.0:8000", 2, 5));
+        assert_eq!(s.env, [("A".to_string(), "1".to_string()), ("B".to_string(), "x=y".to_string())]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(parse(&args("serve --workers two")).unwrap_err().contains("--workers needs a whole number"));
+        assert!(parse(&args("serve --workers 0")).unwrap_err().contains("between 1 and 256"));
+        assert!(parse(&args("serve --bogus 1")).unwrap_err().contains("unknown option --bogus"));
+        assert!(parse(&args("serve cat")).unwrap_err().contains("after \"--\""));
+        assert!(parse(&args("serve --env nope")).unwrap_err().contains("KEY=VALUE"));
+        assert!(parse(&args("serve --listen")).unwrap_err().contains("needs a value"));
+        assert!(parse(&args("serve --")).unwrap_err().contains("nothing after"));
+        assert!(parse(&args("run")).unwrap_err().contains("unknown command"));
+        assert!(parse(&args("serve --log-level loud")).unwrap_err().contains("--log-level"));
+    }
+}

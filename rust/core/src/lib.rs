@@ -1,0 +1,12 @@
+//! The parts of mcp-bridge that both the native Lua module and the host need,
+//! written without any Lua binding so they can be unit tested on their own.
+//!
+//! - [`slots`]: per-route session-slot counters with RAII guards.
+//! - [`launcher`]: starting, watching and stopping a worker's host process.
+//! - [`procs`]: async-signal-safe helpers for `pre_exec` and process groups.
+//! - [`random`]: identifiers from the OS CSPRNG.
+
+pub mod launcher;
+pub mod procs;
+pub mod random;
+pub mod slots;

@@ -1,0 +1,224 @@
+//! Frames exchanged between an nginx worker (Lua) and its host.
+//!
+//! Every frame is a 5-byte header — one byte of kind, then the payload
+//! length as a big-endian `u32` — followed by the payload. The Lua side
+//! (`apisix/plugins/mcp/bridge/wire.lua`) speaks the same format.
+//!
+//! | kind | direction | payload |
+//! |---|---|---|
+//! | `S` Spawn | worker → host | spawn request (JSON, see [`crate::spec`]); makes the connection a session |
+//! | `R` Ready | host → worker | `<session id> <backend pid>` |
+//! | `F` Failed | host → worker | why the backend could not be started |
+//! | `M` Message | host → worker | one JSON-RPC message for the client |
+//! | `K` Keepalive | host → worker | empty; sent after `keepalive_interval_ms` of silence |
+//! | `X` Exit | host → worker | why the session ended; the host closes after it |
+//! | `D` Deliver | worker → host | session id (48 bytes) then one client message |
+//! | `A` Ack | host → worker | one [`AckStatus`] byte, then a reason for the client |
+//! | `Q` Query | worker → host | empty; asks for statistics |
+//! | `T` Stats | host → worker | statistics (JSON) |
+
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const HEADER_LEN: usize = 5;
+
+/// Hard ceiling on a payload, whatever a session allows: a header claiming
+/// more is a protocol error, not a reason to allocate.
+pub const MAX_PAYLOAD: usize = 256 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Spawn,
+    Ready,
+    Failed,
+    Message,
+    Keepalive,
+    Exit,
+    Deliver,
+    Ack,
+    Query,
+    Stats,
+}
+
+impl Kind {
+    pub fn byte(self) -> u8 {
+        match self {
+            Kind::Spawn => b'S',
+            Kind::Ready => b'R',
+            Kind::Failed => b'F',
+            Kind::Message => b'M',
+            Kind::Keepalive => b'K',
+            Kind::Exit => b'X',
+            Kind::Deliver => b'D',
+            Kind::Ack => b'A',
+            Kind::Query => b'Q',
+            Kind::Stats => b'T',
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            b'S' => Kind::Spawn,
+            b'R' => Kind::Ready,
+            b'F' => Kind::Failed,
+            b'M' => Kind::Message,
+            b'K' => Kind::Keepalive,
+            b'X' => Kind::Exit,
+            b'D' => Kind::Deliver,
+            b'A' => Kind::Ack,
+            b'Q' => Kind::Query,
+            b'T' => Kind::Stats,
+            _ => return None,
+        })
+    }
+}
+
+/// Outcome of a delivery, first byte of an [`Kind::Ack`] payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Queued for the backend's stdin, behind every message accepted before.
+    Accepted,
+    /// No live session has this id (never existed, or ended).
+    UnknownSession,
+    /// Not a JSON object or array in UTF-8.
+    InvalidJson,
+    /// The backend is not reading its input fast enough; nothing was queued.
+    Busy,
+    /// Larger than the session's `max_message_bytes`.
+    TooLarge,
+}
+
+impl AckStatus {
+    pub fn byte(self) -> u8 {
+        match self {
+            AckStatus::Accepted => b'0',
+            AckStatus::UnknownSession => b'1',
+            AckStatus::InvalidJson => b'2',
+            AckStatus::Busy => b'3',
+            AckStatus::TooLarge => b'4',
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Option<AckStatus> {
+        Some(match b {
+            b'0' => AckStatus::Accepted,
+            b'1' => AckStatus::UnknownSession,
+            b'2' => AckStatus::InvalidJson,
+            b'3' => AckStatus::Busy,
+            b'4' => AckStatus::TooLarge,
+            _ => return None,
+        })
+    }
+}
+
+/// Writes the header for a payload of `len` bytes into `out[..HEADER_LEN]`.
+pub fn put_header(out: &mut [u8], kind: Kind, len: usize) -> io::Result<()> {
+    let len = u32::try_from(len)
+        .ok()
+        .filter(|&l| l as usize <= MAX_PAYLOAD)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("frame payload of {len} bytes")))?;
+    out[0] = kind.byte();
+    out[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Fills in the header of a frame built in place: `frame` holds
+/// `HEADER_LEN` placeholder bytes followed by the payload.
+pub fn seal(frame: &mut [u8], kind: Kind) -> io::Result<()> {
+    let len = frame.len() - HEADER_LEN;
+    put_header(frame, kind, len)
+}
+
+/// Encodes a whole frame into a new buffer.
+pub fn encode(kind: Kind, payload: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.extend_from_slice(payload);
+    seal(&mut out, kind)?;
+    Ok(out)
+}
+
+/// Writes one frame in a single write where the kernel allows.
+pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    w.write_all(&encode(kind, payload)?).await
+}
+
+/// Reads one frame. `Ok(None)` is a clean end of stream between frames.
+pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(Kind, Vec<u8>)>> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut header[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame header"));
+        }
+        got += n;
+    }
+    let kind = Kind::from_byte(header[0])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unknown frame kind 0x{:02x}", header[0])))?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame payload of {len} bytes")));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok(Some((kind, payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_eof_between_frames_is_clean() {
+        let mut buf = Vec::new();
+        write(&mut buf, Kind::Message, b"{\"a\":1}").await.expect("write");
+        write(&mut buf, Kind::Exit, b"").await.expect("write");
+        assert_eq!(&buf[..HEADER_LEN], &[b'M', 0, 0, 0, 7]);
+        let mut r = &buf[..];
+        assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Message, b"{\"a\":1}".to_vec())));
+        assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Exit, Vec::new())));
+        assert_eq!(read(&mut r).await.expect("read"), None);
+    }
+
+    #[tokio::test]
+    async fn truncated_and_unknown_frames_are_errors() {
+        let mut r: &[u8] = &[b'M', 0, 0];
+        assert!(read(&mut r).await.is_err(), "header cut short");
+        let mut r: &[u8] = &[b'M', 0, 0, 0, 9, b'x'];
+        assert!(read(&mut r).await.is_err(), "payload cut short");
+        let mut r: &[u8] = &[b'?', 0, 0, 0, 0];
+        assert!(read(&mut r).await.is_err(), "unknown kind");
+        let mut r: &[u8] = &[b'D', 0xff, 0xff, 0xff, 0xff];
+        assert!(read(&mut r).await.is_err(), "absurd length");
+    }
+
+    #[test]
+    fn every_kind_and_status_maps_back_from_its_byte() {
+        for k in [
+            Kind::Spawn,
+            Kind::Ready,
+            Kind::Failed,
+            Kind::Message,
+            Kind::Keepalive,
+            Kind::Exit,
+            Kind::Deliver,
+            Kind::Ack,
+            Kind::Query,
+            Kind::Stats,
+        ] {
+            assert_eq!(Kind::from_byte(k.byte()), Some(k));
+        }
+        for s in [
+            AckStatus::Accepted,
+            AckStatus::UnknownSession,
+            AckStatus::InvalidJson,
+            AckStatus::Busy,
+            AckStatus::TooLarge,
+        ] {
+            assert_eq!(AckStatus::from_byte(s.byte()), Some(s));
+        }
+    }
+}

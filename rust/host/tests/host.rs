@@ -1,0 +1,375 @@
+//! The host end to end, without nginx: a test plays the worker.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+#[test]
+fn messages_are_delivered_in_order_and_echoed_back() {
+    let host = TestHost::start("echo");
+    let mut s = host.spawn(&sh("exec cat", "")).expect("spawn cat");
+    let mut d = Delivery::new(&host);
+    for i in 0..200 {
+        let (status, reason) = d.send(&s.id, format!("{{\"id\":{i}}}").as_bytes());
+        assert_eq!(status, b'0', "message {i}: {reason}");
+    }
+    for i in 0..200 {
+        assert_eq!(s.message(), format!("{{\"id\":{i}}}"));
+    }
+}
+
+#[test]
+fn pretty_printed_messages_reach_the_backend_as_one_line() {
+    let host = TestHost::start("pretty");
+    let mut s = host.spawn(&sh("exec cat", "")).expect("spawn cat");
+    let mut d = Delivery::new(&host);
+    assert_eq!(d.send(&s.id, b"{\n  \"a\": [1,\r\n 2]\n}").0, b'0');
+    assert_eq!(s.message(), "{   \"a\": [1,   2] }");
+}
+
+#[test]
+fn bad_deliveries_are_refused_with_a_reason() {
+    let host = TestHost::start("refuse");
+    let s = host.spawn(&sh("exec cat", r#"{"max_message_bytes": 64}"#)).expect("spawn");
+    let mut d = Delivery::new(&host);
+    let unknown = format!("{}{}", &s.id[..16], "0".repeat(32));
+    assert_eq!(d.send(&unknown, b"{}").0, b'1');
+    assert_eq!(d.send("short", b"{}").0, b'1');
+    let (status, reason) = d.send(&s.id, b"{\"a\":");
+    assert_eq!(status, b'2');
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    assert_eq!(d.send(&s.id, b"\"just a string\"").0, b'2');
+    assert_eq!(d.send(&s.id, b"{\"a\":\"\xff\"}").0, b'2');
+    let (status, reason) = d.send(&s.id, format!("{{\"a\":\"{}\"}}", "x".repeat(100)).as_bytes());
+    assert_eq!(status, b'4', "{reason}");
+    // The connection survives refusals and still delivers.
+    assert_eq!(d.send(&s.id, b"{}").0, b'0');
+}
+
+#[test]
+fn a_backend_that_stops_reading_makes_deliveries_busy_not_lost() {
+    let host = TestHost::start("busy");
+    let s = host.spawn(&sh("exec sleep 1000", r#"{"max_message_bytes": 1024}"#)).expect("spawn");
+    let _guard = KillOnDrop(vec![s.pid]);
+    let mut d = Delivery::new(&host);
+    let message = format!("{{\"pad\":\"{}\"}}", "x".repeat(900));
+    let mut accepted = 0;
+    let busy = loop {
+        let (status, reason) = d.send(&s.id, message.as_bytes());
+        match status {
+            b'0' => accepted += 1,
+            b'3' => break reason,
+            other => panic!("unexpected status {} ({reason})", other as char),
+        }
+        assert!(accepted < 10_000, "never became busy");
+    };
+    assert!(busy.contains("not reading"), "{busy}");
+    // Pipe buffer (64 KiB) plus the inbox bound (1 MiB minimum) at most.
+    assert!(accepted * 910 < (1 << 20) + (128 << 10), "accepted {accepted} messages");
+}
+
+#[test]
+fn closing_the_connection_terminates_the_backend_at_once() {
+    let host = TestHost::start("close");
+    let s = host.spawn(&sh("exec sleep 1000", "")).expect("spawn");
+    let _guard = KillOnDrop(vec![s.pid]);
+    assert!(exists(s.pid));
+    let start = Instant::now();
+    drop(s.conn);
+    assert!(wait_until(Duration::from_secs(5), || !exists(s.pid)), "backend still there");
+    assert!(start.elapsed() < Duration::from_millis(1500), "took {:?}", start.elapsed());
+    assert!(wait_until(Duration::from_secs(2), || host.stats()["sessions"] == 0));
+}
+
+#[test]
+fn a_backend_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let host = TestHost::start("ignore");
+    let mut s = host
+        .spawn(&sh(r#"trap '' TERM; echo '{"ready":true}'; while :; do sleep 0.05; done"#, r#"{"kill_grace_ms": 400}"#))
+        .expect("spawn");
+    let _guard = KillOnDrop(vec![s.pid]);
+    assert_eq!(s.message(), r#"{"ready":true}"#);
+    let start = Instant::now();
+    drop(s.conn);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(exists(s.pid), "killed before the grace period ended");
+    assert!(wait_until(Duration::from_secs(5), || !exists(s.pid)), "never killed");
+    assert!(start.elapsed() >= Duration::from_millis(400), "killed after {:?}", start.elapsed());
+}
+
+#[test]
+fn grandchildren_in_the_group_die_with_the_session() {
+    let host = TestHost::start("grandchild");
+    let mut s = host
+        .spawn(&sh(r#"sleep 1000 & echo "{\"grandchild\":$!}"; trap '' TERM; exec cat"#, r#"{"kill_grace_ms": 300}"#))
+        .expect("spawn");
+    let message: serde_json::Value = serde_json::from_str(&s.message()).expect("json");
+    let grandchild = message["grandchild"].as_i64().expect("pid") as i32;
+    let _guard = KillOnDrop(vec![s.pid, grandchild]);
+    assert!(exists(grandchild));
+    drop(s.conn);
+    assert!(wait_until(Duration::from_secs(5), || !exists(s.pid) && !exists(grandchild)), "processes left");
+}
+
+#[test]
+fn an_older_session_ends_without_touching_newer_ones() {
+    let host = TestHost::start("older");
+    let old = host.spawn(&sh("exec cat", "")).expect("old");
+    let mut newer: Vec<_> = (0..3).map(|_| host.spawn(&sh("exec cat", "")).expect("newer")).collect();
+    let _guard = KillOnDrop(newer.iter().map(|s| s.pid).chain([old.pid]).collect());
+    let start = Instant::now();
+    let old_pid = old.pid;
+    drop(old.conn);
+    assert!(wait_until(Duration::from_secs(5), || !exists(old_pid)));
+    assert!(start.elapsed() < Duration::from_millis(1500), "the old session took {:?}", start.elapsed());
+    let mut d = Delivery::new(&host);
+    for s in &mut newer {
+        assert_eq!(d.send(&s.id, b"{\"still\":\"here\"}").0, b'0');
+        assert_eq!(s.message(), r#"{"still":"here"}"#);
+    }
+}
+
+#[test]
+fn no_backend_inherits_another_sessions_descriptors() {
+    let host = TestHost::start("fds");
+    let first = host.spawn(&sh("exec cat", "")).expect("first");
+    let second = host.spawn(&sh("exec sleep 1000", "")).expect("second");
+    let _guard = KillOnDrop(vec![first.pid, second.pid]);
+    let fds = || {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", second.pid))
+            .expect("fd dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        fds.sort();
+        fds
+    };
+    // A program opens files of its own while it starts (sleep reads its
+    // locale); an inherited descriptor would stay open for good.
+    wait_until(Duration::from_secs(2), || fds() == ["0", "1", "2"]);
+    let fds = fds();
+    assert_eq!(fds, ["0", "1", "2"], "the backend sees only its stdio");
+}
+
+#[test]
+fn a_backend_that_exits_ends_the_session_after_its_last_output() {
+    let host = TestHost::start("exit");
+    let mut s = host.spawn(&sh(r#"echo '{"last":"words"}'; exit 3"#, "")).expect("spawn");
+    assert_eq!(s.message(), r#"{"last":"words"}"#);
+    match s.frame() {
+        Some((b'X', why)) => assert!(why.contains("exited with status 3"), "{why}"),
+        other => panic!("expected an exit frame, got {other:?}"),
+    }
+    assert!(s.frame().is_none(), "connection closed after the exit frame");
+    let mut d = Delivery::new(&host);
+    assert_eq!(d.send(&s.id, b"{}").0, b'1', "the id of an ended session is refused");
+}
+
+#[test]
+fn output_that_is_not_json_is_dropped_and_stderr_becomes_notifications() {
+    let host = TestHost::start("output");
+    let mut s = host
+        .spawn(&sh(r#"echo 'npm WARN something'; echo 'oops "quoted"' >&2; echo '{"ok":1}'; exec cat"#, ""))
+        .expect("spawn");
+    let seen = [s.message(), s.message()];
+    // stdout and stderr are separate pipes: their relative order is not fixed.
+    let (ok, stderr) = if seen[0].contains("stderr") { (&seen[1], &seen[0]) } else { (&seen[0], &seen[1]) };
+    let stderr: serde_json::Value = serde_json::from_str(stderr).expect("json");
+    assert_eq!(ok, r#"{"ok":1}"#);
+    assert_eq!(stderr["method"], "notifications/stderr");
+    assert_eq!(stderr["params"]["content"], "oops \"quoted\"");
+}
+
+#[test]
+fn an_oversized_output_line_ends_the_session_without_a_partial_message() {
+    let host = TestHost::start("oversize");
+    let mut s = host
+        .spawn(&sh(
+            r#"echo '{"small":1}'; head -c 5000 /dev/zero | tr '\0' 'x'; echo; exec cat"#,
+            r#"{"max_message_bytes": 1000}"#,
+        ))
+        .expect("spawn");
+    assert_eq!(s.message(), r#"{"small":1}"#);
+    match s.frame() {
+        Some((b'X', why)) => assert!(why.contains("max_message_bytes (1000)"), "{why}"),
+        other => panic!("expected an exit frame, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(5), || !exists(s.pid)));
+}
+
+#[test]
+fn a_command_that_cannot_start_is_reported_by_name() {
+    let host = TestHost::start("missing");
+    let err = host.spawn(r#"{"command":"no-such-mcp-server"}"#).err().expect("must fail");
+    assert!(err.contains("\"no-such-mcp-server\" not found in PATH"), "{err}");
+    let err = host.spawn(r#"{"command":"sh","cwd":"/no/such/dir"}"#).err().expect("must fail");
+    assert!(err.contains("/no/such/dir"), "{err}");
+    let err = host.spawn("not json").err().expect("must fail");
+    assert!(err.contains("invalid spawn request"), "{err}");
+    assert_eq!(host.stats()["sessions"], 0);
+}
+
+#[test]
+fn the_backend_environment_is_minimal() {
+    let host = TestHost::start("env");
+    let mut s = host
+        .spawn(&sh(
+            r#"printf '{"env":"%s"}\n' "$(env | cut -d= -f1 | sort | tr '\n' ' ')"; exec cat"#,
+            r#"{"env":{"EXTRA":"1"}}"#,
+        ))
+        .expect("spawn");
+    let message: serde_json::Value = serde_json::from_str(&s.message()).expect("json");
+    let names: Vec<&str> = message["env"].as_str().expect("env").split_whitespace().collect();
+    // sh adds PWD (and SHLVL/_ depending on the shell) itself.
+    let ours: Vec<&str> = names.into_iter().filter(|n| !["PWD", "SHLVL", "_", "OLDPWD"].contains(n)).collect();
+    assert_eq!(ours, ["EXTRA", "HOME", "LANG", "PATH"]);
+}
+
+#[test]
+fn stopping_the_host_ends_every_session_and_removes_its_socket() {
+    let mut host = TestHost::start("stop");
+    let mut sessions: Vec<_> = (0..3)
+        .map(|_| host.spawn(&sh("trap '' TERM; exec sleep 1000", r#"{"kill_grace_ms": 200}"#)).expect("spawn"))
+        .collect();
+    let pids: Vec<i32> = sessions.iter().map(|s| s.pid).collect();
+    let _guard = KillOnDrop(pids.clone());
+    let socket = host.host().socket_path().to_path_buf();
+    host.stop();
+    for s in &mut sessions {
+        match s.frame() {
+            Some((b'X', why)) => assert!(why.contains("shutting down"), "{why}"),
+            other => panic!("expected an exit frame, got {other:?}"),
+        }
+    }
+    assert!(pids.iter().all(|&p| !exists(p)), "backends left after the host exited");
+    assert!(!socket.exists(), "socket left behind");
+}
+
+/// Stand-in for an nginx worker, run in a child process by the test below:
+/// starts a host and a session, prints their pids, then waits to be killed.
+#[test]
+fn worker_stand_in() {
+    let Some(out) = std::env::var_os("MCP_HOST_TEST_WORKER") else { return };
+    let host = TestHost::start("worker");
+    let s = host.spawn(&sh("sleep 1000 & exec sleep 1001", "")).expect("spawn");
+    let tmp = std::path::PathBuf::from(&out).with_extension("tmp");
+    std::fs::write(&tmp, format!("{} {}", host.host().pid(), s.pid)).expect("write pids");
+    std::fs::rename(&tmp, &out).expect("publish pids");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn when_the_worker_is_killed_the_host_and_its_backends_die_too() {
+    let out = std::env::temp_dir().join(format!("mcp-host-test-worker-{}.pids", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut worker = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "worker_stand_in", "--test-threads=1"])
+        .env("MCP_HOST_TEST_WORKER", &out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the stand-in worker");
+    assert!(wait_until(Duration::from_secs(10), || out.exists()), "the stand-in never reported its pids");
+    let text = std::fs::read_to_string(&out).expect("pids");
+    let _ = std::fs::remove_file(&out);
+    let pids: Vec<i32> = text.split(' ').map(|p| p.parse().expect("pid")).collect();
+    let (host_pid, backend_pid) = (pids[0], pids[1]);
+    let _guard = KillOnDrop(vec![host_pid, backend_pid]);
+    assert!(exists(host_pid) && exists(backend_pid));
+    worker.kill().expect("SIGKILL the worker");
+    worker.wait().expect("reap the worker");
+    assert!(
+        wait_until(Duration::from_secs(3), || !exists(host_pid) && !exists(backend_pid)),
+        "host {host_pid} or backend {backend_pid} outlived the worker"
+    );
+}
+
+#[test]
+fn a_silent_session_gets_keepalive_frames_and_messages_still_flow() {
+    let host = TestHost::start("keepalive");
+    let mut s = host.spawn(&sh("exec cat", r#"{"keepalive_interval_ms": 100}"#)).expect("spawn");
+    let start = Instant::now();
+    let mut keepalives = 0;
+    while start.elapsed() < Duration::from_millis(450) {
+        match s.frame() {
+            Some((b'K', payload)) => {
+                assert!(payload.is_empty());
+                keepalives += 1;
+            }
+            other => panic!("expected a keepalive, got {other:?}"),
+        }
+    }
+    assert!((3..=5).contains(&keepalives), "{keepalives} keepalives in 450 ms at 100 ms");
+    let mut d = Delivery::new(&host);
+    assert_eq!(d.send(&s.id, b"{\"x\":1}").0, b'0');
+    loop {
+        match s.frame() {
+            Some((b'K', _)) => continue,
+            Some((b'M', m)) => break assert_eq!(m, r#"{"x":1}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ending_sessions_on_request_keeps_the_host_until_its_worker_exits() {
+    let mut host = TestHost::start("end");
+    let mut s = host.spawn(&sh("exec sleep 1000", r#"{"kill_grace_ms": 200}"#)).expect("spawn");
+    let _guard = KillOnDrop(vec![s.pid]);
+    let socket = host.host().socket_path().to_path_buf();
+    let host_pid = host.end_sessions();
+    let _host_guard = KillOnDrop(vec![host_pid]);
+    match s.frame() {
+        Some((b'X', why)) => assert!(why.contains("shutting down"), "{why}"),
+        other => panic!("expected an exit frame, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(3), || !exists(s.pid)), "backend left");
+    assert!(!socket.exists(), "new sessions are refused: the socket is gone");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut status = 0;
+    // SAFETY: polling our own child without blocking.
+    let reaped = unsafe { libc::waitpid(host_pid, &mut status, libc::WNOHANG) };
+    assert_eq!(reaped, 0, "the host must stay until its worker exits");
+}
+
+#[test]
+fn connections_from_another_uid_are_refused() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let host = TestHost::start("uid");
+    let socket = host.host().socket_path().to_path_buf();
+    // Open the way through the file system, so only the host's own check
+    // stands between another user and the socket.
+    std::fs::set_permissions(&host.dir, std::fs::Permissions::from_mode(0o711)).expect("chmod dir");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).expect("chmod socket");
+    let probe = |uid: Option<u32>| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args(["--exact", "uid_probe", "--test-threads=1"]).env("MCP_HOST_TEST_PROBE", &socket);
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        }
+        match cmd.status().expect("run the probe").code() {
+            Some(10) => "answered",
+            Some(11) => "closed",
+            other => panic!("probe failed: {other:?}"),
+        }
+    };
+    assert_eq!(probe(None), "answered", "the host's own uid is served");
+    assert_eq!(probe(Some(65534)), "closed", "another uid is refused");
+}
+
+/// Run by the test above, possibly as another user: asks the host for its
+/// statistics and exits 10 if it answered, 11 if it closed the connection.
+#[test]
+fn uid_probe() {
+    let Some(path) = std::env::var_os("MCP_HOST_TEST_PROBE") else { return };
+    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(&path) else { std::process::exit(12) };
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    // A refused connection may already be closed when we write.
+    let answered = std::io::Write::write_all(&mut conn, b"Q\0\0\0\0").is_ok() && read_frame(&mut conn).is_some();
+    std::process::exit(if answered { 10 } else { 11 });
+}

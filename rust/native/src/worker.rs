@@ -1,0 +1,180 @@
+//! Per-worker state behind the Lua functions: the slot registry and the
+//! host this worker started.
+
+use mcp_bridge_core::launcher::{self, Host, LaunchConfig};
+use mcp_bridge_core::slots::{SlotGuard, SlotRegistry};
+use mlua::{UserData, UserDataMethods};
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct State {
+    /// The process this state belongs to: a module loaded in the nginx
+    /// master is inherited by every worker at fork, and must not make them
+    /// share the master's host.
+    pid: u32,
+    config: LaunchConfig,
+    host: Option<Host>,
+    hosts_started: u64,
+    exiting: bool,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            pid: std::process::id(),
+            config: LaunchConfig {
+                program: default_program(),
+                runtime_dir: launcher::default_runtime_dir(),
+                log_level: "notice".into(),
+            },
+            host: None,
+            hosts_started: 0,
+            exiting: false,
+        }
+    }
+
+    fn current(&mut self) -> &mut State {
+        if self.pid != std::process::id() {
+            let config = self.config.clone();
+            // Dropping the inherited host only closes this process's copy
+            // of its control channel; the parent's host is unaffected.
+            *self = State::new();
+            self.config = config;
+        }
+        self
+    }
+}
+
+static STATE: Lazy<Mutex<State>> = Lazy::new(|| Mutex::new(State::new()));
+static SLOTS: Lazy<Arc<SlotRegistry>> = Lazy::new(SlotRegistry::new);
+
+/// The host program installed beside this module.
+fn default_program() -> PathBuf {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    let anchor = default_program as *const libc::c_void;
+    // SAFETY: dladdr fills `info` for an address inside a loaded object;
+    // dli_fname then points at a NUL-terminated path owned by the loader.
+    let path = unsafe {
+        if libc::dladdr(anchor, info.as_mut_ptr()) == 0 || info.assume_init_ref().dli_fname.is_null() {
+            None
+        } else {
+            Some(std::ffi::CStr::from_ptr(info.assume_init_ref().dli_fname).to_string_lossy().into_owned())
+        }
+    };
+    match path.as_deref().map(std::path::Path::new).and_then(|p| p.parent()) {
+        Some(dir) => dir.join(launcher::HOST_PROGRAM),
+        None => PathBuf::from(launcher::HOST_PROGRAM),
+    }
+}
+
+pub fn configure(
+    program: Option<String>,
+    runtime_dir: Option<String>,
+    log_level: Option<String>,
+) -> Result<(), String> {
+    let mut guard = STATE.lock();
+    let state = guard.current();
+    if let Some(p) = program.filter(|p| !p.is_empty()) {
+        state.config.program = PathBuf::from(p);
+    }
+    if let Some(d) = runtime_dir.filter(|d| !d.is_empty()) {
+        if !d.starts_with('/') {
+            return Err(format!("runtime_dir must be an absolute path, got \"{d}\""));
+        }
+        state.config.runtime_dir = PathBuf::from(d);
+    }
+    if let Some(l) = log_level {
+        const LEVELS: [&str; 8] = ["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"];
+        if !LEVELS.contains(&l.as_str()) {
+            return Err(format!("unknown log_level \"{l}\""));
+        }
+        state.config.log_level = l;
+    }
+    Ok(())
+}
+
+pub fn host_socket() -> Result<String, String> {
+    let mut guard = STATE.lock();
+    let state = guard.current();
+    if state.exiting {
+        return Err("worker is exiting".into());
+    }
+    if let Some(host) = &state.host {
+        if host.is_alive() {
+            return Ok(host.socket_path().to_string_lossy().into_owned());
+        }
+        // Sessions of the dead host saw their connections close; a fresh
+        // host takes the new ones.
+        state.host = None;
+    }
+    let host = Host::launch(&state.config).map_err(|e| format!("cannot start the mcp-bridge host: {e}"))?;
+    let path = host.socket_path().to_string_lossy().into_owned();
+    state.host = Some(host);
+    state.hosts_started += 1;
+    Ok(path)
+}
+
+pub fn socket_path(token: &str) -> Option<String> {
+    if !launcher::is_token(token) {
+        return None;
+    }
+    let mut guard = STATE.lock();
+    let path = launcher::socket_path(&guard.current().config.runtime_dir, token);
+    // A token from a client may name no host at all; connecting would make
+    // nginx log a client's mistake as a critical error.
+    path.exists().then(|| path.to_string_lossy().into_owned())
+}
+
+pub fn shutdown() -> bool {
+    let mut guard = STATE.lock();
+    let state = guard.current();
+    state.exiting = true;
+    match state.host.take() {
+        Some(host) => {
+            host.end_sessions();
+            true
+        }
+        None => false,
+    }
+}
+
+/// A held slot, as Lua userdata. Garbage collection releases it too.
+pub struct Slot(SlotGuard);
+
+impl UserData for Slot {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method_mut("release", |_, this, ()| Ok(this.0.release()));
+        methods.add_method("released", |_, this, ()| Ok(this.0.is_released()));
+        methods.add_method("route", |_, this, ()| Ok(this.0.route().to_owned()));
+    }
+}
+
+pub fn slot_acquire(route: &str, max: usize) -> Option<Slot> {
+    SLOTS.try_acquire(route, max).map(Slot)
+}
+
+pub fn slot_count(route: &str) -> usize {
+    SLOTS.count(route)
+}
+
+pub struct Stats {
+    pub host_pid: Option<i32>,
+    pub hosts_started: u64,
+    pub runtime_dir: String,
+    pub exiting: bool,
+    pub slots: Vec<(String, usize)>,
+}
+
+pub fn stats() -> Stats {
+    let mut guard = STATE.lock();
+    let state = guard.current();
+    Stats {
+        host_pid: state.host.as_ref().filter(|h| h.is_alive()).map(|h| h.pid()),
+        hosts_started: state.hosts_started,
+        runtime_dir: state.config.runtime_dir.to_string_lossy().into_owned(),
+        exiting: state.exiting,
+        slots: SLOTS.snapshot(),
+    }
+}

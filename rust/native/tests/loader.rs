@@ -1,0 +1,60 @@
+//! Loads the built module into LuaJIT (Debian's `luajit2` package) and runs
+//! `loader.lua` against it, as mlua's own module tests do.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn target_dir() -> PathBuf {
+    // tests run from target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf()
+}
+
+/// Whether `pid` is running. Once luajit exits, the host's parent is init,
+/// which may take its time to reap: a zombie has exited.
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(") ").next().and_then(|rest| rest.chars().next()) != Some('Z'),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn the_module_loads_in_luajit_and_behaves() {
+    let dir = target_dir();
+    let module = dir.join("libmcp_bridge_native.so");
+    assert!(module.exists(), "{} missing: build the workspace first (cargo build --release)", module.display());
+    assert!(
+        dir.join("mcp-bridge-host").exists(),
+        "mcp-bridge-host missing beside the module: build the workspace first (cargo build --release)"
+    );
+    let runtime_dir = std::env::temp_dir().join(format!("mcp-native-loader-{}", std::process::id()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/loader.lua");
+    let out = Command::new("luajit")
+        .arg(script)
+        .arg(&dir)
+        .arg(&runtime_dir)
+        .output()
+        .expect("run luajit (Debian package luajit2)");
+    assert!(
+        out.status.success(),
+        "loader.lua failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host_pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("host pid printed");
+    let start = Instant::now();
+    while running(host_pid) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!running(host_pid), "host {host_pid} outlived shutdown");
+    let leftovers: Vec<_> = std::fs::read_dir(&runtime_dir)
+        .expect("runtime dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sock"))
+        .collect();
+    assert!(leftovers.is_empty(), "sockets left: {leftovers:?}");
+    let _ = std::fs::remove_dir_all(&runtime_dir);
+}

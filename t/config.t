@@ -1,0 +1,266 @@
+# Route configuration: every field's validation names the field, defaults
+# are filled in, and the APISIX plugin file delegates to the same checks.
+use t::MCPBridge 'no_plan';
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: defaults are filled in (only command given)
+--- config
+location = /t {
+    content_by_lua_block {
+        local config = require("apisix.plugins.mcp.bridge.config")
+        local conf = { command = "srv" }
+        assert(config.check(conf))
+        for _, k in ipairs({ "base_uri", "max_sessions", "kill_grace_ms", "max_message_bytes",
+                             "stderr", "keepalive_interval_ms" }) do
+            ngx.say(k, "=", conf[k])
+        end
+        ngx.say("args=", #conf.args, " env=", next(conf.env) == nil and "{}" or "?")
+        ngx.say("cwd=", tostring(conf.cwd))
+    }
+}
+--- response_body
+base_uri=
+max_sessions=100
+kill_grace_ms=2000
+max_message_bytes=4194304
+stderr=notify
+keepalive_interval_ms=15000
+args=0 env={}
+cwd=nil
+
+
+
+=== TEST 2: every invalid field is refused with a message naming it
+--- config
+location = /t {
+    content_by_lua_block {
+        local config = require("apisix.plugins.mcp.bridge.config")
+        local cases = {
+            {},
+            { command = "" },
+            { command = 42 },
+            { command = "a\0b" },
+            { command = "x", args = "a b" },
+            { command = "x", args = { "ok", 3 } },
+            { command = "x", args = { a = "b" } },
+            { command = "x", max_sessions = 0 },
+            { command = "x", max_sessions = 1.5 },
+            { command = "x", max_sessions = "10" },
+            { command = "x", env = { "a", "b" } },
+            { command = "x", env = { A = 1 } },
+            { command = "x", env = { ["A=B"] = "c" } },
+            { command = "x", env = { [""] = "c" } },
+            { command = "x", cwd = "relative/dir" },
+            { command = "x", cwd = "" },
+            { command = "x", kill_grace_ms = -1 },
+            { command = "x", kill_grace_ms = 60001 },
+            { command = "x", max_message_bytes = 1023 },
+            { command = "x", max_message_bytes = 67108865 },
+            { command = "x", stderr = "loud" },
+            { command = "x", keepalive_interval_ms = 99 },
+            { command = "x", base_uri = "mcp" },
+            { command = "x", base_uri = "/mcp/" },
+            { command = "x", base_uri = "/a//b" },
+            { command = "x", base_uri = "/a/../b" },
+            { command = "x", base_uri = "/a/." },
+            { command = "x", base_uri = "/a b" },
+            { command = "x", base_uri = "/a%2Fb" },
+            { command = "x", base_uri = "/a?b" },
+            { command = "x", max_session = 5 },
+            "not a table",
+        }
+        for _, conf in ipairs(cases) do
+            local ok, err = config.check(conf)
+            ngx.say(ok and "accepted" or err)
+        end
+    }
+}
+--- response_body
+command is required
+command must not be empty
+command must be a string, got 42
+command must not contain a NUL byte
+args must be an array
+args[2] must be a string, got 3
+args must be an array
+max_sessions must be at least 1, got 0
+max_sessions must be an integer, got 1.5
+max_sessions must be an integer, got "10"
+env must be an object
+env["A"] must be a string, got 1
+env key "A=B" must be a non-empty name without "="
+env key "" must be a non-empty name without "="
+cwd must be an absolute path, got "relative/dir"
+cwd must not be empty
+kill_grace_ms must be at least 0, got -1
+kill_grace_ms must be at most 60000, got 60001
+max_message_bytes must be at least 1024, got 1023
+max_message_bytes must be at most 67108864, got 67108865
+stderr must be one of "notify", "log", got "loud"
+keepalive_interval_ms must be at least 100, got 99
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "mcp"
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/mcp/"
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/a//b"
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/a/../b"
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/a/."
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/a b"
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/a%2Fb"
+base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/a?b"
+unknown field(s): max_session
+configuration must be an object
+
+
+
+=== TEST 3: valid edge values are accepted
+--- config
+location = /t {
+    content_by_lua_block {
+        local config = require("apisix.plugins.mcp.bridge.config")
+        local cases = {
+            { command = "x", base_uri = "" },
+            { command = "x", base_uri = "/a/b-c_d.e" },
+            { command = "x", args = {}, env = {}, cwd = "/" },
+            { command = "x", max_sessions = 1, kill_grace_ms = 0, max_message_bytes = 1024 },
+            { command = "x", stderr = "log", keepalive_interval_ms = 100 },
+            { command = "x", env = { PATH = "/bin", HOME = "/tmp" } },
+            { command = "x", _meta = { disable = false } },
+        }
+        for _, conf in ipairs(cases) do
+            local ok, err = config.check(conf)
+            ngx.say(ok and "accepted" or err)
+        end
+    }
+}
+--- response_body
+accepted
+accepted
+accepted
+accepted
+accepted
+accepted
+accepted
+
+
+
+=== TEST 4: the spawn request is JSON the host understands, arrays and objects intact
+--- config
+location = /t {
+    content_by_lua_block {
+        local cjson = require("cjson.safe")
+        local config = require("apisix.plugins.mcp.bridge.config")
+        local conf = { command = "srv \"quoted\"", args = {}, env = {},
+                       cwd = "/tmp/a/b" }
+        assert(config.check(conf))
+        local req = config.spawn_request(conf)
+        ngx.say(req)
+        conf = { command = "x", args = { "-a", "b\nc", "/d" }, env = { K = "v\1" } }
+        assert(config.check(conf))
+        local decoded = cjson.decode(config.spawn_request(conf))
+        ngx.say(decoded.args[2] == "b\nc", " ", decoded.args[3], " ", decoded.env.K == "v\1")
+    }
+}
+--- response_body
+{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"cwd":"/tmp/a/b"}
+true /d true
+
+
+
+=== TEST 5: an invalid route stops nginx from starting, naming the route and the field
+--- config
+location = /t {
+    content_by_lua_block {
+        local standalone = require("apisix.plugins.mcp.bridge.standalone")
+        local ok, err = pcall(standalone.define, "broken", { command = "x", max_sessions = 0 })
+        ngx.say(err)
+        ok, err = pcall(standalone.define, "", { command = "x" })
+        ngx.say(err)
+    }
+}
+--- response_body
+mcp-bridge: invalid configuration of route "broken": max_sessions must be at least 1, got 0
+mcp-bridge: a route needs a name
+
+
+
+=== TEST 6: the APISIX plugin exposes the schema and checks with the same rules
+--- config
+location = /t {
+    content_by_lua_block {
+        -- Just enough of APISIX to load the plugin file.
+        package.loaded["apisix.plugin"] = {
+            plugin_attr = function(name) return { runtime_dir = nil, seen = name } end,
+        }
+        local plugin = require("apisix.plugins.mcp-bridge")
+        ngx.say(plugin.name, " ", plugin.priority, " ", plugin.schema.required[1])
+        ngx.say(plugin.schema.properties.max_sessions.default)
+        local conf = { command = "srv", args = { "a" } }
+        ngx.say(tostring(plugin.check_schema(conf)), " ", conf.max_sessions, " ", conf.base_uri == "")
+        local ok, err = plugin.check_schema({ command = "srv", max_sessions = -1 })
+        ngx.say(tostring(ok), " ", err)
+        ok, err = plugin.check_schema({ base_uri = "/x" })
+        ngx.say(tostring(ok), " ", err)
+    }
+}
+--- response_body
+mcp-bridge 510 command
+100
+true 100 true
+false max_sessions must be at least 1, got -1
+false command is required
+
+
+
+=== TEST 7: the plugin doc's attribute table matches the schema (names, types, defaults, required)
+--- config
+location = /t {
+    content_by_lua_block {
+        local config = require("apisix.plugins.mcp.bridge.config")
+        local f = assert(io.open("$TEST_NGINX_ROOT/docs/mcp-bridge.md"))
+        local doc = f:read("*a")
+        f:close()
+        local section = doc:match("## Attributes\n(.-)\n## ")
+        local documented = {}
+        for name, typ, required, default in section:gmatch("\n| (%S+) | (%S+) | (%a+) |%s*([^|]-)%s*|") do
+            if name ~= "Name" and name ~= "---" then
+                documented[name] = { typ = typ, required = required, default = default }
+            end
+        end
+        local required = {}
+        for _, k in ipairs(config.schema.required) do required[k] = true end
+        local problems = 0
+        for name, spec in pairs(config.schema.properties) do
+            local d = documented[name]
+            local typ = spec.type == "array" and "array[" .. spec.items.type .. "]" or spec.type
+            local default = spec.default
+            if type(default) == "table" then
+                default = name == "args" and "[]" or "{}"
+            elseif type(default) == "string" then
+                default = '"' .. default .. '"'
+            end
+            local want = { typ = typ, required = required[name] and "True" or "False",
+                           default = default and tostring(default) or "" }
+            if not d then
+                problems = problems + 1
+                ngx.say("undocumented: ", name)
+            else
+                for _, k in ipairs({ "typ", "required", "default" }) do
+                    if d[k] ~= want[k] then
+                        problems = problems + 1
+                        ngx.say(name, " ", k, ": doc says ", d[k], ", schema says ", want[k])
+                    end
+                end
+                documented[name] = nil
+            end
+        end
+        for name in pairs(documented) do
+            problems = problems + 1
+            ngx.say("documented but not in the schema: ", name)
+        end
+        ngx.say("problems: ", problems)
+    }
+}
+--- response_body
+problems: 0

@@ -1,0 +1,439 @@
+# The HTTP+SSE transport: sessions, message delivery, and every bad input.
+use t::MCPBridge 'no_plan';
+
+my $fixture = $ENV{TEST_NGINX_FIXTURE};
+my $pids = $ENV{TEST_NGINX_PID_DIR};
+
+add_block_preprocessor(sub {
+    my $block = shift;
+    # Routes used by several blocks, on top of the default "mcp".
+    if (!defined $block->routes) {
+        $block->set_value("routes", <<_EOC_);
+mcp = { base_uri = "/mcp", command = "$fixture", args = { "--pid-dir", "$pids" },
+        keepalive_interval_ms = 1000, kill_grace_ms = 500 },
+small = { base_uri = "/small", command = "$fixture", max_message_bytes = 1024 },
+one = { base_uri = "/one", command = "$fixture", max_sessions = 1 },
+other = { base_uri = "/other", command = "$fixture", max_sessions = 1 },
+missing = { base_uri = "/missing", command = "no-such-mcp-server-xyz" },
+logged = { base_uri = "/logged", command = "$fixture", stderr = "log" },
+ticking = { base_uri = "/ticking", command = "$fixture", keepalive_interval_ms = 200 },
+shaped = { base_uri = "/shaped", command = "$fixture", cwd = "/tmp",
+           env = { EXTRA = "yes", LANG = "en_US.UTF-8" } },
+root = { base_uri = "", command = "$fixture" },
+nested = { base_uri = "/a/b", command = "$fixture" },
+_EOC_
+    }
+    my $config = $block->config // "";
+    $block->set_value("config", <<_EOC_ . $config);
+location /small/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("small") }
+                   log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /one/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("one") }
+                 log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /other/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("other") }
+                   log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /missing/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("missing") }
+                     log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /logged/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("logged") }
+                    log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /ticking/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("ticking") }
+                     log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /shaped/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("shaped") }
+                    log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /a/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("nested") }
+               log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location ~ ^/(sse|message)\$ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("root") }
+                   log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+location /mcp/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("mcp") }
+                 log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
+_EOC_
+});
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: a session round trip (initialize, tools/list, tools/call), then idle again
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        ngx.say("status ", s.status, " ", s.headers["content-type"], " ", s.headers["cache-control"],
+                " ", s.headers["x-accel-buffering"])
+        ngx.say("endpoint ", (s.endpoint:gsub("%x+$", "<id>")), " id length ", #s.id)
+        local init = assert(s:initialize())
+        ngx.say("protocol ", init.result.protocolVersion, " server ", init.result.serverInfo.name)
+        local list = assert(s:call("tools/list", {}))
+        ngx.say("tools listed ", #list.result.tools > 3)
+        ngx.say("echo ", (s:tool("echo", { text = "héllo \"world\" \\ /" })))
+        ngx.say("slots while open ", t.slots("mcp"))
+        s:close()
+        assert(t.wait_idle("mcp"))
+        ngx.say("slots after close ", t.slots("mcp"))
+    }
+}
+--- response_body
+status 200 text/event-stream no-cache no
+endpoint /mcp/message?sessionId=<id> id length 48
+protocol 2024-11-05 server mcp-fixture
+tools listed true
+echo héllo "world" \ /
+slots while open 1
+slots after close 0
+
+
+
+=== TEST 2: bad deliveries get a 4xx with a message, and the session survives them
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        local id = s.id
+        local function show(label, status, headers, body)
+            ngx.say(label, ": ", status, " ", (body or ""):gsub("\n$", "") .. "")
+        end
+        show("no id", t.http("POST", "/mcp/message", "{}"))
+        show("empty id", t.http("POST", "/mcp/message?sessionId=", "{}"))
+        show("id without value", t.http("POST", "/mcp/message?sessionId", "{}"))
+        show("repeated id", t.http("POST", "/mcp/message?sessionId=" .. id .. "&sessionId=" .. id, "{}"))
+        show("malformed id", t.http("POST", "/mcp/message?sessionId=../../etc/passwd", "{}"))
+        show("long id", t.http("POST", "/mcp/message?sessionId=" .. string.rep("a", 2000), "{}"))
+        show("unknown host", t.http("POST", "/mcp/message?sessionId=" .. string.rep("0", 48), "{}"))
+        show("unknown session", t.http("POST", "/mcp/message?sessionId=" .. id:sub(1, 16)
+                                       .. string.rep("0", 32), "{}"))
+        show("upper-case id", t.http("POST", "/mcp/message?sessionId=" .. id:upper(), "{}"))
+        show("empty body", t.http("POST", s.endpoint, ""))
+        show("not json", t.http("POST", s.endpoint, "hello"))
+        show("a number", t.http("POST", s.endpoint, "42"))
+        show("truncated", t.http("POST", s.endpoint, '{"a":'))
+        show("two messages", t.http("POST", s.endpoint, '{"a":1}{"b":2}'))
+        show("invalid utf-8", t.http("POST", s.endpoint, '{"a":"\255"}'))
+        show("raw newline in a string", t.http("POST", s.endpoint, '{"a":"x\ny"}'))
+        show("GET on message", t.http("GET", s.endpoint))
+        show("POST on sse", t.http("POST", "/mcp/sse", "{}"))
+        show("DELETE on sse", t.http("DELETE", "/mcp/sse"))
+        show("other path", t.http("GET", "/mcp/other"))
+        show("base itself", t.http("GET", "/mcp/"))
+        ngx.say("still works: ", (s:tool("echo", { text = "yes" })))
+        s:close()
+        assert(t.wait_idle("mcp"))
+    }
+}
+--- response_body
+no id: 400 {"error":"missing sessionId query parameter"}
+empty id: 400 {"error":"missing sessionId query parameter"}
+id without value: 400 {"error":"missing sessionId query parameter"}
+repeated id: 400 {"error":"sessionId must be given once"}
+malformed id: 404 {"error":"session not found"}
+long id: 404 {"error":"session not found"}
+unknown host: 404 {"error":"session not found"}
+unknown session: 404 {"error":"session not found"}
+upper-case id: 404 {"error":"session not found"}
+empty body: 400 {"error":"request body is empty; expected a JSON-RPC message"}
+not json: 400 {"error":"message is not a JSON object or array"}
+a number: 400 {"error":"message is not a JSON object or array"}
+truncated: 400 {"error":"message is not valid JSON: EOF while parsing a value at line 1 column 5"}
+two messages: 400 {"error":"message is not valid JSON: trailing characters at line 1 column 8"}
+invalid utf-8: 400 {"error":"message is not valid UTF-8 (at byte 6)"}
+raw newline in a string: 400 {"error":"message is not valid JSON: control character (\\u0000-\\u001F) found while parsing a string at line 1 column 7"}
+GET on message: 405 {"error":"use POST to send a message"}
+POST on sse: 405 {"error":"use GET to open a session"}
+DELETE on sse: 405 {"error":"use GET to open a session"}
+other path: 404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
+base itself: 404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
+still works: yes
+
+
+
+=== TEST 3: 405 answers carry Allow
+--- request
+POST /mcp/sse
+{}
+--- error_code: 405
+--- response_headers
+Allow: GET
+Content-Type: application/json
+
+
+
+=== TEST 4: a body over max_message_bytes gets 413, declared or chunked; one at the limit passes
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/small"))
+        -- {"pad":"xxx..."} of exactly 1024 bytes
+        local at_limit = '{"pad":"' .. string.rep("x", 1024 - 10) .. '"}'
+        local over = '{"pad":"' .. string.rep("x", 1025 - 10) .. '"}'
+        local status, _, body = t.http("POST", s.endpoint, at_limit)
+        ngx.say(#at_limit, ": ", status)
+        status, _, body = t.http("POST", s.endpoint, over)
+        ngx.say(#over, ": ", status, " ", body)
+        -- chunked: no Content-Length to refuse early
+        local sock = ngx.socket.tcp()
+        assert(sock:connect("127.0.0.1", tonumber(ngx.var.server_port)))
+        assert(sock:send("POST " .. s.endpoint .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         .. "Transfer-Encoding: chunked\r\n\r\n"
+                         .. string.format("%x", #over) .. "\r\n" .. over .. "\r\n0\r\n\r\n"))
+        local line = sock:receive("*l")
+        ngx.say("chunked: ", line)
+        sock:close()
+        s:close()
+    }
+}
+--- response_body
+1024: 202
+1025: 413 {"error":"request body is larger than max_message_bytes (1024)"}
+
+chunked: HTTP/1.1 413 Request Entity Too Large
+
+
+
+=== TEST 5: the ceiling is per route: over it 429 with Retry-After, a closed session frees its slot
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local first = assert(t.session("/one"))
+        local status, headers, body = t.http("GET", "/one/sse")
+        ngx.say("second on one: ", status, " retry-after ", headers["retry-after"], " ", body)
+        local other = assert(t.session("/other"))
+        ngx.say("first on other: ", other.status)
+        ngx.say("slots one=", t.slots("one"), " other=", t.slots("other"))
+        first:close()
+        assert(t.wait_slots("one", 0))
+        local again = assert(t.session("/one"))
+        ngx.say("after close on one: ", again.status)
+        again:close()
+        other:close()
+    }
+}
+--- response_body
+second on one: 429 retry-after 1 {"error":"too many sessions: this route allows 1 at a time"}
+
+first on other: 200
+slots one=1 other=1
+after close on one: 200
+
+
+
+=== TEST 6: a command that cannot start gets 502 naming the reason, and frees its slot
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        for i = 1, 3 do
+            local status, headers, body = t.http("GET", "/missing/sse")
+            ngx.print(status, " ", headers["content-type"], " ", body)
+        end
+        ngx.say("slots ", t.slots("missing"))
+    }
+}
+--- response_body
+502 application/json {"error":"cannot start the MCP server: command \"no-such-mcp-server-xyz\" not found in PATH (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)"}
+502 application/json {"error":"cannot start the MCP server: command \"no-such-mcp-server-xyz\" not found in PATH (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)"}
+502 application/json {"error":"cannot start the MCP server: command \"no-such-mcp-server-xyz\" not found in PATH (/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)"}
+slots 0
+--- error_log
+cannot start the MCP server: command "no-such-mcp-server-xyz" not found in PATH
+
+
+
+=== TEST 7: stderr lines reach the client as notifications/stderr, correctly encoded
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        assert(s:initialize())
+        ngx.say((s:tool("stderr", { text = 'a "quoted" \\ line\twith tab', count = 2 })))
+        for i = 1, 2 do
+            local msg = assert(s:next_message())
+            ngx.say(msg.method, ": ", msg.params.content)
+        end
+        s:close()
+    }
+}
+--- response_body
+ok
+notifications/stderr: a "quoted" \ line	with tab
+notifications/stderr: a "quoted" \ line	with tab
+
+
+
+=== TEST 8: with stderr = "log", stderr lines go to the error log instead
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/logged"))
+        assert(s:initialize())
+        ngx.say((s:tool("stderr", { text = "diagnostic from the backend" })))
+        ngx.say((s:tool("echo", { text = "next" })))
+        s:close()
+    }
+}
+--- response_body
+ok
+next
+--- error_log
+backend stderr: diagnostic from the backend
+
+
+
+=== TEST 9: a silent stream gets SSE keepalive comments
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/ticking"))
+        local comments = 0
+        local start = ngx.now()
+        while ngx.now() - start < 0.7 do
+            local ev = assert(s:read_event())
+            if ev.comment then comments = comments + 1 end
+            ngx.update_time()
+        end
+        ngx.say("keepalives in 0.7 s at 0.2 s: ", comments >= 2 and comments <= 4)
+        s:close()
+    }
+}
+--- response_body
+keepalives in 0.7 s at 0.2 s: true
+
+
+
+=== TEST 10: the backend gets a minimal environment, its own process group and clean signal state
+--- config
+location = /t {
+    content_by_lua_block {
+        local cjson = require("cjson.safe")
+        local t = require("mcptest")
+        local s = assert(t.session("/shaped"))
+        local env = cjson.decode((s:tool("env")))
+        local keys = {}
+        for k in pairs(env) do keys[#keys + 1] = k end
+        table.sort(keys)
+        ngx.say("env: ", table.concat(keys, " "))
+        ngx.say("LANG=", env.LANG, " EXTRA=", env.EXTRA, " HOME ends ", env.HOME:match("/home$"))
+        local ok = io.open(env.HOME, "r")
+        ngx.say("HOME exists: ", ok ~= nil)
+        if ok then ok:close() end
+        ngx.say("cwd: ", (s:tool("cwd")))
+        local ids = cjson.decode((s:tool("pid")))
+        ngx.say("own process group: ", ids.pgid == ids.pid)
+        local sig = cjson.decode((s:tool("signals")))
+        ngx.say("blocked ", sig.blocked, " ignored ", sig.ignored)
+        local fds = s:tool("fds")
+        local n = 0
+        for line in fds:gmatch("[^\n]+") do n = n + 1 end
+        ngx.say("descriptors: ", n)
+        s:close()
+    }
+}
+--- response_body
+env: EXTRA HOME LANG PATH
+LANG=en_US.UTF-8 EXTRA=yes HOME ends /home
+HOME exists: true
+cwd: /tmp
+own process group: true
+blocked 0000000000000000 ignored 0000000000000000
+descriptors: 3
+
+
+
+=== TEST 11: base_uri "" and a nested base_uri serve their own endpoints
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local root = assert(t.session(""))
+        ngx.say((root.endpoint:gsub("%x+$", "<id>")), " ", (root:tool("echo", { text = "root" })))
+        local nested = assert(t.session("/a/b"))
+        ngx.say((nested.endpoint:gsub("%x+$", "<id>")), " ", (nested:tool("echo", { text = "nested" })))
+        local status = t.http("GET", "/a/sse")
+        ngx.say("/a/sse: ", status)
+        root:close()
+        nested:close()
+    }
+}
+--- response_body
+/message?sessionId=<id> root
+/a/b/message?sessionId=<id> nested
+/a/sse: 404
+
+
+
+=== TEST 12: messages of any size up to the limit, pretty-printed bodies and batches
+--- config
+location = /t {
+    content_by_lua_block {
+        local cjson = require("cjson.safe")
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        local big = string.rep("0123456789abcdef", 65536)
+        local text = s:tool("echo", { text = big })
+        ngx.say("1 MiB echo intact: ", text == big)
+        local status = s:post('{\n  "jsonrpc": "2.0",\r\n  "id": 100,\n  "method": "ping"\n}')
+        local pong = assert(s:next_message())
+        ngx.say("pretty ping: ", status, " id ", pong.id, " ", cjson.encode(pong.result))
+        status = s:post('[{"jsonrpc":"2.0","id":201,"method":"ping"},{"jsonrpc":"2.0","id":202,"method":"ping"}]')
+        local batch = assert(s:next_message())
+        ngx.say("batch: ", status, " ", #batch, " ", batch[1].id, " ", batch[2].id)
+        s:close()
+    }
+}
+--- response_body
+1 MiB echo intact: true
+pretty ping: 202 id 100 {}
+batch: 202 2 201 202
+
+
+
+=== TEST 13: backend output that is not JSON never reaches the client and is logged
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        ngx.say((s:tool("junk_stdout", { text = "npm WARN deprecated thing" })))
+        ngx.say((s:tool("invalid_utf8")))
+        ngx.say((s:tool("echo", { text = "after" })))
+        ngx.say("queued: ", #s.queue)
+        s:close()
+    }
+}
+--- response_body
+ok
+ok
+after
+queued: 0
+--- error_log
+dropped a backend output line that is not a JSON object or array: npm WARN deprecated thing
+dropped a backend output line that is not valid UTF-8
+
+
+
+=== TEST 14: a backend line over max_message_bytes ends the session without a partial event
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/small"))
+        local status = s:post({ jsonrpc = "2.0", id = 1, method = "tools/call",
+                                params = { name = "huge_line", arguments = { bytes = 5000 } } })
+        ngx.say("post ", status)
+        local msg, err = s:next_message()
+        ngx.say("stream: ", tostring(msg), " ", err)
+        s:close()
+        assert(t.wait_idle("small"))
+        ngx.say("slots ", t.slots("small"))
+    }
+}
+--- response_body
+post 202
+stream: nil eof
+slots 0
+--- error_log
+backend wrote an output line over max_message_bytes (1024); ending the session
