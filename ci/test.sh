@@ -32,6 +32,9 @@ fi
 step "end to end with the official MCP TypeScript SDK"
 (cd t/e2e && node --test sdk-sse.test.mjs)
 
+step "teardown latency program (smoke run; make bench for figures)"
+python3 ci/teardown_latency.py --smoke
+
 step "nothing left running"
 left=$(pgrep -f "target/release/(mcp-fixture|mcp-bridge-host)" || true)
 echo "backend and host processes left after the suite: $(echo -n "$left" | grep -c . || true)"

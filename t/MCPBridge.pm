@@ -6,8 +6,8 @@ package t::MCPBridge;
 #   - http_config: package paths, lua_check_client_abort, the routes;
 #   - `--- routes`: Lua table fields defining routes by name (default: one
 #     route "mcp" at /mcp bridging the fixture server);
-#   - a `location /mcp/` serving route "mcp" unless the block's config
-#     already calls serve();
+#   - a `location /` that hands each request to the route whose base_uri
+#     matches it best, unless the block's config already calls serve();
 #   - no [error], [crit], [alert] or [emerg] in the log unless the block says
 #     what it expects there.
 
@@ -43,6 +43,7 @@ BEGIN {
 use Test::Nginx::Socket::Lua -Base;
 
 no_long_string();
+no_root_location();
 log_level("info");
 
 my $default_routes = <<"_EOC_";
@@ -75,6 +76,7 @@ $routes
         for name, conf in pairs(routes) do
             standalone.define(name, conf)
         end
+        require("mcptest").routes(routes)
     }
 
     init_worker_by_lua_block {
@@ -85,8 +87,8 @@ _EOC_
     my $config = $block->config // "";
     if ($config !~ /serve\(/) {
         $block->set_value("config", <<_EOC_ . $config);
-        location /mcp/ {
-            content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("mcp") }
+        location / {
+            content_by_lua_block { require("mcptest").serve() }
             log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() }
         }
 _EOC_

@@ -23,29 +23,6 @@ root = { base_uri = "", command = "$fixture" },
 nested = { base_uri = "/a/b", command = "$fixture" },
 _EOC_
     }
-    my $config = $block->config // "";
-    $block->set_value("config", <<_EOC_ . $config);
-location /small/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("small") }
-                   log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /one/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("one") }
-                 log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /other/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("other") }
-                   log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /missing/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("missing") }
-                     log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /logged/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("logged") }
-                    log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /ticking/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("ticking") }
-                     log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /shaped/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("shaped") }
-                    log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /a/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("nested") }
-               log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location ~ ^/(sse|message)\$ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("root") }
-                   log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /mcp/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("mcp") }
-                 log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-_EOC_
 });
 
 run_tests();

@@ -18,15 +18,6 @@ brief = { base_uri = "/brief", command = "$fixture",
           args = { "--pid-dir", "$pids", "--exit-at-start", "0" } },
 _EOC_
     }
-    my $config = $block->config // "";
-    $block->set_value("config", <<_EOC_ . $config);
-location /stubborn/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("stubborn") }
-                      log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /brief/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("brief") }
-                   log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-location /mcp/ { content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("mcp") }
-                 log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() } }
-_EOC_
     if (!defined $block->no_error_log && !defined $block->error_log) {
         $block->set_value("no_error_log", "[error]\n[crit]\n[alert]\nunknown process\n");
     }
@@ -76,7 +67,7 @@ location = /t {
         t.clear("$TEST_NGINX_PID_DIR")
         local s = assert(t.session("/mcp"))
         assert(s:initialize())
-        local pid = tonumber((s:tool("pid")):match('"pid":(%d+)'))
+        local pid = s:backend_pid()
         local status = s:post({ jsonrpc = "2.0", id = 99, method = "tools/call",
                                 params = { name = "sleep", arguments = { ms = 10000 } } })
         ngx.say("slow call accepted: ", status)
@@ -110,9 +101,7 @@ location = /t {
         end
         ngx.say("round trips: ", intact)
         s:close()
-        local ok, left = t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)
-        ngx.say("processes left: ", ok and "none" or left)
-        ngx.say("idle: ", tostring((t.wait_idle("mcp"))))
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
     }
 }
 --- response_body
@@ -162,9 +151,7 @@ location = /t {
         ngx.say("grandchildren recorded: ", recs[polite].role, " ", recs[stubborn].role)
         ngx.say("same group: ", recs[polite].pgid == recs[stubborn].pgid)
         s:close()
-        local ok, left = t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)
-        ngx.say("processes left: ", ok and "none" or left)
-        ngx.say("idle: ", tostring((t.wait_idle("mcp"))))
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
     }
 }
 --- response_body
@@ -191,8 +178,7 @@ location = /t {
         local s = assert(t.session("/mcp"))
         ngx.say("worker still serves: ", (s:tool("echo", { text = "yes" })))
         s:close()
-        local ok, left = t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)
-        ngx.say("processes left: ", ok and "none" or left)
+        t.say_cleanup("$TEST_NGINX_PID_DIR")
     }
 }
 --- response_body
@@ -214,7 +200,7 @@ location = /t {
         local sessions, pids = {}, {}
         for i = 1, 4 do
             sessions[i] = assert(t.session("/mcp"))
-            pids[i] = tonumber((sessions[i]:tool("pid")):match('"pid":(%d+)'))
+            pids[i] = sessions[i]:backend_pid()
         end
         sessions[1]:close()
         ngx.say("oldest gone within 1 s: ", t.wait_gone(pids[1], 1))
@@ -223,9 +209,7 @@ location = /t {
                     " ", t.process_state(pids[i]))
         end
         for i = 2, 4 do sessions[i]:close() end
-        local ok, left = t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)
-        ngx.say("processes left: ", ok and "none" or left)
-        ngx.say("idle: ", tostring((t.wait_idle("mcp"))))
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
     }
 }
 --- response_body
@@ -268,8 +252,7 @@ location = /t {
         ngx.say("worker CPU over 1 s under 0.2 s: ", used < 20)
         local status = t.http("GET", "/mcp/nothing")
         ngx.say("still answers: ", status)
-        local ok, left = t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)
-        ngx.say("processes left: ", ok and "none" or left)
+        t.say_cleanup("$TEST_NGINX_PID_DIR")
     }
 }
 --- response_body
@@ -307,8 +290,7 @@ location = /t {
         local status = t.http("GET", "/raise")
         ngx.say("status ", status)
         ngx.sleep(0.1)
-        local ok, left = t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)
-        ngx.say("processes left: ", ok and "none" or left)
+        t.say_cleanup("$TEST_NGINX_PID_DIR")
         local stats = t.host_stats()
         ngx.say("host sessions: ", stats.sessions)
     }
@@ -336,7 +318,7 @@ location = /t {
         t.clear("$TEST_NGINX_PID_DIR")
         for i = 1, 2 do
             local s = assert(t.session("/mcp"))
-            local pid = tonumber((s:tool("pid")):match('"pid":(%d+)'))
+            local pid = s:backend_pid()
             s:close()
             ngx.say("gone after a failed keepalive write: ", t.wait_gone(pid, 3))
         end

@@ -20,6 +20,31 @@ local tonumber = tonumber
 
 local _M = {}
 
+-- Routes by name, as the support module defined them.
+local route_bases = {}
+
+function _M.routes(routes)
+    for name, conf in pairs(routes) do
+        route_bases[name] = conf.base_uri or ""
+    end
+end
+
+-- Serves the request with the route whose base_uri is the longest prefix
+-- of the path: one location for every route of a block.
+function _M.serve()
+    local uri = ngx.var.uri
+    local best, best_len = nil, -1
+    for name, base in pairs(route_bases) do
+        if (uri == base or sub(uri, 1, #base + 1) == base .. "/") and #base > best_len then
+            best, best_len = name, #base
+        end
+    end
+    if not best then
+        return ngx.exit(404)
+    end
+    return require("apisix.plugins.mcp.bridge.standalone").serve(best)
+end
+
 local server_port
 
 -- The port under test, remembered from request context so timers can use
@@ -366,6 +391,29 @@ local function list_dir(dir)
     return names
 end
 
+-- Waits until `done()` is true; false after `seconds`. Tests have no event
+-- for "a process is gone", so this checks every 10 ms.
+local function wait_until(done, seconds)
+    local deadline = now() + (seconds or 5)
+    while not done() do
+        if now() > deadline then
+            return false
+        end
+        sleep(0.01)
+        ngx.update_time()
+    end
+    return true
+end
+
+-- The backend's pid, as the fixture reports it.
+function Stream:backend_pid()
+    local text, err = self:tool("pid")
+    if not text then
+        return nil, err
+    end
+    return tonumber(match(text, '"pid":(%d+)'))
+end
+
 -- Processes ---------------------------------------------------------------
 
 -- "running", "zombie" or nil (gone) for `pid`, checking its start time
@@ -395,15 +443,7 @@ end
 
 -- Waits until `pid` is gone; returns true, or false after `seconds`.
 function _M.wait_gone(pid, seconds, starttime)
-    local deadline = now() + (seconds or 5)
-    while _M.process_state(pid, starttime) do
-        if now() > deadline then
-            return false
-        end
-        sleep(0.01)
-        ngx.update_time()
-    end
-    return true
+    return wait_until(function() return not _M.process_state(pid, starttime) end, seconds)
 end
 
 -- Records the fixture wrote in `dir`: { [pid] = { pid=, pgid=, role=, starttime= } }.
@@ -451,15 +491,10 @@ end
 
 -- Waits until every recorded process of `dir` is gone.
 function _M.wait_all_gone(dir, seconds)
-    local deadline = now() + (seconds or 5)
-    while #_M.leftovers(dir) > 0 do
-        if now() > deadline then
-            return false, concat(_M.leftovers(dir), ", ")
-        end
-        sleep(0.02)
-        ngx.update_time()
+    if wait_until(function() return #_M.leftovers(dir) == 0 end, seconds) then
+        return true
     end
-    return true
+    return false, concat(_M.leftovers(dir), ", ")
 end
 
 -- Statistics of this worker's host (sessions, backends, ...).
@@ -490,31 +525,32 @@ end
 
 -- Waits until this worker's slots of `route` and host sessions are 0.
 function _M.wait_idle(route, seconds)
-    local deadline = now() + (seconds or 5)
-    while true do
-        local stats = _M.host_stats() or {}
-        if _M.slots(route) == 0 and stats.sessions == 0 then
-            return true
-        end
-        if now() > deadline then
-            return false, "slots " .. _M.slots(route) .. ", host sessions " .. tostring(stats.sessions)
-        end
-        sleep(0.01)
-        ngx.update_time()
+    local function idle()
+        return _M.slots(route) == 0 and (_M.host_stats() or {}).sessions == 0
     end
+    if wait_until(idle, seconds) then
+        return true
+    end
+    return false, "slots " .. _M.slots(route) .. ", host sessions "
+                  .. tostring((_M.host_stats() or {}).sessions)
 end
 
 -- Waits until this worker's slots of `route` are down to `n`.
 function _M.wait_slots(route, n, seconds)
-    local deadline = now() + (seconds or 5)
-    while _M.slots(route) ~= (n or 0) do
-        if now() > deadline then
-            return false, "slots " .. _M.slots(route)
-        end
-        sleep(0.01)
-        ngx.update_time()
+    if wait_until(function() return _M.slots(route) == (n or 0) end, seconds) then
+        return true
     end
-    return true
+    return false, "slots " .. _M.slots(route)
+end
+
+-- Says whether anything of route `route` and of the fixture's records in
+-- `dir` is left, waiting a little for teardown to finish.
+function _M.say_cleanup(dir, route)
+    local gone, left = _M.wait_all_gone(dir, 3)
+    ngx.say("processes left: ", gone and "none" or left)
+    if route then
+        ngx.say("idle: ", tostring((_M.wait_idle(route))))
+    end
 end
 
 -- Clears `dir` of records (between scenarios of one block).

@@ -27,9 +27,9 @@ end
 --   mcp-bridge:
 --     runtime_dir: /run/mcp-bridge   # sockets and the backends' default HOME
 --     host_program: /usr/local/apisix/mcp-bridge-host
+-- The host starts, and worker shutdown is watched, on the first session.
 function _M.init()
     worker.set(plugin.plugin_attr(plugin_name))
-    worker.watch_shutdown()
 end
 
 -- One route object per conf table (APISIX makes a new one per route version).
