@@ -414,3 +414,12 @@ stream: nil eof
 slots 0
 --- error_log
 backend wrote an output line over max_message_bytes (1024); ending the session
+
+
+
+=== TEST 15: an HTTP/1.0 client is refused a stream it could not receive
+--- request
+GET /mcp/sse HTTP/1.0
+--- error_code: 505
+--- response_body
+{"error":"the event stream needs HTTP/1.1 or later"}

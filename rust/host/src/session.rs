@@ -36,6 +36,10 @@ pub const SESSION_ID_LEN: usize = mcp_bridge_core::launcher::TOKEN_LEN + 2 * SES
 /// is gone (a descendant that escaped the group may hold the pipe open).
 const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
+/// How long the last frame of a session may wait for a worker that is not
+/// reading (its client is slow); the connection is closed either way.
+const EXIT_WRITE_LIMIT: Duration = Duration::from_secs(10);
+
 /// How long to wait for a SIGKILLed group to be reaped before saying so.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -317,16 +321,22 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
         let mut stderr_task = stderr_task;
         let _ = tokio::time::timeout(DRAIN_LIMIT, &mut stderr_task).await;
         stderr_task.abort();
-        let why = describe(ended, exit_status, spec.max_message_bytes);
-        let _ = writer.send(&frame::encode(Kind::Exit, why.as_bytes()).unwrap_or_default()).await;
-        writer.close().await;
     }
 
+    // The processes are gone: the session no longer counts, even if the
+    // worker is slow to take the last frame.
     host.backends.borrow_mut().remove(&pid);
     host.ended.set(host.ended.get() + 1);
     if host.live_sessions() == 0 {
         host.idle.notify_waiters();
     }
+    if !client_gone {
+        let why = describe(ended, exit_status, spec.max_message_bytes);
+        let exit_frame = frame::encode(Kind::Exit, why.as_bytes()).unwrap_or_default();
+        let _ = tokio::time::timeout(EXIT_WRITE_LIMIT, writer.send(&exit_frame)).await;
+        writer.close().await;
+    }
+
     let status = exit_status.map(|e| e.to_string()).unwrap_or_else(|| "status unknown".into());
     let how = match ended {
         End::ClientClosed => "client closed",

@@ -5,14 +5,14 @@
 -- A session lives as long as the stream's connection to the host: every
 -- way the GET request ends closes that connection, and the host then kills
 -- the backend. Nothing here polls: the stream waits on the host socket
--- (with the keepalive interval as its read timeout), and a client abort
--- ends the request at once through ngx.on_abort.
+-- (the host sends a keepalive frame after each silent interval), and a
+-- client abort ends the request at once through ngx.on_abort.
+local config = require("apisix.plugins.mcp.bridge.config")
 local native = require("apisix.plugins.mcp.bridge.native")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local session_limit = require("apisix.plugins.mcp.session_limit")
 local wire = require("apisix.plugins.mcp.bridge.wire")
 local worker = require("apisix.plugins.mcp.bridge.worker")
-local config = require("apisix.plugins.mcp.bridge.config")
 
 local find = string.find
 local io_open = io.open
@@ -119,6 +119,11 @@ end
 -- GET {base_uri}/sse
 function _M.open(route, ctx)
     local conf = route.conf
+    -- ngx_lua holds an HTTP/1.0 response back until it is complete
+    -- (lua_http10_buffering), so a stream would pile up in memory instead.
+    if (req.http_version() or 1.1) < 1.1 then
+        return respond.error(505, "the event stream needs HTTP/1.1 or later")
+    end
     local slot = session_limit.acquire(conf.max_sessions, route.key)
     if not slot then
         return respond.error(429, "too many sessions: this route allows " .. conf.max_sessions
