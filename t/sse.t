@@ -423,3 +423,57 @@ GET /mcp/sse HTTP/1.0
 --- error_code: 505
 --- response_body
 {"error":"the event stream needs HTTP/1.1 or later"}
+
+
+
+=== TEST 16: a backend that stops reading its input: 503 with Retry-After, not a queue without bound
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/small"))
+        ngx.say((s:tool("stop_reading")))
+        local message = '{"jsonrpc":"2.0","method":"notifications/x","params":{"pad":"'
+                        .. string.rep("x", 900) .. '"}}'
+        local accepted, status, headers, body = 0
+        repeat
+            status, headers, body = s:post(message)
+            if status == 202 then accepted = accepted + 1 end
+        until status ~= 202 or accepted > 5000
+        ngx.say("then: ", status, " retry-after ", headers["retry-after"], " ", body)
+        -- at most the 1 MiB inbox plus the pipe's 64 KiB were taken
+        ngx.say("bounded: ", accepted * #message < 1024 * 1024 + 128 * 1024)
+        s:close()
+        ngx.say("idle: ", tostring((t.wait_idle("small"))))
+    }
+}
+--- response_body
+ok
+then: 503 retry-after 1 {"error":"the backend is not reading its input; try again later"}
+
+bounded: true
+idle: true
+--- timeout: 30
+
+
+
+=== TEST 17: when the host cannot be started: 503, the reason in the log, the slot freed
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local native = require("apisix.plugins.mcp.bridge.native")
+        native.configure({ host_program = "/nonexistent/mcp-bridge-host" })
+        for i = 1, 2 do
+            local status, _, body = t.http("GET", "/mcp/sse")
+            ngx.print(status, " ", body)
+        end
+        ngx.say("slots ", t.slots("mcp"))
+    }
+}
+--- response_body
+503 {"error":"the bridge cannot start sessions right now"}
+503 {"error":"the bridge cannot start sessions right now"}
+slots 0
+--- error_log
+cannot start the mcp-bridge host: mcp-bridge host program /nonexistent/mcp-bridge-host not found

@@ -231,7 +231,7 @@ location = /t {
 --- response_body
 session open
 --- shutdown_error_log eval
-[qr/session \d+: ended \(host shutting down\); backend exited with status \d+; process group gone/,
+[qr/session \d+: ended: worker shutting down; backend exited with status \d+; process group gone/,
  qr/held session ended: eof/]
 --- no_shutdown_error_log
 [alert]

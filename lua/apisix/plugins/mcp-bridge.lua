@@ -41,11 +41,11 @@ function _M.access(conf, ctx)
         route = { key = (ctx.conf_type or "route") .. "#" .. (ctx.conf_id or "?"), conf = conf }
         routes[conf] = route
     end
-    return handler.handle(route, ctx)
+    return handler.handle(route)
 end
 
-function _M.log(conf, ctx)
-    handler.log(ctx)
+function _M.log()
+    handler.log()
 end
 
 return _M

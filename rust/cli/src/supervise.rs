@@ -156,13 +156,14 @@ pub fn run(
     let mut status = None;
     let mut stop_sent = false;
     while status.is_none() {
+        // nginx has no readiness notification: until it accepts on the
+        // listen address, probe every 20 ms (bounded by START_LIMIT).
         let timeout = if ready.is_some() { Duration::from_millis(20) } else { Duration::from_secs(3600) };
         match wait_signal(&waited, timeout) {
             Some(libc::SIGCHLD) => status = reap(master).0,
-            Some(sig) if !stop_sent => {
+            Some(_) if !stop_sent => {
                 // SIGTERM is nginx's fast shutdown: workers exit at once,
                 // their hosts see it and end every session.
-                let _ = sig;
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(master, libc::SIGTERM) };
                 stop_sent = true;

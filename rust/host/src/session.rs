@@ -337,15 +337,8 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
         writer.close().await;
     }
 
-    let status = exit_status.map(|e| e.to_string()).unwrap_or_else(|| "status unknown".into());
-    let how = match ended {
-        End::ClientClosed => "client closed",
-        End::BackendExited => "backend exited",
-        End::OutputClosed => "backend closed its output",
-        End::OversizedLine => "backend output line over max_message_bytes",
-        End::HostShutdown => "host shutting down",
-    };
-    log!(Info, "session {pid}: ended ({how}); backend {status}; {teardown}");
+    let why = describe(ended, exit_status, spec.max_message_bytes);
+    log!(Info, "session {pid}: ended: {why}; {teardown}");
 }
 
 struct Started {
@@ -553,10 +546,11 @@ async fn wait_group_gone(pgid: i32, reaper: &Reaper, limit: Duration) -> bool {
     }
 }
 
+/// Why a session ended, for the client (the Exit frame) and the log.
 fn describe(ended: End, exit: Option<Exit>, max: usize) -> String {
     let status = exit.map(|e| e.to_string()).unwrap_or_else(|| "ended".into());
     match ended {
-        End::ClientClosed => "client closed".into(),
+        End::ClientClosed => format!("client closed; backend {status}"),
         End::BackendExited => format!("backend {status}"),
         End::OutputClosed => format!("backend closed its output; backend {status}"),
         End::OversizedLine => format!("backend wrote a line over max_message_bytes ({max}); backend {status}"),

@@ -10,8 +10,7 @@ local req_get_method = ngx.req.get_method
 local _M = {}
 
 -- `route` = { key = <slot-counting key>, conf = <checked configuration> };
--- `ctx` = a per-request table (APISIX's api_ctx, or ngx.ctx).
-function _M.handle(route, ctx)
+function _M.handle(route)
     local uri = ngx.var.uri
     local base = route.conf.base_uri
     local method = req_get_method()
@@ -19,7 +18,7 @@ function _M.handle(route, ctx)
         if method ~= "GET" then
             return respond.error(405, "use GET to open a session", { Allow = "GET" })
         end
-        return sse.open(route, ctx)
+        return sse.open(route)
     end
     if uri == base .. "/message" then
         if method ~= "POST" then
@@ -31,8 +30,8 @@ function _M.handle(route, ctx)
                               .. base .. "/message")
 end
 
-function _M.log(ctx)
-    sse.log(ctx)
+function _M.log()
+    sse.log()
 end
 
 return _M

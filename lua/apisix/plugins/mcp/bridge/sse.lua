@@ -117,7 +117,7 @@ local function stream(sock)
 end
 
 -- GET {base_uri}/sse
-function _M.open(route, ctx)
+function _M.open(route)
     local conf = route.conf
     -- ngx_lua holds an HTTP/1.0 response back until it is complete
     -- (lua_http10_buffering), so a stream would pile up in memory instead.
@@ -129,7 +129,6 @@ function _M.open(route, ctx)
         return respond.error(429, "too many sessions: this route allows " .. conf.max_sessions
                                   .. " at a time", { ["Retry-After"] = RETRY_AFTER_SECONDS })
     end
-    ctx.mcp_bridge_slot = slot
     watch_client_abort()
 
     local path, err = worker.host_socket()
@@ -213,6 +212,10 @@ local function read_body(max)
     req.read_body()
     local body = req.get_body_data()
     if not body then
+        -- nginx spilled the body to a temporary file (client_body_buffer_size
+        -- below the body's size; the standalone gateway sets it to
+        -- max_message_bytes so this does not happen there). The file was
+        -- just written, so this read is served from the page cache.
         local file = req.get_body_file()
         if file then
             local f = io_open(file, "rb")
@@ -302,12 +305,10 @@ function _M.deliver(route)
     return respond.error(code, reason ~= "" and reason or "message refused")
 end
 
--- Releases the request's slot, whatever path the request ended by.
-function _M.log(ctx)
-    local slot = ctx.mcp_bridge_slot
-    if slot then
-        slot:release()
-    end
+-- Releases the request's slot (session_limit keeps it in ngx.ctx), whatever
+-- path the request ended by.
+function _M.log()
+    session_limit.release()
 end
 
 return _M

@@ -47,11 +47,11 @@ function _M.serve(name)
         ngx.log(ngx.ERR, "mcp-bridge: no route named \"", name, "\" was defined")
         return respond.error(500, "mcp-bridge route is not configured")
     end
-    return handler.handle(route, ngx.ctx)
+    return handler.handle(route)
 end
 
 function _M.log()
-    handler.log(ngx.ctx)
+    handler.log()
 end
 
 return _M
