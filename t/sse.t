@@ -187,7 +187,7 @@ location = /t {
     }
 }
 --- response_body
-second on one: 429 retry-after 1 {"error":"too many sessions: this route allows 1 at a time"}
+second on one: 429 retry-after 1 {"error":"too many sessions: this route allows 1 per worker at a time"}
 
 first on other: 200
 slots one=1 other=1
@@ -310,7 +310,7 @@ location = /t {
     }
 }
 --- response_body
-env: EXTRA HOME LANG PATH
+env: EXTRA HOME LANG MCP_BRIDGE_SESSION PATH
 LANG=en_US.UTF-8 EXTRA=yes HOME ends /home
 HOME exists: true
 cwd: /tmp
@@ -401,8 +401,13 @@ location = /t {
         local status = s:post({ jsonrpc = "2.0", id = 1, method = "tools/call",
                                 params = { name = "huge_line", arguments = { bytes = 5000 } } })
         ngx.say("post ", status)
-        local msg, err = s:next_message()
-        ngx.say("stream: ", tostring(msg), " ", err)
+        -- The unanswered call gets an error response, then the stream ends.
+        local msg = s:next_message()
+        ngx.say("id ", msg.id, ", error ", msg.error.code, ": ",
+                msg.error.message:match("^(the MCP server ended before responding %(backend wrote "
+                                        .. "a line over max_message_bytes %(1024%)); backend "))
+        local _, err = s:next_message()
+        ngx.say("stream: ", err)
         s:close()
         assert(t.wait_idle("small"))
         ngx.say("slots ", t.slots("small"))
@@ -410,7 +415,8 @@ location = /t {
 }
 --- response_body
 post 202
-stream: nil eof
+id 1, error -32000: the MCP server ended before responding (backend wrote a line over max_message_bytes (1024)
+stream: eof
 slots 0
 --- error_log
 backend wrote an output line over max_message_bytes (1024); ending the session

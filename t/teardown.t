@@ -134,7 +134,7 @@ after 0.2 s: SIGTERM received true, still running true
 gone by the grace period: true
 idle: true
 --- error_log
-process group ignored SIGTERM, killed with SIGKILL after 400 ms
+processes ignored SIGTERM, killed with SIGKILL after 400 ms
 
 
 
@@ -241,8 +241,12 @@ location = /t {
             assert(s:initialize())
             local status = s:post({ jsonrpc = "2.0", id = 7, method = "tools/call",
                                     params = { name = how[1], arguments = how[2] } })
-            local msg, err = s:next_message()
-            ngx.say(how[1], ": post ", status, ", stream ", tostring(msg), " ", err)
+            -- The call in flight is answered with an error, then the stream ends.
+            local msg = s:next_message()
+            local _, err = s:next_message()
+            local why = msg.error.message:match("^the MCP server ended before responding %((.*)%)$")
+            ngx.say(how[1], ": post ", status, ", id ", msg.id, " error ", msg.error.code, ": ",
+                    why:match("backend [%w ]+$"), ", stream ", err)
             s:close()
         end
         ngx.say("idle: ", tostring((t.wait_idle("mcp"))))
@@ -256,8 +260,8 @@ location = /t {
     }
 }
 --- response_body
-crash: post 202, stream nil eof
-kill_self: post 202, stream nil eof
+crash: post 202, id 7 error -32000: backend exited with status 3, stream eof
+kill_self: post 202, id 7 error -32000: backend killed by signal 9, stream eof
 idle: true
 worker CPU over 1 s under 0.2 s: true
 still answers: 404

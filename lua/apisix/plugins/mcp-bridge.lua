@@ -28,8 +28,10 @@ end
 --     runtime_dir: /run/mcp-bridge   # sockets and the backends' default HOME
 --     host_program: /usr/local/apisix/mcp-bridge-host
 -- The host starts, and worker shutdown is watched, on the first session.
+-- A starting worker takes back node slots of workers that died.
 function _M.init()
     worker.set(plugin.plugin_attr(plugin_name))
+    worker.started()
 end
 
 -- One route object per conf table (APISIX makes a new one per route version).

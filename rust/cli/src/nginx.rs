@@ -93,12 +93,13 @@ pub fn route_lua(s: &Serve, command: &[String]) -> String {
         let _ = write!(env, "[{}] = {}, ", lua_string(k), lua_string(v));
     }
     let cwd = s.cwd.as_deref().map(|c| format!("    cwd = {},\n", lua_string(c))).unwrap_or_default();
+    let per_node = s.max_sessions_per_node.map(|n| format!("    max_sessions_per_node = {n},\n")).unwrap_or_default();
     format!(
         "-- Written by `mcp-bridge serve`.\n\
          local standalone = require(\"apisix.plugins.mcp.bridge.standalone\")\n\
          standalone.define(\"gateway\", {{\n    base_uri = {},\n    command = {},\n    args = {{ {args}}},\n    \
          env = {{ {env}}},\n{cwd}    max_sessions = {},\n    kill_grace_ms = {},\n    max_message_bytes = {},\n    \
-         keepalive_interval_ms = {},\n    stderr = {},\n}})\n",
+         keepalive_interval_ms = {},\n    stderr = {},\n    slow_client_timeout_ms = {},\n{per_node}}})\n",
         lua_string(&s.base_uri),
         lua_string(&command[0]),
         s.max_sessions,
@@ -106,6 +107,7 @@ pub fn route_lua(s: &Serve, command: &[String]) -> String {
         s.max_message_bytes,
         s.keepalive_interval_ms,
         lua_string(&s.stderr),
+        s.slow_client_timeout_ms,
     )
 }
 
@@ -119,6 +121,18 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
     let standalone = "require(\"apisix.plugins.mcp.bridge.standalone\")";
     let max = s.max_message_bytes;
     let too_large = format!("{{\\\"error\\\":\\\"request body is larger than max_message_bytes ({max})\\\"}}");
+    let status = match &s.status_uri {
+        Some(uri) => format!(
+            "\n        \
+             location = {uri} {{\n            \
+                 allow 127.0.0.1;\n            \
+                 allow ::1;\n            \
+                 deny all;\n            \
+                 content_by_lua_block {{ {standalone}.status() }}\n        \
+             }}\n"
+        ),
+        None => String::new(),
+    };
     format!(
         "# Written by `mcp-bridge serve`.\n\
          {load}daemon off;\n\
@@ -136,6 +150,7 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
              lua_package_path \"{p}/lua/?.lua;;\";\n    \
              lua_package_cpath \"{lib}/lib?.so;;\";\n    \
              lua_check_client_abort on;\n    \
+             lua_shared_dict mcp-bridge-slots 1m;\n    \
              client_body_temp_path {p}/tmp/body;\n    \
              proxy_temp_path {p}/tmp/proxy;\n    \
              fastcgi_temp_path {p}/tmp/fastcgi;\n    \
@@ -158,7 +173,8 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
                  location @too_large {{\n            \
                      default_type application/json;\n            \
                      return 413 \"{too_large}\\n\";\n        \
-                 }}\n    \
+                 }}\n\
+                 {status}    \
              }}\n\
          }}\n",
         workers = s.workers,

@@ -14,6 +14,9 @@ options:
   --base-uri PATH               prefix of the /sse and /message endpoints [/mcp]
   --workers N                   nginx worker processes [1]
   --max-sessions N              live sessions per worker [100]
+  --max-sessions-per-node N     live sessions of all workers together [no limit]
+  --slow-client-timeout-ms N    longest a client may take to accept one
+                                message before its session ends [30000]
   --kill-grace-ms N             SIGTERM to SIGKILL delay for a backend [2000]
   --max-message-bytes N         largest message in either direction [4194304]
   --keepalive-interval-ms N     SSE keepalive interval [15000]
@@ -21,6 +24,8 @@ options:
   --env KEY=VALUE               extra backend environment (repeatable)
   --cwd DIR                     backend working directory
   --log-level LEVEL             nginx error log level [notice]
+  --status-uri PATH             serve a JSON status report at PATH, to
+                                loopback clients only [off]
   --nginx PATH                  nginx binary [nginx on PATH, or /usr/sbin/nginx]
   --prefix DIR                  keep nginx's files in DIR [a temporary directory]
   -h, --help                    this help
@@ -33,6 +38,9 @@ pub struct Serve {
     pub base_uri: String,
     pub workers: u32,
     pub max_sessions: u64,
+    pub max_sessions_per_node: Option<u64>,
+    pub slow_client_timeout_ms: u64,
+    pub status_uri: Option<String>,
     pub kill_grace_ms: u64,
     pub max_message_bytes: u64,
     pub keepalive_interval_ms: u64,
@@ -53,6 +61,9 @@ impl Default for Serve {
             base_uri: "/mcp".into(),
             workers: 1,
             max_sessions: 100,
+            max_sessions_per_node: None,
+            slow_client_timeout_ms: 30000,
+            status_uri: None,
             kill_grace_ms: 2000,
             max_message_bytes: 4 << 20,
             keepalive_interval_ms: 15000,
@@ -114,6 +125,9 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
             "--base-uri" => s.base_uri = value()?,
             "--workers" => s.workers = number(name, &value()?)?,
             "--max-sessions" => s.max_sessions = number(name, &value()?)?,
+            "--max-sessions-per-node" => s.max_sessions_per_node = Some(number(name, &value()?)?),
+            "--slow-client-timeout-ms" => s.slow_client_timeout_ms = number(name, &value()?)?,
+            "--status-uri" => s.status_uri = Some(value()?),
             "--kill-grace-ms" => s.kill_grace_ms = number(name, &value()?)?,
             "--max-message-bytes" => s.max_message_bytes = number(name, &value()?)?,
             "--keepalive-interval-ms" => s.keepalive_interval_ms = number(name, &value()?)?,
@@ -132,6 +146,12 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
     }
     if s.workers == 0 || s.workers > 256 {
         return Err(format!("--workers must be between 1 and 256, got {}", s.workers));
+    }
+    if let Some(uri) = &s.status_uri {
+        let plain = uri.starts_with('/') && uri.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+        if !plain || uri.contains("//") || uri.contains("/.") {
+            return Err(format!("--status-uri must be a plain path such as /-/status, got \"{uri}\""));
+        }
     }
     const LEVELS: [&str; 8] = ["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"];
     if !LEVELS.contains(&s.log_level.as_str()) {
@@ -168,6 +188,9 @@ mod tests {
     fn options_take_separate_or_inline_values() {
         let s = serve("serve --listen 0.0.0.0:8000 --workers=2 --max-sessions 5 --env A=1 --env B=x=y -- cat");
         assert_eq!((s.listen.as_str(), s.workers, s.max_sessions), ("0.0.0.0:8000", 2, 5));
+        let s2 = serve("serve --max-sessions-per-node 7 --slow-client-timeout-ms 900 --status-uri /-/status");
+        assert_eq!((s2.max_sessions_per_node, s2.slow_client_timeout_ms), (Some(7), 900));
+        assert_eq!(s2.status_uri.as_deref(), Some("/-/status"));
         assert_eq!(s.env, [("A".to_string(), "1".to_string()), ("B".to_string(), "x=y".to_string())]);
     }
 
@@ -182,5 +205,9 @@ mod tests {
         assert!(parse(&args("serve --")).unwrap_err().contains("nothing after"));
         assert!(parse(&args("run")).unwrap_err().contains("unknown command"));
         assert!(parse(&args("serve --log-level loud")).unwrap_err().contains("--log-level"));
+        assert!(parse(&args("serve --max-sessions-per-node x")).unwrap_err().contains("whole number"));
+        for bad in ["status", "/a b", "/a//b", "/a/../b", "/a;b", "/{x}"] {
+            assert!(parse(&[String::from("serve"), String::from("--status-uri"), bad.into()]).is_err(), "{bad}");
+        }
     }
 }

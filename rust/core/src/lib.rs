@@ -3,10 +3,12 @@
 //!
 //! - [`slots`]: per-route session-slot counters with RAII guards.
 //! - [`launcher`]: starting, watching and stopping a worker's host process.
+//! - [`procfs`]: process facts from `/proc`, process identities, pidfds.
 //! - [`procs`]: async-signal-safe helpers for `pre_exec` and process groups.
 //! - [`random`]: identifiers from the OS CSPRNG.
 
 pub mod launcher;
+pub mod procfs;
 pub mod procs;
 pub mod random;
 pub mod slots;

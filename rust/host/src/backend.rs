@@ -1,6 +1,7 @@
 //! Starting a backend: no shell, argv as given, a minimal environment, its
 //! own process group, and a clean signal state.
 
+use crate::escapees::MARKER_VAR;
 use crate::spec::SpawnSpec;
 use mcp_bridge_core::procs;
 use nix::unistd::{access, AccessFlags};
@@ -34,8 +35,9 @@ pub struct Backend {
 }
 
 /// The environment a backend gets: `PATH`, `HOME` and `LANG` defaults,
-/// overridden or extended by the configuration, nothing else.
-pub fn environment(spec: &SpawnSpec, defaults: &Defaults) -> BTreeMap<String, OsString> {
+/// overridden or extended by the configuration, and the session's marker
+/// (see `escapees`), which the configuration cannot override.
+pub fn environment(spec: &SpawnSpec, defaults: &Defaults, marker: &str) -> BTreeMap<String, OsString> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), OsString::from(DEFAULT_PATH));
     env.insert("HOME".to_string(), defaults.home.clone().into_os_string());
@@ -43,6 +45,7 @@ pub fn environment(spec: &SpawnSpec, defaults: &Defaults) -> BTreeMap<String, Os
     for (k, v) in &spec.env {
         env.insert(k.clone(), OsString::from(v));
     }
+    env.insert(MARKER_VAR.to_string(), OsString::from(marker));
     env
 }
 
@@ -68,8 +71,8 @@ pub fn resolve(command: &str, path_var: &str) -> Result<PathBuf, String> {
 
 /// Starts the backend described by `spec`. Must run on the host's main
 /// thread (see `procs::die_with_parent`).
-pub fn spawn(spec: &SpawnSpec, defaults: &Defaults) -> Result<Backend, String> {
-    let env = environment(spec, defaults);
+pub fn spawn(spec: &SpawnSpec, defaults: &Defaults, marker: &str) -> Result<Backend, String> {
+    let env = environment(spec, defaults, marker);
     let path_var = env.get("PATH").and_then(|p| p.to_str()).unwrap_or(DEFAULT_PATH);
     let program = resolve(&spec.command, path_var)?;
     if let Some(cwd) = &spec.cwd {
@@ -136,10 +139,14 @@ mod tests {
 
     #[test]
     fn environment_is_minimal_and_configuration_wins() {
-        let spec = SpawnSpec::parse(br#"{"command":"x","env":{"LANG":"en_US.UTF-8","TOKEN":"t"}}"#).expect("spec");
-        let env = environment(&spec, &Defaults { home: PathBuf::from("/h") });
+        let spec = SpawnSpec::parse(
+            br#"{"command":"x","env":{"LANG":"en_US.UTF-8","TOKEN":"t","MCP_BRIDGE_SESSION":"forged"}}"#,
+        )
+        .expect("spec");
+        let env = environment(&spec, &Defaults { home: PathBuf::from("/h") }, "1-2.3");
         let keys: Vec<_> = env.keys().cloned().collect();
-        assert_eq!(keys, ["HOME", "LANG", "PATH", "TOKEN"]);
+        assert_eq!(keys, ["HOME", "LANG", "MCP_BRIDGE_SESSION", "PATH", "TOKEN"]);
+        assert_eq!(env["MCP_BRIDGE_SESSION"], "1-2.3");
         assert_eq!(env["LANG"], "en_US.UTF-8");
         assert_eq!(env["HOME"], "/h");
     }

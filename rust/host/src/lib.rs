@@ -10,6 +10,7 @@
 //! The wire format is described in [`frame`].
 
 pub mod backend;
+pub mod escapees;
 pub mod frame;
 pub mod lines;
 pub mod log;

@@ -3,8 +3,9 @@
 //! the listening socket the worker created.
 
 use mcp_bridge_core::launcher::{self, LISTENER_FD};
-use mcp_bridge_core::procs;
+use mcp_bridge_core::{procfs, procs};
 use mcp_bridge_host::backend::Defaults;
+use mcp_bridge_host::escapees::Sweeper;
 use mcp_bridge_host::log::Level;
 use mcp_bridge_host::reaper::Reaper;
 use mcp_bridge_host::session::Host;
@@ -113,7 +114,8 @@ fn run(args: Args) -> Result<(), String> {
         let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
         let control = tokio::net::UnixStream::from_std(control).map_err(|e| format!("control channel: {e}"))?;
         server::sweep_stale_sockets(&args.runtime_dir, &socket_path);
-        let host = Host::new(args.token, Defaults { home }, Reaper::new());
+        let identity = procfs::identity(std::process::id() as i32).ok_or("cannot read /proc/self/stat")?;
+        let host = Host::new(args.token, Defaults { home }, Reaper::new(), Sweeper::new(identity));
         log!(Info, "started for worker {} on {}", args.parent, socket_path.display());
         server::serve(host, listener, control, socket_path).await.map_err(|e| format!("serve: {e}"))
     })

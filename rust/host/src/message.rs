@@ -7,18 +7,78 @@
 //! with spaces changes nothing a JSON parser sees.
 
 use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The JSON-RPC ids a message carries, as their JSON text (`1`, `"a"`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    /// Requests: a `method` and an `id`; each expects one response.
+    pub requests: Vec<String>,
+    /// Responses: an `id` and no `method`.
+    pub responses: Vec<String>,
+}
+
+/// The members of a JSON-RPC message that say what it is.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    method: Option<IgnoredAny>,
+}
+
+impl Envelope<'_> {
+    fn sort_into(self, ids: &mut Ids) {
+        let Some(id) = self.id else { return };
+        let id = id.get().to_owned();
+        match self.method {
+            Some(_) => ids.requests.push(id),
+            None => ids.responses.push(id),
+        }
+    }
+}
 
 /// Checks that `bytes` is one JSON object or array (a JSON-RPC message or a
-/// batch) in UTF-8. The error says why not, for the client or the log.
-pub fn check(bytes: &[u8]) -> Result<(), String> {
+/// batch) in UTF-8, and returns the ids it carries. The error says why not,
+/// for the client or the log.
+pub fn inspect(bytes: &[u8]) -> Result<Ids, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+    let mut ids = Ids::default();
     match text.trim_start().as_bytes().first() {
-        Some(b'{') | Some(b'[') => {}
+        Some(b'{') => {
+            let one: Envelope = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            one.sort_into(&mut ids);
+        }
+        Some(b'[') => match serde_json::from_str::<Vec<Envelope>>(text) {
+            Ok(batch) => batch.into_iter().for_each(|m| m.sort_into(&mut ids)),
+            // Not a batch of objects: still passed on if it is JSON at all.
+            Err(_) => {
+                serde_json::from_str::<IgnoredAny>(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            }
+        },
         Some(_) => return Err("not a JSON object or array".into()),
         None => return Err("empty".into()),
     }
-    serde_json::from_str::<IgnoredAny>(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    Ok(())
+    Ok(ids)
+}
+
+/// Checks a message without collecting its ids (see [`inspect`]).
+pub fn check(bytes: &[u8]) -> Result<(), String> {
+    inspect(bytes).map(drop)
+}
+
+/// The response a client gets for request `id` that its backend will never
+/// answer, so a client waiting for it does not wait forever.
+pub fn no_response_error(id: &str, why: &str) -> Vec<u8> {
+    let message = format!("the MCP server ended before responding ({why})");
+    let mut out = Vec::with_capacity(id.len() + message.len() + 64);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(br#","error":{"code":-32000,"message":"#);
+    out.extend_from_slice(serde_json::Value::from(message).to_string().as_bytes());
+    out.extend_from_slice(b"}}");
+    out
 }
 
 /// Replaces CR and LF with spaces (see the module documentation).
@@ -67,6 +127,28 @@ mod tests {
         assert!(check(b"{\"a\":").unwrap_err().contains("not valid JSON"));
         assert!(check(b"{\"a\":\"\xff\"}").unwrap_err().contains("UTF-8"));
         assert!(check(b"{\"a\":1} {\"b\":2}").unwrap_err().contains("not valid JSON"), "two messages");
+    }
+
+    #[test]
+    fn ids_of_requests_and_responses_are_told_apart() {
+        let ids = inspect(br#"{"jsonrpc":"2.0","method":"tools/call","id":"a\"b","params":{"id":9}}"#).expect("ok");
+        assert_eq!(ids, Ids { requests: vec![r#""a\"b""#.into()], responses: vec![] });
+        let ids = inspect(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#).expect("ok");
+        assert_eq!(ids, Ids { requests: vec![], responses: vec!["7".into()] });
+        let ids = inspect(br#"[{"method":"a","id":1},{"method":"n"},{"id":2,"error":{}}]"#).expect("ok");
+        assert_eq!(ids, Ids { requests: vec!["1".into()], responses: vec!["2".into()] });
+        assert_eq!(inspect(br#"{"method":"notifications/x"}"#).expect("ok"), Ids::default());
+        assert_eq!(inspect(br#"{"method":"x","id":null}"#).expect("ok"), Ids::default());
+        assert_eq!(inspect(b"[1, 2]").expect("a JSON array still passes"), Ids::default());
+    }
+
+    #[test]
+    fn no_response_errors_carry_the_id_verbatim() {
+        let e = no_response_error(r#""x\"y""#, "backend \"crashed\"");
+        let v: serde_json::Value = serde_json::from_slice(&e).expect("valid JSON");
+        assert_eq!(v["id"], "x\"y");
+        assert_eq!(v["error"]["code"], -32000);
+        assert!(v["error"]["message"].as_str().expect("text").contains("backend \"crashed\""));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub async fn serve(
     socket_path: PathBuf,
 ) -> io::Result<()> {
     spawn_local(Rc::clone(&host.reaper).run());
+    let live = Rc::clone(&host);
+    spawn_local(Rc::clone(&host.sweeper).run(move || live.live_groups()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;

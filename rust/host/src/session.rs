@@ -8,6 +8,7 @@
 //! is closed.
 
 use crate::backend::{self, Backend};
+use crate::escapees::{self, Escapee, Sweeper};
 use crate::frame::{self, AckStatus, Kind, HEADER_LEN};
 use crate::lines::{Line, LineReader};
 use crate::log;
@@ -43,6 +44,15 @@ const EXIT_WRITE_LIMIT: Duration = Duration::from_secs(10);
 /// How long to wait for a SIGKILLed group to be reaped before saying so.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// The longest grace period while the host shuts down (its worker is
+/// reloading, quitting or gone): the worker's sessions must end within a
+/// second, whatever `kill_grace_ms` says.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Requests of one session that may wait for a response at once. Each
+/// costs a few bytes of memory; more are refused as busy.
+const MAX_PENDING: usize = 10_000;
+
 const STDOUT_BUFFER: usize = 32 * 1024;
 const STDERR_BUFFER: usize = 4 * 1024;
 
@@ -51,6 +61,7 @@ pub struct Host {
     pub token: String,
     pub defaults: backend::Defaults,
     pub reaper: Rc<Reaper>,
+    pub sweeper: Rc<Sweeper>,
     inboxes: RefCell<HashMap<String, Inbox>>,
     backends: RefCell<BTreeSet<i32>>,
     shutdown: watch::Sender<bool>,
@@ -60,11 +71,12 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(token: String, defaults: backend::Defaults, reaper: Rc<Reaper>) -> Rc<Host> {
+    pub fn new(token: String, defaults: backend::Defaults, reaper: Rc<Reaper>, sweeper: Rc<Sweeper>) -> Rc<Host> {
         Rc::new(Host {
             token,
             defaults,
             reaper,
+            sweeper,
             inboxes: RefCell::default(),
             backends: RefCell::default(),
             shutdown: watch::Sender::new(false),
@@ -85,6 +97,11 @@ impl Host {
 
     pub fn live_sessions(&self) -> usize {
         self.backends.borrow().len()
+    }
+
+    /// Process groups of the live sessions (a group's id is its backend's pid).
+    pub fn live_groups(&self) -> BTreeSet<i32> {
+        self.backends.borrow().clone()
     }
 
     /// Resolves once no session is left.
@@ -118,14 +135,21 @@ impl Host {
         if len > inbox.max_message {
             return (AckStatus::TooLarge, format!("message of {len} bytes is over the limit of {}", inbox.max_message));
         }
-        if let Err(why) = message::check(&payload[SESSION_ID_LEN..]) {
-            return (AckStatus::InvalidJson, format!("message is {why}"));
+        let ids = match message::inspect(&payload[SESSION_ID_LEN..]) {
+            Ok(ids) => ids,
+            Err(why) => return (AckStatus::InvalidJson, format!("message is {why}")),
+        };
+        if inbox.pending.len() + ids.requests.len() > MAX_PENDING {
+            return (AckStatus::Busy, format!("{MAX_PENDING} requests are already waiting for a response"));
         }
         payload.drain(..SESSION_ID_LEN);
         message::flatten_line_breaks(&mut payload);
         payload.push(b'\n');
         match inbox.offer(payload) {
-            Offer::Queued => (AckStatus::Accepted, String::new()),
+            Offer::Queued => {
+                inbox.pending.sent(ids.requests);
+                (AckStatus::Accepted, String::new())
+            }
             Offer::Busy => (AckStatus::Busy, "the backend is not reading its input; try again later".into()),
             Offer::Closed => (AckStatus::UnknownSession, "session is ending".into()),
         }
@@ -158,6 +182,47 @@ struct Inbox {
     queued: Rc<Cell<usize>>,
     limit: usize,
     max_message: usize,
+    pending: Rc<Pending>,
+}
+
+/// Ids of the client's requests the backend has not answered yet, so that
+/// a client still gets a response to each if the backend ends first.
+#[derive(Default)]
+struct Pending {
+    ids: RefCell<HashMap<String, u64>>,
+    sent: Cell<u64>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.ids.borrow().len()
+    }
+
+    fn sent(&self, ids: Vec<String>) {
+        let mut pending = self.ids.borrow_mut();
+        for id in ids {
+            let n = self.sent.get() + 1;
+            self.sent.set(n);
+            pending.insert(id, n);
+        }
+    }
+
+    fn answered(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut pending = self.ids.borrow_mut();
+        for id in ids {
+            pending.remove(id);
+        }
+    }
+
+    /// The unanswered ids, oldest first; forgets them.
+    fn take(&self) -> Vec<String> {
+        let mut ids: Vec<(String, u64)> = self.ids.borrow_mut().drain().collect();
+        ids.sort_by_key(|&(_, n)| n);
+        ids.into_iter().map(|(id, _)| id).collect()
+    }
 }
 
 impl Inbox {
@@ -238,7 +303,7 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
             return;
         }
     };
-    let Started { id, spec, backend, exit } = started;
+    let Started { id, marker, spec, backend, exit } = started;
     let pid = backend.pid;
     host.spawned.set(host.spawned.get() + 1);
     host.backends.borrow_mut().insert(pid);
@@ -253,13 +318,21 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
 
     let Backend { stdin, stdout, stderr, .. } = backend;
     let queued = Rc::new(Cell::new(0));
+    let pending = Rc::new(Pending::default());
     let (tx, rx) = mpsc::unbounded_channel();
     host.inboxes.borrow_mut().insert(
         id.clone(),
-        Inbox { tx, queued: Rc::clone(&queued), limit: spec.inbox_limit(), max_message: spec.max_message_bytes },
+        Inbox {
+            tx,
+            queued: Rc::clone(&queued),
+            limit: spec.inbox_limit(),
+            max_message: spec.max_message_bytes,
+            pending: Rc::clone(&pending),
+        },
     );
     let stdin_task = spawn_local(feed_stdin(stdin, rx, queued, pid));
-    let mut stdout_task = spawn_local(pump_stdout(stdout, Rc::clone(&writer), spec.max_message_bytes, pid));
+    let mut stdout_task =
+        spawn_local(pump_stdout(stdout, Rc::clone(&writer), Rc::clone(&pending), spec.max_message_bytes, pid));
     let stderr_task = spawn_local(pump_stderr(stderr, Rc::clone(&writer), spec.stderr, spec.max_message_bytes, pid));
     let keepalive_task = spec.keepalive_interval().map(|every| spawn_local(keep_alive(Rc::clone(&writer), every)));
 
@@ -293,6 +366,8 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
     // From here on the id is refused and queued input is dropped.
     host.inboxes.borrow_mut().remove(&id);
     let signalled = terminate(pid, closed_at);
+    let mut escaped = host.sweeper.find(&marker).await;
+    escapees::signal_all(&escaped, libc::SIGTERM);
     // Closing stdin as well is the polite way to ask a stdio server to stop;
     // it comes after SIGTERM so the signal is never late.
     stdin_task.abort();
@@ -305,8 +380,8 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
         stderr_task.abort();
     }
 
-    let teardown = match signalled {
-        true => finish_teardown(pid, spec.kill_grace(), &host.reaper).await,
+    let teardown = match signalled || !escaped.is_empty() {
+        true => finish_teardown(&host, pid, &marker, &mut escaped, spec.kill_grace()).await,
         false => Teardown::AlreadyGone,
     };
     if exit_status.is_none() {
@@ -330,19 +405,35 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
     if host.live_sessions() == 0 {
         host.idle.notify_waiters();
     }
+    let why = describe(ended, exit_status, spec.max_message_bytes);
     if !client_gone {
-        let why = describe(ended, exit_status, spec.max_message_bytes);
-        let exit_frame = frame::encode(Kind::Exit, why.as_bytes()).unwrap_or_default();
-        let _ = tokio::time::timeout(EXIT_WRITE_LIMIT, writer.send(&exit_frame)).await;
+        let _ = tokio::time::timeout(EXIT_WRITE_LIMIT, send_last_frames(&writer, pending.take(), &why)).await;
         writer.close().await;
     }
+    let escaped = match escaped.len() {
+        0 => String::new(),
+        n => format!("; {n} process(es) that left the group ended too"),
+    };
+    log!(Info, "session {pid}: ended: {why}; {teardown}{escaped}");
+}
 
-    let why = describe(ended, exit_status, spec.max_message_bytes);
-    log!(Info, "session {pid}: ended: {why}; {teardown}");
+/// A response for each request the backend left unanswered, then the Exit
+/// frame.
+async fn send_last_frames(writer: &SessionWriter, unanswered: Vec<String>, why: &str) {
+    for id in unanswered {
+        let Ok(frame) = frame::encode(Kind::Message, &message::no_response_error(&id, why)) else { continue };
+        if writer.send(&frame).await.is_err() {
+            return;
+        }
+    }
+    if let Ok(frame) = frame::encode(Kind::Exit, why.as_bytes()) {
+        let _ = writer.send(&frame).await;
+    }
 }
 
 struct Started {
     id: String,
+    marker: String,
     spec: SpawnSpec,
     backend: Backend,
     exit: tokio::sync::oneshot::Receiver<Exit>,
@@ -358,10 +449,11 @@ fn start(host: &Host, request: &[u8]) -> Result<Started, String> {
         host.token,
         random::hex(SESSION_RANDOM_BYTES).map_err(|e| format!("cannot make a session id: {e}"))?
     );
-    let backend = backend::spawn(&spec, &host.defaults)?;
+    let marker = host.sweeper.new_marker();
+    let backend = backend::spawn(&spec, &host.defaults, &marker)?;
     // Watch before yielding, so the exit cannot be reaped unwatched.
     let exit = host.reaper.watch(backend.pid);
-    Ok(Started { id, spec, backend, exit })
+    Ok(Started { id, marker, spec, backend, exit })
 }
 
 /// Resolves when the worker closes its end. The worker sends nothing after
@@ -392,7 +484,13 @@ async fn feed_stdin(
     }
 }
 
-async fn pump_stdout(out: pipe::Receiver, writer: SharedWriter, max: usize, pid: i32) -> StdoutEnd {
+async fn pump_stdout(
+    out: pipe::Receiver,
+    writer: SharedWriter,
+    pending: Rc<Pending>,
+    max: usize,
+    pid: i32,
+) -> StdoutEnd {
     let mut lines = LineReader::with_capacity(out, max, STDOUT_BUFFER);
     let mut frame = Vec::with_capacity(STDOUT_BUFFER);
     loop {
@@ -420,9 +518,12 @@ async fn pump_stdout(out: pipe::Receiver, writer: SharedWriter, max: usize, pid:
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        if let Err(why) = message::check(line) {
-            log!(Warn, "session {pid}: dropped a backend output line that is {why}: {}", message::excerpt(line));
-            continue;
+        match message::inspect(line) {
+            Ok(ids) => pending.answered(&ids.responses),
+            Err(why) => {
+                log!(Warn, "session {pid}: dropped a backend output line that is {why}: {}", message::excerpt(line));
+                continue;
+            }
         }
         message::flatten_line_breaks(line);
         if frame::seal(&mut frame, Kind::Message).is_err() {
@@ -487,10 +588,10 @@ impl std::fmt::Display for Teardown {
             Teardown::AlreadyGone => write!(f, "process group already gone"),
             Teardown::Terminated { after } => write!(f, "process group gone {} ms after SIGTERM", after.as_millis()),
             Teardown::Killed { grace, reaped: true } => {
-                write!(f, "process group ignored SIGTERM, killed with SIGKILL after {} ms", grace.as_millis())
+                write!(f, "processes ignored SIGTERM, killed with SIGKILL after {} ms", grace.as_millis())
             }
             Teardown::Killed { grace, reaped: false } => {
-                write!(f, "SIGKILL sent after {} ms but the group was not yet reaped", grace.as_millis())
+                write!(f, "SIGKILL sent after {} ms but processes were not yet reaped", grace.as_millis())
             }
         }
     }
@@ -511,39 +612,73 @@ fn terminate(pgid: i32, since: Instant) -> bool {
     }
 }
 
-/// After SIGTERM: SIGKILL when `grace` has passed, then waits until the
-/// reaper has collected every member it can.
-async fn finish_teardown(pgid: i32, grace: Duration, reaper: &Reaper) -> Teardown {
+/// After SIGTERM: SIGKILL when `grace` has passed (at most
+/// `SHUTDOWN_GRACE` once the host is shutting down), then waits until the
+/// reaper has collected every member it can. `escaped` are the session's
+/// processes outside its group; more are looked for before the SIGKILL.
+async fn finish_teardown(
+    host: &Host,
+    pgid: i32,
+    marker: &str,
+    escaped: &mut Vec<Escapee>,
+    grace: Duration,
+) -> Teardown {
     let term_at = Instant::now();
-    if wait_group_gone(pgid, reaper, grace).await {
+    let mut shutdown = host.shutdown.subscribe();
+    let grace = if host.shutting_down() { grace.min(SHUTDOWN_GRACE) } else { grace };
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut grace = grace;
+    let gone = tokio::select! {
+        gone = wait_gone(pgid, &host.reaper, escaped, deadline) => gone,
+        _ = shutdown.wait_for(|&down| down) => {
+            let sooner = deadline.min(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            grace = sooner - (deadline - grace);
+            wait_gone(pgid, &host.reaper, escaped, sooner).await
+        }
+    };
+    if gone {
         return Teardown::Terminated { after: term_at.elapsed() };
     }
     if let Err(e) = procs::signal_group(pgid, libc::SIGKILL) {
         log!(Error, "session {pgid}: {e}");
     }
-    let reaped = wait_group_gone(pgid, reaper, KILL_WAIT).await;
+    escapees::signal_all(escaped, libc::SIGKILL);
+    let late = host.sweeper.find(marker).await;
+    escapees::signal_all(&late, libc::SIGKILL);
+    escaped.extend(late);
+    let reaped = wait_gone(pgid, &host.reaper, escaped, tokio::time::Instant::now() + KILL_WAIT).await;
     if !reaped {
-        log!(Error, "session {pgid}: process group still has members {} s after SIGKILL", KILL_WAIT.as_secs());
+        log!(Error, "session {pgid}: processes still running {} s after SIGKILL", KILL_WAIT.as_secs());
     }
     Teardown::Killed { grace, reaped }
 }
 
-/// Waits, woken by the reaper, until group `pgid` has no member left.
-/// Returns false if `limit` passes first.
-async fn wait_group_gone(pgid: i32, reaper: &Reaper, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
+/// Waits, woken by the reaper and by the escapees' exits, until group
+/// `pgid` has no member left and every escapee has exited. Returns false if
+/// `deadline` passes first.
+async fn wait_gone(pgid: i32, reaper: &Reaper, escaped: &[Escapee], deadline: tokio::time::Instant) -> bool {
+    let gone = || !procs::group_alive(pgid) && escaped.iter().all(Escapee::exited);
     loop {
         let reaped = reaper.reaped().notified();
         tokio::pin!(reaped);
         reaped.as_mut().enable();
-        if !procs::group_alive(pgid) {
+        if gone() {
             return true;
         }
         tokio::select! {
             _ = &mut reaped => {}
-            _ = tokio::time::sleep_until(deadline) => return !procs::group_alive(pgid),
+            _ = escapees_exit(escaped) => {}
+            _ = tokio::time::sleep_until(deadline) => return gone(),
         }
     }
+}
+
+/// Resolves when the last running escapee exits; never if none runs.
+async fn escapees_exit(escaped: &[Escapee]) {
+    if escaped.iter().all(Escapee::exited) {
+        std::future::pending::<()>().await;
+    }
+    escapees::all_exited(escaped).await;
 }
 
 /// Why a session ended, for the client (the Exit frame) and the log.

@@ -222,7 +222,7 @@ fn the_backend_environment_is_minimal() {
     let names: Vec<&str> = message["env"].as_str().expect("env").split_whitespace().collect();
     // sh adds PWD (and SHLVL/_ depending on the shell) itself.
     let ours: Vec<&str> = names.into_iter().filter(|n| !["PWD", "SHLVL", "_", "OLDPWD"].contains(n)).collect();
-    assert_eq!(ours, ["EXTRA", "HOME", "LANG", "PATH"]);
+    assert_eq!(ours, ["EXTRA", "HOME", "LANG", "MCP_BRIDGE_SESSION", "PATH"]);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 mod worker;
 
+use mcp_bridge_core::procfs;
 use mlua::prelude::*;
 use worker::Slot;
 
@@ -60,11 +61,13 @@ fn slot_count(_: &Lua, route: LuaString) -> LuaResult<usize> {
     Ok(worker::slot_count(&route.to_str()?))
 }
 
-/// `stats()`: `{ host_pid =, hosts_started =, runtime_dir =, slots = { [route] = n } }`.
+/// `stats()`: `{ host_pid =, host_socket =, hosts_started =, runtime_dir =, exiting =,
+/// slots = { [route] = n } }`; the host fields are nil when no host runs.
 fn stats(lua: &Lua, (): ()) -> LuaResult<LuaTable> {
     let s = worker::stats();
     let t = lua.create_table()?;
     t.set("host_pid", s.host_pid)?;
+    t.set("host_socket", s.host_socket)?;
     t.set("hosts_started", s.hosts_started)?;
     t.set("runtime_dir", s.runtime_dir)?;
     t.set("exiting", s.exiting)?;
@@ -74,6 +77,17 @@ fn stats(lua: &Lua, (): ()) -> LuaResult<LuaTable> {
     }
     t.set("slots", slots)?;
     Ok(t)
+}
+
+/// `identity()`: this process's identity, `<pid>-<start time>`, which no
+/// later process shares (see `procfs::identity`).
+fn identity(_: &Lua, (): ()) -> LuaResult<Option<String>> {
+    Ok(procfs::identity(std::process::id() as i32))
+}
+
+/// `alive(identity)`: whether the process named by `identity` still runs.
+fn alive(_: &Lua, identity: LuaString) -> LuaResult<bool> {
+    Ok(procfs::identity_alive(&identity.to_str()?))
 }
 
 #[mlua::lua_module]
@@ -87,5 +101,7 @@ fn mcp_bridge_native(lua: &Lua) -> LuaResult<LuaTable> {
     exports.set("slot_acquire", lua.create_function(slot_acquire)?)?;
     exports.set("slot_count", lua.create_function(slot_count)?)?;
     exports.set("stats", lua.create_function(stats)?)?;
+    exports.set("identity", lua.create_function(identity)?)?;
+    exports.set("alive", lua.create_function(alive)?)?;
     Ok(exports)
 }

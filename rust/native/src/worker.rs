@@ -161,6 +161,7 @@ pub fn slot_count(route: &str) -> usize {
 
 pub struct Stats {
     pub host_pid: Option<i32>,
+    pub host_socket: Option<String>,
     pub hosts_started: u64,
     pub runtime_dir: String,
     pub exiting: bool,
@@ -172,6 +173,11 @@ pub fn stats() -> Stats {
     let state = guard.current();
     Stats {
         host_pid: state.host.as_ref().filter(|h| h.is_alive()).map(|h| h.pid()),
+        host_socket: state
+            .host
+            .as_ref()
+            .filter(|h| h.is_alive())
+            .map(|h| h.socket_path().to_string_lossy().into_owned()),
         hosts_started: state.hosts_started,
         runtime_dir: state.config.runtime_dir.to_string_lossy().into_owned(),
         exiting: state.exiting,

@@ -1,15 +1,22 @@
--- Live MCP sessions of a route in this worker, bounded by a ceiling.
+-- Live MCP sessions of a route, bounded per worker and, optionally, per
+-- node (all workers of this nginx).
 --
 -- Keeps the interface of APISIX's own module (acquire(max), release(),
--- count()) over the native counters, and adds an optional route argument:
--- each route counts on its own. acquire() returns a slot guard (truthy) and
--- also keeps it in ngx.ctx, so release() without an argument releases the
--- current request's slot. Releasing twice is harmless, and a guard that is
--- garbage-collected while held releases its slot.
+-- count()) over the native counters, and adds optional arguments: a route
+-- (each route counts on its own) and a node-wide ceiling, counted in the
+-- lua_shared_dict "mcp-bridge-slots" (see node_slots.lua) whenever that
+-- dict exists. acquire() returns a slot guard (truthy) and also keeps it in
+-- ngx.ctx, so release() without an argument releases the current request's
+-- slot. Releasing twice is harmless; a guard garbage-collected while held
+-- releases its worker slot, and the node share of a worker that died is
+-- reclaimed by the others.
 local native = require("apisix.plugins.mcp.bridge.native")
+local node_slots = require("apisix.plugins.mcp.node_slots")
 
 local floor = math.floor
 local ngx = ngx
+local ngx_log = ngx.log
+local setmetatable = setmetatable
 local type = type
 
 local _M = {}
@@ -17,15 +24,38 @@ local _M = {}
 local DEFAULT_ROUTE = "default"
 local CTX_KEY = "mcp_bridge_slot"
 
--- Returns a slot guard, or false and "rejected" when `route` already holds
--- `max` slots. A missing or non-numeric ceiling admits nothing.
-function _M.acquire(max, route)
-    if type(max) ~= "number" or max ~= max then
+-- Guards whose slot is also counted on the node, and under which route.
+local node_counted = setmetatable({}, { __mode = "k" })
+
+local function is_ceiling(n)
+    return type(n) == "number" and n == n
+end
+
+-- Returns a slot guard; or false and "rejected" when `route` already holds
+-- `max` slots in this worker, or false and "node" when the node already
+-- holds `max_per_node` (optional). A missing or non-numeric ceiling admits
+-- nothing.
+function _M.acquire(max, route, max_per_node)
+    if not is_ceiling(max) or (max_per_node ~= nil and not is_ceiling(max_per_node)) then
         return false, "invalid ceiling"
     end
-    local slot, err = native.slot_acquire(route or DEFAULT_ROUTE, floor(max))
+    route = route or DEFAULT_ROUTE
+    local slot, err = native.slot_acquire(route, floor(max))
     if not slot then
         return false, err
+    end
+    if max_per_node or node_slots.available() then
+        local ok
+        ok, err = node_slots.acquire(route, max_per_node and floor(max_per_node))
+        if not ok then
+            slot:release()
+            if err == "rejected" then
+                return false, "node"
+            end
+            ngx_log(ngx.ERR, "mcp-bridge: cannot count a session on the node: ", err)
+            return false, err
+        end
+        node_counted[slot] = route
     end
     ngx.ctx[CTX_KEY] = slot
     return slot
@@ -35,10 +65,15 @@ end
 -- call released it.
 function _M.release(slot)
     slot = slot or ngx.ctx[CTX_KEY]
-    if not slot then
+    if not slot or not slot:release() then
         return false
     end
-    return slot:release()
+    local route = node_counted[slot]
+    if route then
+        node_counted[slot] = nil
+        node_slots.release(route)
+    end
+    return true
 end
 
 function _M.count(route)

@@ -16,8 +16,12 @@ local sort = table.sort
 local sub = string.sub
 local tostring = tostring
 local type = type
+local ngx = ngx
 
-local _M = {}
+local _M = {
+    -- The lua_shared_dict that counts sessions across the node's workers.
+    SLOTS_DICT = "mcp-bridge-slots",
+}
 
 local MiB = 1024 * 1024
 
@@ -32,6 +36,14 @@ _M.schema = {
                  description = "arguments of the program" },
         max_sessions = { type = "integer", minimum = 1, default = 100,
                          description = "live sessions of this route in one worker" },
+        max_sessions_per_node = { type = "integer", minimum = 1,
+                                  description = "live sessions of this route in all workers "
+                                                .. "together (needs lua_shared_dict "
+                                                .. "mcp-bridge-slots)" },
+        slow_client_timeout_ms = { type = "integer", minimum = 100, maximum = 3600000,
+                                   default = 30000,
+                                   description = "longest a client may take to accept one "
+                                                 .. "message before its session ends" },
         env = { type = "object", additionalProperties = { type = "string" }, default = {},
                 description = "extra environment of the backend" },
         cwd = { type = "string", minLength = 1, description = "working directory of the backend" },
@@ -194,6 +206,10 @@ function _M.check(conf)
     end
     local err = check_base_uri(conf.base_uri)
         or check_env(conf.env)
+        or (conf.max_sessions_per_node and not (ngx and ngx.shared and ngx.shared[_M.SLOTS_DICT])
+            and format("max_sessions_per_node needs \"lua_shared_dict %s 1m;\" in the http "
+                       .. "block (in APISIX: nginx_config.http.custom_lua_shared_dict)",
+                       _M.SLOTS_DICT))
         or (conf.cwd and sub(conf.cwd, 1, 1) ~= "/"
             and format("cwd must be an absolute path, got %s", json.string(conf.cwd)))
     if err then

@@ -9,6 +9,10 @@ local gsub = string.gsub
 local ipairs = ipairs
 local pairs = pairs
 local sort = table.sort
+local floor = math.floor
+local huge = math.huge
+local tonumber = tonumber
+local tostring = tostring
 local type = type
 
 local _M = {}
@@ -44,6 +48,49 @@ function _M.object_of_strings(map)
     local parts = {}
     for i, k in ipairs(keys) do
         parts[i] = _M.string(k) .. ":" .. _M.string(map[k])
+    end
+    return "{" .. concat(parts, ",") .. "}"
+end
+
+-- Any value made of tables, strings, numbers and booleans: a table with
+-- keys 1..n is an array, any other table an object (keys sorted). For
+-- reports, not for hot paths.
+function _M.value(v)
+    local t = type(v)
+    if t == "string" then
+        return _M.string(v)
+    elseif t == "number" then
+        if v ~= v or v == huge or v == -huge then
+            return "null"
+        end
+        return v == floor(v) and format("%d", v) or format("%.17g", v)
+    elseif t == "boolean" then
+        return tostring(v)
+    elseif t ~= "table" then
+        return "null"
+    end
+    local n = #v
+    local keys = {}
+    for k in pairs(v) do
+        keys[#keys + 1] = k
+    end
+    local parts = {}
+    if n > 0 and #keys == n then
+        for i = 1, n do
+            parts[i] = _M.value(v[i])
+        end
+        return "[" .. concat(parts, ",") .. "]"
+    end
+    for i, k in ipairs(keys) do
+        keys[i] = tostring(k)
+    end
+    sort(keys)
+    for i, k in ipairs(keys) do
+        local item = v[k]
+        if item == nil then
+            item = v[tonumber(k)]
+        end
+        parts[i] = _M.string(k) .. ":" .. _M.value(item)
     end
     return "{" .. concat(parts, ",") .. "}"
 end

@@ -15,6 +15,8 @@ local wire = require("apisix.plugins.mcp.bridge.wire")
 local worker = require("apisix.plugins.mcp.bridge.worker")
 
 local find = string.find
+local thread_kill = ngx.thread.kill
+local thread_spawn = ngx.thread.spawn
 local io_open = io.open
 local match = string.match
 local ngx = ngx
@@ -25,6 +27,7 @@ local ngx_log = ngx.log
 local ngx_on_abort = ngx.on_abort
 local ngx_print = ngx.print
 local ngx_socket_tcp = ngx.socket.tcp
+local new_semaphore = require("ngx.semaphore").new
 local req = ngx.req
 local sub = string.sub
 local tonumber = tonumber
@@ -53,6 +56,9 @@ local EVENT_MESSAGE = "event: message\ndata: "
 local EVENT_END = "\n\n"
 local KEEPALIVE = ": keepalive\n\n"
 
+-- How long the write watchdog waits for the next write to begin.
+local WATCHDOG_IDLE_SECONDS = 86400
+
 local warned_abort_off = false
 
 local function on_abort()
@@ -73,36 +79,60 @@ local function watch_client_abort()
             "disconnects is noticed only when a write to it fails")
 end
 
-local function write_event(payload)
+-- Ends the request when one write to the client takes longer than the
+-- limit. Waiting for each write to finish is the back-pressure (a slow
+-- client slows the host, which slows the backend, and nothing piles up
+-- here); the watchdog bounds how long that wait may last. It sleeps
+-- between writes: `began` is posted when a write starts, `ended` when it
+-- has finished.
+local function watch_writes(writes, limit_ms)
+    local limit = limit_ms / 1000
+    while true do
+        if writes.began:wait(WATCHDOG_IDLE_SECONDS) and not writes.ended:wait(limit) then
+            ngx_log(ngx.WARN, "mcp-bridge: session of backend pid ", writes.pid, " ended: the ",
+                    "client took over slow_client_timeout_ms (", limit_ms, " ms) to accept ",
+                    "one message")
+            -- Ends the request even while the main thread waits in ngx.flush.
+            return ngx_exit(ngx.ERROR)
+        end
+    end
+end
+
+local function flush(writes)
+    writes.began:post(1)
+    local ok, err = ngx_flush(true)
+    writes.ended:post(1)
+    return ok, err
+end
+
+local function write_event(writes, payload)
     local ok, err = ngx_print(EVENT_MESSAGE, payload, EVENT_END)
     if not ok then
         return nil, err
     end
-    -- Waiting for the write to finish is the back-pressure: a slow client
-    -- slows the host, which slows the backend, and nothing piles up here.
-    return ngx_flush(true)
+    return flush(writes)
 end
 
-local function write_keepalive()
+local function write_keepalive(writes)
     local ok, err = ngx_print(KEEPALIVE)
     if not ok then
         return nil, err
     end
-    return ngx_flush(true)
+    return flush(writes)
 end
 
 -- Forwards the host's frames to the client until the session ends. The
 -- host sends a keepalive frame after each silent interval, so a read that
 -- times out means the host is stuck. Returns why the session ended and
 -- whether that deserves a warning.
-local function stream(sock)
+local function stream(sock, writes)
     while true do
         local kind, payload = wire.receive(sock)
         local ok, err
         if kind == wire.MESSAGE then
-            ok, err = write_event(payload)
+            ok, err = write_event(writes, payload)
         elseif kind == wire.KEEPALIVE then
-            ok, err = write_keepalive()
+            ok, err = write_keepalive(writes)
         elseif kind == wire.EXIT then
             return payload
         elseif kind then
@@ -124,16 +154,23 @@ function _M.open(route)
     if (req.http_version() or 1.1) < 1.1 then
         return respond.error(505, "the event stream needs HTTP/1.1 or later")
     end
-    local slot = session_limit.acquire(conf.max_sessions, route.key)
+    local slot, refusal = session_limit.acquire(conf.max_sessions, route.key,
+                                                conf.max_sessions_per_node)
     if not slot then
-        return respond.error(429, "too many sessions: this route allows " .. conf.max_sessions
-                                  .. " at a time", { ["Retry-After"] = RETRY_AFTER_SECONDS })
+        if refusal == "rejected" or refusal == "node" then
+            local ceiling = refusal == "node"
+                and conf.max_sessions_per_node .. " on this node"
+                or conf.max_sessions .. " per worker"
+            return respond.error(429, "too many sessions: this route allows " .. ceiling
+                                      .. " at a time", { ["Retry-After"] = RETRY_AFTER_SECONDS })
+        end
+        return respond.error(503, "the bridge cannot start sessions right now")
     end
     watch_client_abort()
 
     local path, err = worker.host_socket()
     if not path then
-        slot:release()
+        session_limit.release(slot)
         ngx_log(ngx.ERR, "mcp-bridge: ", err)
         return respond.error(503, "the bridge cannot start sessions right now")
     end
@@ -153,20 +190,20 @@ function _M.open(route)
     end
     if not kind then
         sock:close()
-        slot:release()
+        session_limit.release(slot)
         ngx_log(ngx.ERR, "mcp-bridge: host at ", path, ": ", err)
         return respond.error(503, "the bridge cannot start sessions right now")
     end
     if kind == wire.FAILED then
         sock:close()
-        slot:release()
+        session_limit.release(slot)
         ngx_log(ngx.WARN, "mcp-bridge: cannot start the MCP server: ", payload)
         return respond.error(502, "cannot start the MCP server: " .. payload)
     end
     local session_id, pid = match(payload, "^(%x+) (%d+)$")
     if kind ~= wire.READY or not session_id then
         sock:close()
-        slot:release()
+        session_limit.release(slot)
         ngx_log(ngx.ERR, "mcp-bridge: unexpected answer from the host: ", kind)
         return respond.error(502, "the bridge could not start the session")
     end
@@ -185,12 +222,15 @@ function _M.open(route)
     if ok then
         sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS,
                          2 * conf.keepalive_interval_ms + HOST_SILENCE_MARGIN_MS)
-        why, noteworthy = stream(sock)
+        local writes = { began = new_semaphore(), ended = new_semaphore(), pid = pid }
+        local watchdog = thread_spawn(watch_writes, writes, conf.slow_client_timeout_ms)
+        why, noteworthy = stream(sock, writes)
+        thread_kill(watchdog)
     else
         why = "client write failed: " .. (err or "unknown")
     end
     sock:close()
-    slot:release()
+    session_limit.release(slot)
     ngx_log(noteworthy and ngx.WARN or ngx.INFO, "mcp-bridge: session of backend pid ", pid,
             " ended: ", why)
     return ngx_exit(ngx.HTTP_OK)

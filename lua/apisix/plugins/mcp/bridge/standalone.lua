@@ -9,6 +9,7 @@
 local config = require("apisix.plugins.mcp.bridge.config")
 local handler = require("apisix.plugins.mcp.bridge.handler")
 local respond = require("apisix.plugins.mcp.bridge.respond")
+local status = require("apisix.plugins.mcp.bridge.status")
 local worker = require("apisix.plugins.mcp.bridge.worker")
 
 local error = error
@@ -39,6 +40,15 @@ end
 
 function _M.init_worker()
     worker.watch_shutdown()
+    worker.started()
+end
+
+-- The status report (see status.lua); the location serving it should be
+-- reachable from loopback only.
+function _M.status()
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.say(status.json())
 end
 
 function _M.serve(name)

@@ -3,6 +3,7 @@
 -- sessions end at once instead of holding the worker until
 -- worker_shutdown_timeout.
 local native = require("apisix.plugins.mcp.bridge.native")
+local node_slots = require("apisix.plugins.mcp.node_slots")
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -73,6 +74,21 @@ watch = function()
 end
 
 _M.watch_shutdown = watch
+
+local function reclaim(premature)
+    if not premature then
+        node_slots.reclaim()
+    end
+end
+
+-- Called as a worker starts: takes back the node slots of a worker that
+-- died (this one may be its replacement).
+function _M.started()
+    local ok, err = timer_at(0, reclaim)
+    if not ok and err ~= "process exiting" then
+        ngx_log(ngx.WARN, "mcp-bridge: cannot reclaim slots of dead workers: ", err)
+    end
+end
 
 -- Path of this worker's host socket, starting the host if needed.
 function _M.host_socket()

@@ -1,0 +1,203 @@
+//! Descendants that left their session's process group.
+//!
+//! Killing a backend's process group misses a descendant that called
+//! `setsid()` or `setpgid()`. Every backend therefore starts with a marker
+//! in its environment, `MCP_BRIDGE_SESSION=<host identity>.<n>`, which its
+//! descendants inherit; at the end of a session the host finds the
+//! processes outside every live session's group that carry the session's
+//! marker, and ends them with it. Processes carrying the marker of a host
+//! that no longer runs (it was killed outright) are ended too, whichever
+//! host finds them.
+//!
+//! Scans read `/proc`, so they run on a blocking thread, and requests that
+//! arrive while one runs are answered together by the next.
+
+use crate::log;
+use mcp_bridge_core::procfs::{self, PidFd};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, Notify};
+
+/// The environment variable that marks a backend and its descendants.
+pub const MARKER_VAR: &str = "MCP_BRIDGE_SESSION";
+
+/// How long orphans of a dead host get between SIGTERM and SIGKILL.
+const ORPHAN_GRACE: Duration = Duration::from_millis(500);
+
+/// A process found by a scan, watched for its exit.
+pub struct Escapee(AsyncFd<PidFd>);
+
+impl Escapee {
+    fn new(fd: PidFd) -> Option<Escapee> {
+        // SAFETY: the PidFd owns its descriptor and always returns that one.
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok().map(Escapee)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.get_ref().pid
+    }
+
+    /// Sends `signal`; a process that has already exited is not an error.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Err(e) = self.0.get_ref().signal(signal) {
+            log!(Error, "signal {signal} to escaped process {}: {e}", self.pid());
+        }
+    }
+
+    pub fn exited(&self) -> bool {
+        self.0.get_ref().exited()
+    }
+
+    /// Resolves when the process exits.
+    pub async fn wait(&self) {
+        while !self.exited() {
+            match self.0.readable().await {
+                Ok(mut ready) => ready.clear_ready(),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl AsRawFd for Escapee {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Signals every process of `escapees` that still runs.
+pub fn signal_all(escapees: &[Escapee], signal: libc::c_int) {
+    escapees.iter().filter(|e| !e.exited()).for_each(|e| e.signal(signal));
+}
+
+/// Resolves once every process of `escapees` has exited.
+pub async fn all_exited(escapees: &[Escapee]) {
+    for e in escapees {
+        e.wait().await;
+    }
+}
+
+struct Request {
+    marker: String,
+    reply: oneshot::Sender<Vec<PidFd>>,
+}
+
+/// Finds marked processes for the sessions of one host.
+pub struct Sweeper {
+    identity: String,
+    next: Cell<u64>,
+    pending: RefCell<Vec<Request>>,
+    wake: Notify,
+}
+
+impl Sweeper {
+    /// `identity` is the host's own (see `procfs::identity`).
+    pub fn new(identity: String) -> Rc<Sweeper> {
+        Rc::new(Sweeper { identity, next: Cell::new(0), pending: RefCell::default(), wake: Notify::new() })
+    }
+
+    /// A fresh marker for a new session.
+    pub fn new_marker(&self) -> String {
+        let n = self.next.get() + 1;
+        self.next.set(n);
+        format!("{}.{n}", self.identity)
+    }
+
+    /// The running processes marked with `marker` outside every group in
+    /// the host's live sessions.
+    pub async fn find(&self, marker: &str) -> Vec<Escapee> {
+        let (reply, answer) = oneshot::channel();
+        self.pending.borrow_mut().push(Request { marker: marker.to_owned(), reply });
+        self.wake.notify_one();
+        answer.await.unwrap_or_default().into_iter().filter_map(Escapee::new).collect()
+    }
+
+    /// Answers requests until the runtime stops. `groups` gives the process
+    /// groups of live sessions, whose members are not escapees. The first
+    /// scan runs at once, to end what a killed predecessor left behind.
+    pub async fn run(self: Rc<Self>, groups: impl Fn() -> BTreeSet<i32>) {
+        loop {
+            let requests: Vec<Request> = std::mem::take(&mut *self.pending.borrow_mut());
+            let wanted: Vec<String> = requests.iter().map(|r| r.marker.clone()).collect();
+            let skip = groups();
+            let identity = self.identity.clone();
+            let scanned = tokio::task::spawn_blocking(move || scan(&identity, &wanted, &skip)).await;
+            let mut found = match scanned {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => {
+                    log!(Error, "cannot look for escaped processes: {e}");
+                    Found::default()
+                }
+                Err(e) => {
+                    log!(Error, "looking for escaped processes failed: {e}");
+                    Found::default()
+                }
+            };
+            for request in requests {
+                let _ = request.reply.send(found.marked.remove(&request.marker).unwrap_or_default());
+            }
+            if !found.orphans.is_empty() {
+                tokio::task::spawn_local(end_orphans(found.orphans));
+            }
+            if self.pending.borrow().is_empty() {
+                self.wake.notified().await;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Found {
+    marked: HashMap<String, Vec<PidFd>>,
+    orphans: Vec<PidFd>,
+}
+
+/// Reads `/proc` once. Every match is opened as a pidfd and its marker read
+/// again through it, so a pid reused meanwhile is never signalled.
+fn scan(identity: &str, wanted: &[String], skip_groups: &BTreeSet<i32>) -> std::io::Result<Found> {
+    let me = std::process::id() as i32;
+    let mut found = Found::default();
+    for pid in procfs::all_pids()? {
+        if pid == me {
+            continue;
+        }
+        let Some(stat) = procfs::stat(pid) else { continue };
+        if stat.is_zombie() || skip_groups.contains(&stat.pgrp) {
+            continue;
+        }
+        let Some(marker) = procfs::environ_var(pid, MARKER_VAR) else { continue };
+        let Some((owner, _)) = marker.rsplit_once('.') else { continue };
+        let ours = owner == identity;
+        if ours && !wanted.contains(&marker) {
+            continue;
+        }
+        if !ours && procfs::identity_alive(owner) {
+            continue;
+        }
+        let Ok(fd) = PidFd::open(pid) else { continue };
+        if procfs::environ_var(pid, MARKER_VAR).as_deref() != Some(marker.as_str()) {
+            continue;
+        }
+        if ours {
+            found.marked.entry(marker).or_default().push(fd);
+        } else {
+            found.orphans.push(fd);
+        }
+    }
+    Ok(found)
+}
+
+/// Ends processes left by a host that was killed outright.
+async fn end_orphans(orphans: Vec<PidFd>) {
+    let orphans: Vec<Escapee> = orphans.into_iter().filter_map(Escapee::new).collect();
+    let pids: Vec<i32> = orphans.iter().map(Escapee::pid).collect();
+    log!(Notice, "ending {} process(es) left by a host that is gone: {pids:?}", orphans.len());
+    signal_all(&orphans, libc::SIGTERM);
+    if tokio::time::timeout(ORPHAN_GRACE, all_exited(&orphans)).await.is_err() {
+        signal_all(&orphans, libc::SIGKILL);
+    }
+}
