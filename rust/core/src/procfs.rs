@@ -66,6 +66,20 @@ pub fn identity_alive(identity: &str) -> bool {
     pid > 0 && matches!(stat(pid), Some(s) if s.start_time == start && !s.is_zombie())
 }
 
+/// Process group of `pid`, by system call (no `/proc` read); `None` when
+/// the process does not exist.
+pub fn pgid(pid: i32) -> Option<i32> {
+    // SAFETY: getpgid only reads the process table.
+    let pgid = unsafe { libc::getpgid(pid) };
+    (pgid >= 0).then_some(pgid)
+}
+
+/// The user that owns process `pid`.
+pub fn owner(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid())
+}
+
 /// Pids of every process, in `/proc` order.
 pub fn all_pids() -> io::Result<Vec<i32>> {
     let mut pids = Vec::new();
@@ -188,6 +202,11 @@ mod tests {
         child.wait().expect("reap");
         assert!(fd.exited());
         assert!(!fd.signal(libc::SIGKILL).expect("signal after exit"));
-        assert!(all_pids().expect("list").contains(&(std::process::id() as i32)));
+        let me = std::process::id() as i32;
+        assert!(all_pids().expect("list").contains(&me));
+        assert_eq!(pgid(me), stat(me).map(|s| s.pgrp));
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(owner(me), Some(unsafe { libc::geteuid() }));
+        assert_eq!(pgid(pid), None, "a reaped process has no group");
     }
 }

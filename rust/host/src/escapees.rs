@@ -156,17 +156,21 @@ struct Found {
     orphans: Vec<PidFd>,
 }
 
-/// Reads `/proc` once. Every match is opened as a pidfd and its marker read
-/// again through it, so a pid reused meanwhile is never signalled.
+/// Reads `/proc` once. Only processes outside the live sessions' groups
+/// (and outside the host's own group, its nginx's) that belong to the
+/// host's user can carry a marker it acts on; for the others one
+/// `getpgid` call is all it costs. Every match is opened as a pidfd and its
+/// marker read again through it, so a pid reused meanwhile is never
+/// signalled.
 fn scan(identity: &str, wanted: &[String], skip_groups: &BTreeSet<i32>) -> std::io::Result<Found> {
     let me = std::process::id() as i32;
+    let own_group = procfs::pgid(me);
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
     let mut found = Found::default();
     for pid in procfs::all_pids()? {
-        if pid == me {
-            continue;
-        }
-        let Some(stat) = procfs::stat(pid) else { continue };
-        if stat.is_zombie() || skip_groups.contains(&stat.pgrp) {
+        let Some(group) = procfs::pgid(pid) else { continue };
+        if pid == me || Some(group) == own_group || skip_groups.contains(&group) || procfs::owner(pid) != Some(uid) {
             continue;
         }
         let Some(marker) = procfs::environ_var(pid, MARKER_VAR) else { continue };

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -132,8 +133,10 @@ fn processes_left_by_a_host_that_died_are_ended_by_the_next_one() {
     let mut gone = std::process::Command::new("true").spawn().expect("spawn true");
     let identity = mcp_bridge_core::procfs::identity(gone.id() as i32).expect("identity");
     gone.wait().expect("reap");
+    // A backend's descendants are never in the host's own process group.
     let mut orphan = std::process::Command::new("sleep")
         .arg("1000")
+        .process_group(0)
         .env("MCP_BRIDGE_SESSION", format!("{identity}.1"))
         .spawn()
         .expect("spawn orphan");
