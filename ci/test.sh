@@ -32,8 +32,8 @@ fi
 step "end to end with the official MCP TypeScript SDK"
 (cd t/e2e && node --test sdk-sse.test.mjs)
 
-step "teardown latency program (smoke run; make bench for figures)"
-python3 ci/teardown_latency.py --smoke
+step "benchmark (smoke run: tiny counts, no figures; make bench for those)"
+python3 ci/bench.py --smoke
 
 step "nothing left running"
 left=$(pgrep -f "target/release/(mcp-fixture|mcp-bridge-host)" || true)
