@@ -52,10 +52,10 @@ DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 BACKEND_COMMS = {"mcp-fixture", "sh"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-FULL = dict(warmup=1.0, duration=4.0, size_warmup=0.5, size_duration=3.0, setup=200, teardown=100,
-            idle_sessions=1000, idle_seconds=30.0)
-SMOKE = dict(warmup=0.1, duration=0.3, size_warmup=0.05, size_duration=0.2, setup=3, teardown=3,
-             idle_sessions=20, idle_seconds=0.5)
+FULL = dict(warmup=1.0, duration=4.0, size_warmup=0.5, size_duration=3.0, setup_warmup=20, setup=200,
+            teardown=100, idle_sessions=1000, idle_seconds=30.0)
+SMOKE = dict(warmup=0.1, duration=0.3, size_warmup=0.05, size_duration=0.2, setup_warmup=2, setup=3,
+             teardown=3, idle_sessions=20, idle_seconds=0.5)
 
 SIZES = [("1 KiB", 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024)]
 
@@ -211,13 +211,18 @@ class Gateway:
     cannot = {}
 
     def __init__(self, run_dir):
-        self.pid_dir = tempfile.mkdtemp(prefix=f"pids-{self.key}-", dir=run_dir)
-        # Workers run as nobody when the bench runs as root: backends must
-        # be able to write their records.
-        os.chmod(self.pid_dir, 0o1777)
+        self.run_dir = run_dir
+        self.pid_dir = None
         self.log_path = os.path.join(run_dir, f"{self.key}.log")
         self.proc = None
         self.seen = {}  # pid -> starttime of every gateway process observed
+
+    def new_pid_dir(self):
+        """A fresh directory for the backends' records, for each start."""
+        self.pid_dir = tempfile.mkdtemp(prefix=f"pids-{self.key}-", dir=self.run_dir)
+        # Workers run as nobody when the bench runs as root: backends must
+        # be able to write their records.
+        os.chmod(self.pid_dir, 0o1777)
 
     def start(self):
         pass
@@ -253,6 +258,9 @@ class Gateway:
         if left:
             problems.append(f"backends left: {describe(left)}")
         shutil.rmtree(self.pid_dir, ignore_errors=True)
+        if self.proc and self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc, self.seen = None, {}
         return problems
 
 
@@ -403,9 +411,9 @@ def backend_records(pid_dir):
 
 
 def run_idle(gw, plan):
-    # Runs first on a fresh gateway, after a few sessions that start what
-    # starts on first use (mcp-bridge's hosts): the memory it measures then
-    # holds no garbage of earlier scenarios.
+    # Runs on a gateway of its own (see run_gateway), after a few sessions
+    # that start what starts on first use (mcp-bridge's hosts): the memory
+    # it measures then holds no garbage of earlier scenarios.
     run_load(gw, "setup", ["--count", "16"], 120)
     earlier = backend_records(gw.pid_dir)
     before = gw.processes()
@@ -463,34 +471,38 @@ def scenarios(plan):
                 "--duration", str(duration)]
         return lambda gw: run_load(gw, "echo", args, warmup + duration + 120)
 
-    out = [("idle", lambda gw: run_idle(gw, plan)),
+    def setup(gw):
+        # Unmeasured first: what starts on first use (hosts, JIT) is not
+        # what a session's setup costs.
+        run_load(gw, "setup", ["--count", str(plan["setup_warmup"])], 120)
+        return run_load(gw, "setup", ["--count", str(plan["setup"])], 300)
+
+    out = [("setup", setup),
+           ("teardown", lambda gw: run_load(
+               gw, "teardown", ["--count", str(plan["teardown"]), "--pid-dir", gw.pid_dir], 300)),
            ("echo1", echo(1, 32, plan["warmup"], plan["duration"])),
            ("echo16", echo(16, 32, plan["warmup"], plan["duration"])),
            ("echo64", echo(64, 32, plan["warmup"], plan["duration"]))]
     for label, size in SIZES:
         out.append((f"size {label}", echo(1, size, plan["size_warmup"], plan["size_duration"])))
-    out.append(("setup", lambda gw: run_load(gw, "setup", ["--count", str(plan["setup"])], 300)))
-    out.append(("teardown", lambda gw: run_load(
-        gw, "teardown", ["--count", str(plan["teardown"]), "--pid-dir", gw.pid_dir], 300)))
     return out
 
 
-def run_gateway(gw, plan, results):
-    """Runs every scenario on one gateway; results[key] is a dict, or a
-    string saying why there is no number."""
+def run_instance(gw, runs, results):
+    """Starts the gateway, runs `runs` [(key, runner)] on it, stops it."""
+    runs = [(key, runner) for key, runner in runs if key not in gw.cannot]
+    if not runs:
+        return
     log(f"{gw.name}: starting")
+    gw.new_pid_dir()
     try:
         gw.start()
     except Failure as e:
-        for key, _ in scenarios(plan):
+        for key, _ in runs:
             results[key] = f"failed: {e}"
-        gw.stop()
-        return
+        runs = []
     try:
-        for key, runner in scenarios(plan):
-            if key in gw.cannot:
-                results[key] = gw.cannot[key]
-                continue
+        for key, runner in runs:
             log(f"{gw.name}: {key}")
             try:
                 results[key] = runner(gw)
@@ -502,6 +514,16 @@ def run_gateway(gw, plan, results):
     for p in problems:
         log(f"{gw.name}: {p}")
         results["left_running"] = "failed: " + p
+
+
+def run_gateway(gw, plan, results):
+    """Runs every scenario on one gateway; results[key] is a dict, or a
+    string saying why there is no number. The idle scenario gets a fresh
+    gateway of its own: a thousand sessions leave the processes bigger
+    than before, which would weigh on every scenario after them."""
+    results.update({key: why for key, why in gw.cannot.items()})
+    run_instance(gw, scenarios(plan), results)
+    run_instance(gw, [("idle", lambda g: run_idle(g, plan))], results)
 
 
 # ---- the table --------------------------------------------------------------
@@ -687,17 +709,37 @@ How to read it:
   or 64 sessions each client also receives the other sessions' responses
   (the load client ignores responses to ids it did not send). Its
   `--logLevel` is `none`.
+- Memory is read at the end of the idle hold. A garbage-collected runtime
+  (node) may by then have collected what opening the sessions left behind,
+  and may hold spare heap from before; read its figure as steady state.
+- The run raises its soft limit of open files to the hard limit, for every
+  process it starts. mcp-bridge needs about 4 descriptors per session in
+  `mcp-bridge-host` and 2 in an nginx worker: under Debian's default soft
+  limit of 1,024 a host refuses sessions beyond about 250 (`502`, "Too
+  many open files"), whatever `--max-sessions` says.
 """
 
 
-def write_doc(table_text, info, plan, results, duration_s):
+def run_notes(gateways, results):
+    """Figures of this run that explain the table."""
     notes = []
-    for res in results.values():
+    for gw in gateways:
+        res = results[gw.key]
         for key in ("echo16", "echo64"):
             r = res.get(key)
             if isinstance(r, dict) and r.get("foreign_messages"):
-                notes.append(f"supergateway, {key[4:]} sessions: the clients received "
+                notes.append(f"{gw.name}, {key[4:]} sessions: the clients received "
                              f"{r['foreign_messages']:,} responses meant for other sessions.")
+        idle = res.get("idle")
+        if isinstance(idle, dict) and len(idle.get("pss_per_session_kib_by_process", {})) > 1:
+            parts = ", ".join(f"{kib:.0f} KiB in {comm}" for comm, kib in sorted(
+                idle["pss_per_session_kib_by_process"].items(), key=lambda kv: -kv[1]) if abs(kib) >= 0.5)
+            notes.append(f"{gw.name}, idle memory per session by process: {parts}.")
+    return notes
+
+
+def write_doc(table_text, info, plan, gateways, results, duration_s):
+    notes = run_notes(gateways, results)
     machine_lines = "\n".join(f"- {k}: {v}" for k, v in [
         ("CPU", f"{info.get('cpu', '?')}, {info['cores']} cores"),
         ("memory", info.get("memory", "?")),
@@ -716,8 +758,7 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 
 {table_text}
 
-{NOTES}
-{"".join(f"- {n}{chr(10)}" for n in notes)}
+{NOTES}{"".join(f"- {n}{chr(10)}" for n in notes)}
 ## Machine
 
 {machine_lines}
@@ -734,8 +775,9 @@ target/release/mcp-load --help            # the load client on its own
 `make bench` installs supergateway {pinned_supergateway()} with `npm ci` in `ci/bench/` when it is
 missing (it needs node 20 or newer). Echo runs warm up for {plan['warmup']:g} s and measure
 {plan['duration']:g} s ({plan['size_warmup']:g} s and {plan['size_duration']:g} s for the message sizes);
-setup runs {plan['setup']} sessions and teardown {plan['teardown']}, one after the other. Raw results
-of the last run are in `.bench/results.json`.
+setup runs {plan['setup']} sessions (after {plan['setup_warmup']} unmeasured) and teardown
+{plan['teardown']}, one after the other; the idle scenario runs on a gateway started for it.
+Raw results of the last run are in `.bench/results.json`.
 """
     with open(DOC, "w") as f:
         f.write(doc)
@@ -792,7 +834,7 @@ def main():
                 gateways.remove(gw)
                 del results[gw.key]
                 break
-            results[gw.key] = {key: why_not for key, _ in scenarios(plan)}
+            results[gw.key] = {key: why_not for key in [k for k, _ in scenarios(plan)] + ["idle"]}
             continue
         run_gateway(gw, plan, results[gw.key])
 
@@ -807,7 +849,7 @@ def main():
         for f in failed:
             log(f"FAILED: {f}")
     elif not args.smoke and not args.only:
-        write_doc(text, info, plan, results, duration_s)
+        write_doc(text, info, plan, gateways, results, duration_s)
         log(f"wrote {os.path.relpath(DOC, ROOT)}")
     shutil.rmtree(run_dir, ignore_errors=True)
     log(f"done in {duration_s:.0f} s")
