@@ -2,14 +2,15 @@
 #   make run    start a gateway on 127.0.0.1:9080 bridging the demo server
 #               (or CMD="any stdio MCP server command")
 #   make test   every test
-#   make bench  figures
+#   make bench  figures: mcp-bridge beside direct stdio and supergateway
+#               (prints a table, rewrites docs/benchmarks.md)
 
 LISTEN ?= 127.0.0.1:9080
 BASE_URI ?= /mcp
 WORKERS ?= 1
 CMD ?=
 
-.PHONY: all deps test-deps build run test lint bench clean
+.PHONY: all deps test-deps bench-deps build run test lint bench clean
 
 all: build
 
@@ -18,6 +19,9 @@ deps:
 
 test-deps:
 	@bash ci/deps.sh test
+
+bench-deps:
+	@bash ci/deps.sh bench
 
 build: deps
 	cargo build --release --workspace
@@ -34,9 +38,9 @@ lint: test-deps
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	luacheck lua t/lua
 
-bench: build
-	python3 ci/teardown_latency.py
+bench: bench-deps build
+	python3 ci/bench.py
 
 clean:
 	cargo clean
-	rm -rf t/servroot t/e2e/node_modules
+	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules .bench

@@ -32,11 +32,13 @@ fi
 step "end to end with the official MCP TypeScript SDK"
 (cd t/e2e && node --test sdk-sse.test.mjs)
 
-step "teardown latency program (smoke run; make bench for figures)"
-python3 ci/teardown_latency.py --smoke
+step "benchmark (smoke run: tiny counts, no figures; make bench for those)"
+python3 ci/bench.py --smoke
 
 step "nothing left running"
-left=$(pgrep -f "target/release/(mcp-fixture|mcp-bridge-host)" || true)
+# Only this checkout's processes: another checkout may be testing or
+# benchmarking on the same machine.
+left=$(pgrep -f "$(pwd -P)/target/release/(mcp-fixture|mcp-bridge-host)" || true)
 echo "backend and host processes left after the suite: $(echo -n "$left" | grep -c . || true)"
 if [[ -n "$left" ]]; then
     ps -o pid,ppid,stat,args -p $(echo $left) || true

@@ -1,0 +1,215 @@
+//! Command-line parsing, by hand like the other tools of the workspace.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::Url;
+use crate::session::Target;
+
+pub const USAGE: &str = "\
+usage: mcp-load SCENARIO [OPTIONS] (--sse URL | --stdio -- COMMAND [ARGS...])
+
+Drives an MCP server that offers the `echo` and `pid` tools (mcp-fixture)
+either directly over its stdio (one process per session, the baseline) or
+through a gateway's HTTP+SSE transport (MCP 2024-11-05), and prints one line
+of JSON with the results. Exits 1 if anything failed.
+
+scenarios:
+  echo       tools/call of echo in a closed loop per session: throughput and
+             round-trip latency
+  setup      sequential sessions: time to the endpoint event and to the
+             initialize response
+  teardown   sequential disconnects: time until SIGTERM reaches the backend
+             and until it is gone (needs --pid-dir)
+  idle       opens sessions, prints {\"phase\":\"ready\"}, holds them until a
+             line or EOF on stdin (or --hold), then closes them
+
+options:
+  --sse URL           the gateway's SSE endpoint, http://HOST:PORT/PATH
+  --stdio             spawn COMMAND per session and speak over its pipes
+  --sessions N        sessions in parallel (echo, idle) [1]
+  --count N           sequential sessions (setup, teardown) [100]
+  --size BYTES        length of the echoed text [32]
+  --warmup SECS       echo: unmeasured time first [1]
+  --duration SECS     echo: measured time [5]
+  --pid-dir DIR       teardown: where the backends record <pid>.term
+  --hold SECS         idle: hold for SECS instead of waiting on stdin
+  --concurrency N     idle: sessions being opened at once [64]
+  --timeout SECS      limit of every single wait [30]
+  --label TEXT        copied into the output
+  -h, --help          this help
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Echo,
+    Setup,
+    Teardown,
+    Idle,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub scenario: Scenario,
+    pub target: Target,
+    pub sessions: usize,
+    pub count: usize,
+    pub size: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub pid_dir: Option<PathBuf>,
+    pub hold: Option<Duration>,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub label: Option<String>,
+}
+
+/// Parses the arguments (without argv[0]). `None`: show the help.
+pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
+    let mut scenario = None;
+    let (mut sse, mut stdio, mut command) = (None, false, Vec::new());
+    let (mut sessions, mut count, mut size) = (1usize, 100usize, 32usize);
+    let (mut warmup, mut duration) = (Duration::from_secs(1), Duration::from_secs(5));
+    let (mut pid_dir, mut hold, mut concurrency) = (None, None, 64usize);
+    let (mut limit, mut label) = (Duration::from_secs(30), None);
+
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        let mut value = |what: &str| -> Result<String, String> {
+            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value ({what})"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--sse" => sse = Some(Url::parse(&value("a URL")?)?),
+            "--stdio" => stdio = true,
+            "--sessions" => sessions = positive(&flag, &value("a number")?)?,
+            "--count" => count = positive(&flag, &value("a number")?)?,
+            "--size" => size = number(&flag, &value("bytes")?)?,
+            "--warmup" => warmup = seconds(&flag, &value("seconds")?)?,
+            "--duration" => duration = seconds(&flag, &value("seconds")?)?,
+            "--pid-dir" => pid_dir = Some(PathBuf::from(value("a directory")?)),
+            "--hold" => hold = Some(seconds(&flag, &value("seconds")?)?),
+            "--concurrency" => concurrency = positive(&flag, &value("a number")?)?,
+            "--timeout" => limit = seconds(&flag, &value("seconds")?)?,
+            "--label" => label = Some(value("a text")?),
+            "--" => {
+                command.extend(args.by_ref());
+                break;
+            }
+            s if !s.starts_with('-') && scenario.is_none() => {
+                scenario = Some(match s {
+                    "echo" => Scenario::Echo,
+                    "setup" => Scenario::Setup,
+                    "teardown" => Scenario::Teardown,
+                    "idle" => Scenario::Idle,
+                    _ => return Err(format!("unknown scenario {s:?}")),
+                })
+            }
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+        if inline.is_some() && matches!(flag.as_str(), "--stdio" | "-h" | "--help") {
+            return Err(format!("{flag} takes no value"));
+        }
+    }
+
+    let scenario = scenario.ok_or("no scenario given (echo, setup, teardown or idle)")?;
+    let target = match (sse, stdio, command.is_empty()) {
+        (Some(url), false, true) => Target::Sse(url),
+        (None, true, false) => Target::Stdio(command),
+        (None, true, true) => return Err("--stdio needs `-- COMMAND [ARGS...]`".into()),
+        (None, false, _) => return Err("give --sse URL or --stdio -- COMMAND".into()),
+        (Some(_), true, _) => return Err("--sse and --stdio exclude each other".into()),
+        (Some(_), false, false) => return Err("a command after `--` only goes with --stdio".into()),
+    };
+    if duration.is_zero() {
+        return Err("--duration must be more than 0".into());
+    }
+    Ok(Some(Options {
+        scenario,
+        target,
+        sessions,
+        count,
+        size,
+        warmup,
+        duration,
+        pid_dir,
+        hold,
+        concurrency,
+        timeout: limit,
+        label,
+    }))
+}
+
+fn number(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse().map_err(|_| format!("{flag}: invalid number {v:?}"))
+}
+
+fn positive(flag: &str, v: &str) -> Result<usize, String> {
+    match number(flag, v)? {
+        0 => Err(format!("{flag} must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+fn seconds(flag: &str, v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{flag}: invalid number of seconds {v:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_list(list: &[&str]) -> Result<Option<Options>, String> {
+        parse(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn options(list: &[&str]) -> Options {
+        match parse_list(list) {
+            Ok(Some(o)) => o,
+            other => panic!("{list:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sse_and_stdio_targets() {
+        let o = options(&["echo", "--sse", "http://127.0.0.1:9/mcp/sse", "--sessions=16", "--duration", "0.5"]);
+        assert_eq!(o.scenario, Scenario::Echo);
+        assert!(matches!(o.target, Target::Sse(ref u) if u.port == 9 && u.target == "/mcp/sse"));
+        assert_eq!(o.sessions, 16);
+        assert_eq!(o.duration, Duration::from_millis(500));
+
+        let o = options(&["teardown", "--count", "3", "--pid-dir", "/p", "--stdio", "--", "fx", "--pid-dir", "/p"]);
+        assert_eq!(o.scenario, Scenario::Teardown);
+        assert!(matches!(o.target, Target::Stdio(ref c) if c == &["fx", "--pid-dir", "/p"]));
+        assert_eq!(o.count, 3);
+        assert_eq!(o.pid_dir, Some(PathBuf::from("/p")));
+        assert!(matches!(parse_list(&["--help"]), Ok(None)));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in [
+            &["echo"][..],
+            &["--sse", "http://h/sse"],
+            &["bogus", "--sse", "http://h/sse"],
+            &["echo", "--stdio"],
+            &["echo", "--sse", "http://h/sse", "--stdio", "--", "x"],
+            &["echo", "--sse", "http://h/sse", "--", "x"],
+            &["echo", "--sse", "http://h/sse", "--sessions", "0"],
+            &["echo", "--sse", "http://h/sse", "--duration", "-1"],
+            &["echo", "--sse", "http://h/sse", "--duration", "0"],
+            &["echo", "--sse", "https://h/sse"],
+            &["echo", "--sse"],
+            &["echo", "--stdio=1", "--", "x"],
+        ] {
+            assert!(parse_list(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
