@@ -3,13 +3,14 @@
 #               (or CMD="any stdio MCP server command")
 #   make test   every test
 #   make bench  figures
+#   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
 
 LISTEN ?= 127.0.0.1:9080
 BASE_URI ?= /mcp
 WORKERS ?= 1
 CMD ?=
 
-.PHONY: all deps test-deps build run test lint bench clean
+.PHONY: all deps test-deps build run test lint bench chaos clean
 
 all: build
 
@@ -36,6 +37,9 @@ lint: test-deps
 
 bench: build
 	python3 ci/teardown_latency.py
+
+chaos: build
+	python3 ci/chaos.py
 
 clean:
 	cargo clean

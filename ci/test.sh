@@ -35,6 +35,9 @@ step "end to end with the official MCP TypeScript SDK"
 step "teardown latency program (smoke run; make bench for figures)"
 python3 ci/teardown_latency.py --smoke
 
+step "chaos run (short; make chaos for the full run)"
+python3 ci/chaos.py --short
+
 step "nothing left running"
 left=$(pgrep -f "target/release/(mcp-fixture|mcp-bridge-host)" || true)
 echo "backend and host processes left after the suite: $(echo -n "$left" | grep -c . || true)"
