@@ -8,6 +8,8 @@ package t::MCPBridge;
 #     route "mcp" at /mcp bridging the fixture server);
 #   - a `location /` that hands each request to the route whose base_uri
 #     matches it best, unless the block's config already calls serve();
+#   - the lua_shared_dict that counts sessions node-wide, unless the block
+#     says `--- no_slots_dict: 1`;
 #   - no [error], [crit], [alert] or [emerg] in the log unless the block says
 #     what it expects there.
 
@@ -61,12 +63,14 @@ add_block_preprocessor(sub {
 
     my $routes = $block->routes // $default_routes;
     my $abort_check = $block->no_abort_check ? "off" : "on";
+    my $slots_dict = $block->no_slots_dict ? "" : "lua_shared_dict mcp-bridge-slots 1m;";
     my $http_config = $block->http_config // "";
     $block->set_value("http_config", <<_EOC_ . $http_config);
     lua_package_path "$root/lua/?.lua;$root/t/lua/?.lua;;";
     lua_package_cpath "$root/target/release/lib?.so;;";
     lua_check_client_abort $abort_check;
     client_body_buffer_size 8m;
+    $slots_dict
 
     init_by_lua_block {
         local standalone = require("apisix.plugins.mcp.bridge.standalone")

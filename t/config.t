@@ -14,8 +14,9 @@ location = /t {
         local conf = { command = "srv" }
         assert(config.check(conf))
         for _, k in ipairs({ "base_uri", "max_sessions", "kill_grace_ms", "max_message_bytes",
-                             "stderr", "keepalive_interval_ms" }) do
-            ngx.say(k, "=", conf[k])
+                             "stderr", "keepalive_interval_ms", "slow_client_timeout_ms",
+                             "max_sessions_per_node" }) do
+            ngx.say(k, "=", tostring(conf[k]))
         end
         ngx.say("args=", #conf.args, " env=", next(conf.env) == nil and "{}" or "?")
         ngx.say("cwd=", tostring(conf.cwd))
@@ -28,6 +29,8 @@ kill_grace_ms=2000
 max_message_bytes=4194304
 stderr=notify
 keepalive_interval_ms=15000
+slow_client_timeout_ms=30000
+max_sessions_per_node=nil
 args=0 env={}
 cwd=nil
 
@@ -71,6 +74,10 @@ location = /t {
             { command = "x", base_uri = "/a?b" },
             { command = "x", max_session = 5 },
             "not a table",
+            { command = "x", max_sessions_per_node = 0 },
+            { command = "x", max_sessions_per_node = 2.5 },
+            { command = "x", slow_client_timeout_ms = 99 },
+            { command = "x", slow_client_timeout_ms = 3600001 },
         }
         for _, conf in ipairs(cases) do
             local ok, err = config.check(conf)
@@ -111,6 +118,10 @@ base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/",
 base_uri must be empty or a path such as "/mcp" (a leading "/", no trailing "/", no "." or ".." segments, no spaces, "%", "?" or "#"), got "/a?b"
 unknown field(s): max_session
 configuration must be an object
+max_sessions_per_node must be at least 1, got 0
+max_sessions_per_node must be an integer, got 2.5
+slow_client_timeout_ms must be at least 100, got 99
+slow_client_timeout_ms must be at most 3600000, got 3600001
 
 
 
@@ -127,6 +138,7 @@ location = /t {
             { command = "x", stderr = "log", keepalive_interval_ms = 100 },
             { command = "x", env = { PATH = "/bin", HOME = "/tmp" } },
             { command = "x", _meta = { disable = false } },
+            { command = "x", max_sessions_per_node = 1, slow_client_timeout_ms = 100 },
         }
         for _, conf in ipairs(cases) do
             local ok, err = config.check(conf)
@@ -135,6 +147,7 @@ location = /t {
     }
 }
 --- response_body
+accepted
 accepted
 accepted
 accepted
@@ -264,3 +277,19 @@ location = /t {
 }
 --- response_body
 problems: 0
+
+
+
+=== TEST 8: max_sessions_per_node without the shared dict is refused, naming what to add
+--- no_slots_dict: 1
+--- config
+location = /t {
+    content_by_lua_block {
+        local config = require("apisix.plugins.mcp.bridge.config")
+        ngx.say(select(2, config.check({ command = "x", max_sessions_per_node = 3 })))
+        ngx.say(config.check({ command = "x" }))
+    }
+}
+--- response_body
+max_sessions_per_node needs "lua_shared_dict mcp-bridge-slots 1m;" in the http block (in APISIX: nginx_config.http.custom_lua_shared_dict)
+true

@@ -7,13 +7,26 @@ master_on();
 workers(2);
 no_shuffle();
 
+my $fixture = $ENV{TEST_NGINX_FIXTURE};
+my $pids = $ENV{TEST_NGINX_PID_DIR};
+
 add_block_preprocessor(sub {
     my $block = shift;
+    if (!defined $block->routes) {
+        $block->set_value("routes", <<_EOC_);
+mcp = { base_uri = "/mcp", command = "$fixture", args = { "--pid-dir", "$pids" },
+        keepalive_interval_ms = 1000, kill_grace_ms = 500 },
+stubborn = { base_uri = "/stubborn", command = "$fixture",
+             args = { "--pid-dir", "$pids", "--ignore-sigterm", "--no-read" }, kill_grace_ms = 1500 },
+capped = { base_uri = "/capped", command = "$fixture", args = { "--pid-dir", "$pids" },
+           max_sessions = 5, max_sessions_per_node = 2 },
+_EOC_
+    }
     my $config = $block->config // "";
     $block->set_value("config", <<'_EOC_' . $config);
-location /mcp/ {
+location ~ ^/(?<route>mcp|stubborn|capped)/ {
     add_header X-Worker $pid always;
-    content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("mcp") }
+    content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve(ngx.var.route) }
     log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() }
 }
 location = /stats {
@@ -30,9 +43,9 @@ _EOC_
     $block->set_value("http_config", $http_config . <<'_EOC_');
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1 reuseport;
-        location /mcp/ {
+        location ~ ^/(?<route>mcp|stubborn|capped)/ {
             add_header X-Worker $pid always;
-            content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve("mcp") }
+            content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve(ngx.var.route) }
             log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() }
         }
     }
@@ -118,27 +131,29 @@ hosts: 2 distinct: 2
 
 
 
-=== TEST 3: a reload ends the old workers' sessions at once, and new sessions are served
+=== TEST 3: a reload ends the old workers' sessions within 1 s, SIGTERM-ignoring ones too, and new sessions are served
 --- config
 location = /t {
     content_by_lua_block {
-        local ffi = require("ffi")
-        ffi.cdef[[ int kill(int pid, int sig); ]]
         local t = require("mcptest")
         t.clear("$TEST_NGINX_PID_DIR")
         local old = assert(t.session("/mcp"))
         assert(old:initialize())
+        -- Ignores SIGTERM, with kill_grace_ms 1500: shutdown must not wait for it.
+        local stubborn = assert(t.session("/stubborn"))
         local f = assert(io.open(ngx.config.prefix() .. "logs/nginx.pid"))
         local master = tonumber(f:read("*l"))
         f:close()
         ngx.update_time()
         local start = ngx.now()
-        ffi.C.kill(master, 1)  -- SIGHUP: reload
+        t.kill(master, 1)  -- SIGHUP: reload
         local msg, err = old:next_message()
+        local _, stubborn_err = stubborn:next_message()
         ngx.update_time()
-        ngx.say("old stream ended: ", tostring(msg), " ", err,
-                ", long before worker_shutdown_timeout: ", ngx.now() - start < 5)
-        ngx.say("old backends gone: ", (t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)))
+        ngx.say("old streams ended: ", tostring(msg), " ", err, " ", stubborn_err,
+                ", within 1 s: ", ngx.now() - start < 1)
+        ngx.say("old backends gone within 1 s: ",
+                (t.wait_all_gone("$TEST_NGINX_PID_DIR", 1 - (ngx.now() - start))))
         ngx.sleep(0.5)
         local new = assert(t.session("/mcp"))
         ngx.say("new session after reload: ", (new:tool("echo", { text = "served" })))
@@ -147,8 +162,8 @@ location = /t {
     }
 }
 --- response_body
-old stream ended: nil eof, long before worker_shutdown_timeout: true
-old backends gone: true
+old streams ended: nil eof eof, within 1 s: true
+old backends gone within 1 s: true
 new session after reload: served
 all gone: true
 --- no_error_log
@@ -162,27 +177,37 @@ unknown process
 --- config
 location = /t {
     content_by_lua_block {
-        local ffi = require("ffi")
-        ffi.cdef[[ int kill(int pid, int sig); ]]
         local t = require("mcptest")
         t.clear("$TEST_NGINX_PID_DIR")
         local me = tostring(ngx.worker.pid())
-        -- A session owned by the other worker.
-        local s
-        for i = 1, 200 do
-            local candidate = assert(t.session("/mcp"))
-            if candidate.headers["x-worker"] ~= me then s = candidate break end
-            candidate:close()
+        -- Sessions owned by the other worker; those that land on this one
+        -- stay open until the end.
+        local kept = {}
+        local function elsewhere(base)
+            for i = 1, 200 do
+                local candidate = assert(t.session(base))
+                if candidate.headers["x-worker"] ~= me then return candidate end
+                kept[#kept + 1] = candidate
+            end
+            error("no session landed on the other worker")
         end
-        assert(s, "no session landed on the other worker")
+        local s = elsewhere("/mcp")
         assert(s:initialize())
         local grandchild = tonumber((s:tool("spawn_grandchild", {})))
+        local escaped = tonumber((s:tool("spawn_grandchild", { setsid = true, ignore_sigterm = true })))
+        local stubborn = elsewhere("/stubborn")
         local victim = tonumber(s.headers["x-worker"])
-        ffi.C.kill(victim, 9)
+        local host = t.children(victim)[1]
+        local doomed = t.descendants(host)
+        doomed[#doomed + 1] = host
+        ngx.update_time()
+        local start = ngx.now()
+        t.kill(victim, 9)
         local msg, err = s:next_message()
         ngx.say("stream of the killed worker ended: ", tostring(msg), " ", err)
-        local ok, left = t.wait_all_gone("$TEST_NGINX_PID_DIR", 1)
-        ngx.say("backend and grandchild gone within 1 s: ", ok or left)
+        ngx.say("host, ", #doomed - 1, " backends and grandchildren (escaped, SIGTERM-ignoring) ",
+                "gone within 1 s: ", t.wait_all_exited(doomed, 1 - (ngx.now() - start)))
+        for _, k in ipairs(kept) do k:close() end
         ngx.sleep(0.5)
         local served
         for i = 1, 50 do
@@ -198,7 +223,7 @@ location = /t {
 }
 --- response_body
 stream of the killed worker ended: nil closed
-backend and grandchild gone within 1 s: true
+host, 4 backends and grandchildren (escaped, SIGTERM-ignoring) gone within 1 s: true
 the replacement worker serves: ok
 all gone: true
 --- no_error_log
@@ -217,14 +242,16 @@ location = /t {
         t.clear("$TEST_NGINX_PID_DIR")
         -- A session held by a timer outlives this request, like a client's.
         t.port()
-        local opened = false
-        ngx.timer.at(0, function()
-            local s = assert(t.session("/mcp"))
-            opened = true
-            local _, err = s:next_message()
-            ngx.log(ngx.WARN, "held session ended: ", err)
-        end)
-        while not opened do ngx.sleep(0.01) end
+        local opened = 0
+        for _, base in ipairs({ "/mcp", "/stubborn" }) do
+            ngx.timer.at(0, function()
+                local s = assert(t.session(base))
+                opened = opened + 1
+                local _, err = s:next_message()
+                ngx.log(ngx.WARN, "held session of ", base, " ended: ", err)
+            end)
+        end
+        while opened < 2 do ngx.sleep(0.01) end
         ngx.say("session open")
     }
 }
@@ -232,7 +259,9 @@ location = /t {
 session open
 --- shutdown_error_log eval
 [qr/session \d+: ended: worker shutting down; backend exited with status \d+; process group gone/,
- qr/held session ended: eof/]
+ qr/session \d+: ended: worker shutting down; backend killed by signal 9; processes ignored SIGTERM, killed with SIGKILL after 500 ms/,
+ qr/held session of \/mcp ended: eof/,
+ qr/held session of \/stubborn ended: eof/]
 --- no_shutdown_error_log
 [alert]
 unknown process
@@ -250,3 +279,68 @@ location = /t {
 }
 --- response_body
 processes left: none
+
+
+
+=== TEST 7: max_sessions_per_node holds across both workers; slots of a worker killed with SIGKILL are reclaimed
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local me = tostring(ngx.worker.pid())
+        -- Two sessions, one on each worker (max_sessions per worker is 5).
+        local mine, theirs
+        for i = 1, 200 do
+            local s = assert(t.session("/capped"))
+            if s.headers["x-worker"] == me and not mine then mine = s
+            elseif s.headers["x-worker"] ~= me and not theirs then theirs = s
+            else s:close() end
+            if mine and theirs then break end
+            ngx.sleep(0.01)
+        end
+        assert(mine and theirs, "sessions did not land on both workers")
+        local node = t.node()
+        local shares = {}
+        for _, routes in pairs(node.workers) do shares[#shares + 1] = routes.capped end
+        ngx.say("node count ", node.routes.capped, ", shares ", table.concat(shares, " "))
+        local status, headers, body = t.http("GET", "/capped/sse")
+        ngx.say("third: ", status, " retry-after ", headers["retry-after"], " ", (body:gsub("%s+$", "")))
+        mine:close()
+        assert(t.wait_slots("capped", 0))
+        local again = assert(t.session("/capped"))
+        ngx.say("after a close, a new session: ", again.status)
+        again:close()
+        assert(t.wait_slots("capped", 0))
+
+        -- The other worker dies holding its slot; its replacement reclaims it.
+        t.kill(tonumber(theirs.headers["x-worker"]), 9)
+        theirs:next_message()
+        local reclaimed = false
+        for i = 1, 300 do
+            local n = t.node().routes.capped
+            if n == 0 then reclaimed = true break end
+            ngx.sleep(0.01)
+        end
+        ngx.say("the dead worker's slot reclaimed: ", reclaimed, ", keys held ", t.node().keys_held)
+        local a = assert(t.session("/capped"))
+        local b = assert(t.session("/capped"))
+        ngx.say("two sessions again: ", a.status, " ", b.status)
+        a:close()
+        b:close()
+        ngx.say("all gone: ", (t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)))
+    }
+}
+--- response_body
+node count 2, shares 1 1
+third: 429 retry-after 1 {"error":"too many sessions: this route allows 2 on this node at a time"}
+after a close, a new session: 200
+the dead worker's slot reclaimed: true, keys held 0
+two sessions again: 200 200
+all gone: true
+--- no_error_log
+[error]
+unknown process
+--- error_log eval
+[qr/worker process \d+ exited on signal 9/,
+ qr/reclaimed \d+ session slot\(s\) of route "capped" held by worker \d+-\d+, which is gone/]

@@ -1,7 +1,8 @@
 // End to end with a client nobody here wrote: the official MCP TypeScript
 // SDK (Client + SSEClientTransport) through `mcp-bridge serve` with two
 // workers, bridging the fixture server. Checks initialize, tools/list,
-// tools/call, close, and that every backend process is gone afterwards.
+// tools/call, close, a backend crash with calls in flight, and that every
+// backend process is gone afterwards.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -134,6 +135,21 @@ test("concurrent sessions each get their own backend, all gone after close", asy
   replies.forEach((r, i) => assert.equal(r.content[0].text, `client ${i}`));
   await Promise.all(clients.map((c) => c.close()));
   assert.deepEqual(await waitGone(3000), [], "backends left after close");
+});
+
+test("a backend that crashes mid-call fails the pending calls instead of hanging the client", async () => {
+  const client = await connect("crash");
+  const slow = client.callTool({ name: "sleep", arguments: { ms: 60000 } }, undefined, { timeout: 30000 });
+  const crash = client.callTool({ name: "crash", arguments: { code: 7 } }, undefined, { timeout: 30000 });
+  for (const pending of [slow, crash]) {
+    await assert.rejects(pending, (err) => {
+      assert.equal(err.code, -32000);
+      assert.match(err.message, /the MCP server ended before responding \(backend exited with status 7\)/);
+      return true;
+    });
+  }
+  await client.close();
+  assert.deepEqual(await waitGone(3000), [], "backend left after the crash");
 });
 
 test("stopping the gateway leaves no process behind", async () => {

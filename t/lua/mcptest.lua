@@ -369,6 +369,7 @@ ffi.cdef [[
     int unlink(const char *path);
     int mkdir(const char *path, unsigned int mode);
     int chmod(const char *path, unsigned int mode);
+    int kill(int pid, int sig);
 ]]
 
 local function list_dir(dir)
@@ -441,9 +442,55 @@ function _M.process_state(pid, starttime)
     return fields[1] == "Z" and "zombie" or "running"
 end
 
+-- Pids of the children of `pid` (from /proc).
+function _M.children(pid)
+    local kids = {}
+    for _, name in ipairs(list_dir("/proc")) do
+        local f = match(name, "^%d+$") and io_open("/proc/" .. name .. "/stat")
+        if f then
+            local stat = f:read("*a") or ""
+            f:close()
+            if tonumber(match(stat, "%) %a (%d+)")) == pid then
+                kids[#kids + 1] = tonumber(name)
+            end
+        end
+    end
+    return kids
+end
+
+-- Pids of every descendant of `pid`.
+function _M.descendants(pid)
+    local all, i = _M.children(pid), 1
+    while all[i] do
+        for _, kid in ipairs(_M.children(all[i])) do
+            all[#all + 1] = kid
+        end
+        i = i + 1
+    end
+    return all
+end
+
+-- Waits until every pid of `pids` has exited (see wait_exited).
+function _M.wait_all_exited(pids, seconds)
+    return wait_until(function()
+        for _, pid in ipairs(pids) do
+            if _M.process_state(pid) == "running" then
+                return false
+            end
+        end
+        return true
+    end, seconds)
+end
+
 -- Waits until `pid` is gone; returns true, or false after `seconds`.
 function _M.wait_gone(pid, seconds, starttime)
     return wait_until(function() return not _M.process_state(pid, starttime) end, seconds)
+end
+
+-- Waits until `pid` has exited (a zombie counts: an orphan's new parent
+-- may reap it late); returns true, or false after `seconds`.
+function _M.wait_exited(pid, seconds)
+    return wait_until(function() return _M.process_state(pid) ~= "running" end, seconds)
 end
 
 -- Records the fixture wrote in `dir`: { [pid] = { pid=, pgid=, role=, starttime= } }.
@@ -516,6 +563,16 @@ function _M.host_stats()
         return nil, payload
     end
     return cjson.decode(payload)
+end
+
+-- Sends signal number `sig` to `pid`.
+function _M.kill(pid, sig)
+    return ffi.C.kill(pid, sig) == 0
+end
+
+-- The node's slot counts (see node_slots.snapshot()).
+function _M.node()
+    return require("apisix.plugins.mcp.node_slots").snapshot()
 end
 
 -- Slots `route` holds in this worker.

@@ -41,6 +41,10 @@ const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 /// reading (its client is slow); the connection is closed either way.
 const EXIT_WRITE_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long the end of a backend's output waits for its exit, to tell a
+/// backend that exited from one that only closed its output.
+const EXIT_AFTER_EOF: Duration = Duration::from_millis(100);
+
 /// How long to wait for a SIGKILLed group to be reaped before saying so.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -353,7 +357,15 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
             out = &mut stdout_task => {
                 stdout_done = true;
                 match out {
-                    Ok(StdoutEnd::Eof) => End::OutputClosed,
+                    // A backend that exits closes its output first: give its
+                    // exit a moment to arrive, so the reason names it.
+                    Ok(StdoutEnd::Eof) => match tokio::time::timeout(EXIT_AFTER_EOF, &mut exit).await {
+                        Ok(status) => {
+                            exit_status = status.ok();
+                            End::BackendExited
+                        }
+                        Err(_) => End::OutputClosed,
+                    },
                     Ok(StdoutEnd::TooLong) => End::OversizedLine,
                     Ok(StdoutEnd::WriteFailed) | Err(_) => End::ClientClosed,
                 }

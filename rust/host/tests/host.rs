@@ -113,6 +113,58 @@ fn grandchildren_in_the_group_die_with_the_session() {
 }
 
 #[test]
+fn grandchildren_that_left_the_group_die_with_the_session() {
+    let host = TestHost::start("escapees");
+    // One escapes with setsid and ignores SIGTERM; the backend exits at once.
+    let script = r#"setsid sh -c 'trap "" TERM; exec sleep 1000' & echo "{\"escaped\":$!}"; exec cat"#;
+    let mut s = host.spawn(&sh(script, r#"{"kill_grace_ms": 300}"#)).expect("spawn");
+    let message: serde_json::Value = serde_json::from_str(&s.message()).expect("json");
+    let escaped = message["escaped"].as_i64().expect("pid") as i32;
+    let _guard = KillOnDrop(vec![s.pid, escaped]);
+    assert!(wait_until(Duration::from_secs(5), || pgid(escaped) == Some(escaped)), "did not leave the group");
+    drop(s.conn);
+    assert!(wait_until(Duration::from_secs(5), || !exists(s.pid) && !exists(escaped)), "escaped process left");
+}
+
+#[test]
+fn processes_left_by_a_host_that_died_are_ended_by_the_next_one() {
+    // The identity of a process that has exited stands for a dead host.
+    let mut gone = std::process::Command::new("true").spawn().expect("spawn true");
+    let identity = mcp_bridge_core::procfs::identity(gone.id() as i32).expect("identity");
+    gone.wait().expect("reap");
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("1000")
+        .env("MCP_BRIDGE_SESSION", format!("{identity}.1"))
+        .spawn()
+        .expect("spawn orphan");
+    let _guard = KillOnDrop(vec![orphan.id() as i32]);
+    let _host = TestHost::start("sweep");
+    let status = wait_child(&mut orphan, Duration::from_secs(5)).expect("the orphan was not ended");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
+}
+
+#[test]
+fn requests_left_unanswered_by_a_crash_get_error_responses_before_the_exit() {
+    let host = TestHost::start("unanswered");
+    let mut s = host.spawn(&sh("read line; read line; exit 3", "")).expect("spawn");
+    let mut d = Delivery::new(&host);
+    assert_eq!(d.send(&s.id, br#"{"jsonrpc":"2.0","id":"a","method":"x"}"#).0, b'0');
+    assert_eq!(d.send(&s.id, br#"{"jsonrpc":"2.0","id":2,"method":"y"}"#).0, b'0');
+    let mut errors = Vec::new();
+    let exit = loop {
+        match s.frame() {
+            Some((b'M', text)) => errors.push(serde_json::from_str::<serde_json::Value>(&text).expect("json")),
+            Some((b'X', why)) => break why,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    let ids: Vec<_> = errors.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids, [serde_json::json!("a"), serde_json::json!(2)]);
+    assert!(errors.iter().all(|e| e["error"]["code"] == -32000), "{errors:?}");
+    assert!(exit.contains("exited with status 3"), "{exit}");
+}
+
+#[test]
 fn an_older_session_ends_without_touching_newer_ones() {
     let host = TestHost::start("older");
     let old = host.spawn(&sh("exec cat", "")).expect("old");

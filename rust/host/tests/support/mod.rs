@@ -159,6 +159,23 @@ pub fn exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Process group of `pid`, if it runs.
+pub fn pgid(pid: i32) -> Option<i32> {
+    mcp_bridge_core::procfs::stat(pid).map(|s| s.pgrp)
+}
+
+/// Waits for a child of the test to exit, without blocking past `limit`.
+pub fn wait_child(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {

@@ -1,0 +1,405 @@
+# Hostile conditions: descendants that leave their process group, a host
+# killed outright, backends that crash with requests in flight or close
+# their output, clients too slow to read, and bad input of every kind.
+# Nothing leaks, nothing is orphaned, and every client mistake gets a 4xx.
+use t::MCPBridge 'no_plan';
+
+my $fixture = $ENV{TEST_NGINX_FIXTURE};
+my $pids = $ENV{TEST_NGINX_PID_DIR};
+
+add_block_preprocessor(sub {
+    my $block = shift;
+    if (!defined $block->routes) {
+        $block->set_value("routes", <<_EOC_);
+mcp = { base_uri = "/mcp", command = "$fixture", args = { "--pid-dir", "$pids" },
+        keepalive_interval_ms = 1000, kill_grace_ms = 300 },
+slow = { base_uri = "/slow", command = "$fixture", args = { "--pid-dir", "$pids" },
+         slow_client_timeout_ms = 300, kill_grace_ms = 300 },
+patient = { base_uri = "/patient", command = "$fixture", args = { "--pid-dir", "$pids" },
+            slow_client_timeout_ms = 60000, kill_grace_ms = 300 },
+_EOC_
+    }
+    if (!defined $block->no_error_log && !defined $block->error_log) {
+        $block->set_value("no_error_log", "[error]\n[crit]\n[alert]\nunknown process\n");
+    }
+    $block->set_value("timeout", 20) unless defined $block->timeout;
+});
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: descendants that left the process group (setsid, double fork, ignoring SIGTERM) end with their session
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local s = assert(t.session("/mcp"))
+        local kinds = {
+            { setsid = true },
+            { double_fork = true },
+            { setsid = true, double_fork = true },
+            { setsid = true, ignore_sigterm = true },
+        }
+        for _, how in ipairs(kinds) do
+            assert(tonumber((s:tool("spawn_grandchild", how))))
+        end
+        local backend = t.backend_pid("$TEST_NGINX_PID_DIR")
+        -- Each grandchild records itself once it runs.
+        local escaped, sleepers
+        for _ = 1, 300 do
+            local recs = t.records("$TEST_NGINX_PID_DIR")
+            escaped, sleepers = 0, 0
+            for _, rec in pairs(recs) do
+                if rec.role == "sleeper" then
+                    sleepers = sleepers + 1
+                    if rec.pgid ~= recs[backend].pgid then escaped = escaped + 1 end
+                end
+            end
+            if sleepers == #kinds then break end
+            ngx.sleep(0.01)
+        end
+        ngx.say("grandchildren outside the backend's group: ", escaped)
+        s:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+grandchildren outside the backend's group: 3
+processes left: none
+idle: true
+--- error_log eval
+qr/session \d+: ended: client closed; .*; 3 process\(es\) that left the group ended too/
+
+
+
+=== TEST 2: a backend that crashes leaves no escaped descendant behind either
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local s = assert(t.session("/mcp"))
+        s:tool("spawn_grandchild", { setsid = true, ignore_sigterm = true })
+        s:post({ jsonrpc = "2.0", id = 99, method = "tools/call",
+                 params = { name = "crash", arguments = { code = 1 } } })
+        local msg = s:next_message()
+        ngx.say("pending call answered: ", msg.id, " ", msg.error.code)
+        local _, err = s:next_message()
+        ngx.say("stream: ", err)
+        s:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+pending call answered: 99 -32000
+stream: eof
+processes left: none
+idle: true
+
+
+
+=== TEST 3: every request in flight when the backend dies gets an error response with its id, in order
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local s = assert(t.session("/mcp"))
+        assert(s:initialize())
+        local backend = t.backend_pid("$TEST_NGINX_PID_DIR")
+        -- String and numeric ids, a notification (no response expected) and
+        -- a batch holding one request.
+        -- The answered one is not repeated.
+        ngx.say("answered: ", (s:tool("echo", { text = "done" })))
+        s:post({ jsonrpc = "2.0", id = "first", method = "tools/call",
+                 params = { name = "sleep", arguments = { ms = 30000 } } })
+        s:post({ jsonrpc = "2.0", id = 2, method = "tools/call",
+                 params = { name = "sleep", arguments = { ms = 30000 } } })
+        s:post({ jsonrpc = "2.0", method = "notifications/cancelled", params = { requestId = 0 } })
+        s:post('[{"jsonrpc":"2.0","id":"b\\"3","method":"tools/call",'
+               .. '"params":{"name":"sleep","arguments":{"ms":30000}}}]')
+        ngx.sleep(0.2)
+        t.kill(backend, 9)
+        while true do
+            local msg, err = s:next_message()
+            if not msg then ngx.say("stream: ", err) break end
+            if msg.error then
+                ngx.say("id ", msg.id, " error ", msg.error.code, " ",
+                        msg.error.message:match("backend killed by signal 9") or msg.error.message)
+            end
+        end
+        s:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+answered: done
+id first error -32000 backend killed by signal 9
+id 2 error -32000 backend killed by signal 9
+id b"3 error -32000 backend killed by signal 9
+stream: eof
+processes left: none
+idle: true
+
+
+
+=== TEST 4: a backend that closes its output but keeps running: the session ends, the backend is killed, no busy loop
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local s = assert(t.session("/mcp"))
+        local before = ngx.now()
+        s:post({ jsonrpc = "2.0", id = 5, method = "tools/call",
+                 params = { name = "close_stdout", arguments = {} } })
+        local msg = s:next_message()
+        ngx.say("pending call answered: ", msg.id, " ", msg.error.code, " ",
+                msg.error.message:match("backend closed its output") or msg.error.message)
+        local _, err = s:next_message()
+        ngx.say("stream: ", err)
+        s:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+pending call answered: 5 -32000 backend closed its output
+stream: eof
+processes left: none
+idle: true
+
+
+
+=== TEST 5: a client too slow to read loses its session after slow_client_timeout_ms, with a log line; the backend waits meanwhile
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local s = assert(t.session("/slow"))
+        assert(s:initialize())
+        local backend = t.backend_pid("$TEST_NGINX_PID_DIR")
+        -- 64 MiB of notifications, far more than the socket buffers hold;
+        -- this client reads none of it.
+        local status = s:post({ jsonrpc = "2.0", id = 1, method = "tools/call",
+                                params = { name = "flood", arguments = { count = 65536, size = 1024 } } })
+        ngx.say("flood requested: ", status)
+        ngx.say("backend gone: ", t.wait_gone(backend, 5))
+        ngx.say("slot freed: ", (t.wait_slots("slow", 0, 3)))
+        s:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "slow")
+    }
+}
+--- response_body
+flood requested: 202
+backend gone: true
+slot freed: true
+processes left: none
+idle: true
+--- error_log eval
+qr/ended: the client took over slow_client_timeout_ms \(300 ms\) to accept one message/
+
+
+
+=== TEST 10: a flood the client does not read pauses the backend; memory stays bounded
+--- config
+location = /t {
+    content_by_lua_block {
+        local native = require("apisix.plugins.mcp.bridge.native")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local function rss_kib(pid)
+            local f = assert(io.open("/proc/" .. pid .. "/status"))
+            local kib = tonumber(f:read("*a"):match("VmRSS:%s+(%d+)"))
+            f:close()
+            return kib
+        end
+        local s = assert(t.session("/patient"))
+        assert(s:initialize())
+        local host = native.stats().host_pid
+        local host_before, worker_before = rss_kib(host), rss_kib(ngx.worker.pid())
+        -- 256 MiB of output; the client reads none of it for 2 s.
+        s:post({ jsonrpc = "2.0", id = 1, method = "tools/call",
+                 params = { name = "flood", arguments = { count = 262144, size = 1024 } } })
+        ngx.sleep(2)
+        local host_growth = rss_kib(host) - host_before
+        local worker_growth = rss_kib(ngx.worker.pid()) - worker_before
+        ngx.say("host grew under 16 MiB: ", host_growth < 16384, ", worker grew under 16 MiB: ",
+                worker_growth < 16384)
+        local backend = t.backend_pid("$TEST_NGINX_PID_DIR")
+        ngx.say("backend still running, paused: ", t.process_state(backend))
+        s:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "patient")
+    }
+}
+--- response_body
+host grew under 16 MiB: true, worker grew under 16 MiB: true
+backend still running, paused: running
+processes left: none
+idle: true
+
+
+
+=== TEST 6: a host killed with SIGKILL: its streams end, its backends die, a new host serves and ends what the old one left
+--- config
+location = /t {
+    content_by_lua_block {
+        local native = require("apisix.plugins.mcp.bridge.native")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local s = assert(t.session("/mcp"))
+        local in_group = tonumber((s:tool("spawn_grandchild", {})))
+        local escaped = tonumber((s:tool("spawn_grandchild", { setsid = true })))
+        local backend = t.backend_pid("$TEST_NGINX_PID_DIR")
+        local stats = native.stats()
+        t.kill(stats.host_pid, 9)
+        local _, err = s:next_message()
+        ngx.say("stream ended: ", err)
+        ngx.say("backend died with its host: ", t.wait_gone(backend, 2))
+        ngx.say("grandchildren still running: ",
+                t.process_state(in_group) ~= nil, " ", t.process_state(escaped) ~= nil)
+        local fresh = assert(t.session("/mcp"))
+        ngx.say("new session: ", (fresh:tool("echo", { text = "ok" })),
+                ", hosts started ", native.stats().hosts_started - stats.hosts_started)
+        ngx.say("what the old host left is ended: ",
+                t.wait_gone(in_group, 3), " ", t.wait_gone(escaped, 3))
+        fresh:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+stream ended: eof
+backend died with its host: true
+grandchildren still running: true true
+new session: ok, hosts started 1
+what the old host left is ended: true true
+processes left: none
+idle: true
+--- error_log eval
+[qr/ending 2 process\(es\) left by a host that is gone/,
+ qr/unknown process \d+ exited on signal 9/]
+--- no_error_log
+[error]
+[crit]
+
+
+
+=== TEST 7: bodies of 10 MiB get their 413, also from a client still uploading, never a reset
+--- http_config
+client_max_body_size 64m;
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        local path = s.endpoint
+        local function raw(declared, sent)
+            local sock = ngx.socket.tcp()
+            sock:settimeouts(2000, 10000, 10000)
+            assert(sock:connect("127.0.0.1", ngx.var.server_port))
+            assert(sock:send("POST " .. path .. " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             .. "Content-Length: " .. declared .. "\r\n\r\n"))
+            local chunk = string.rep("x", 65536)
+            for _ = 1, sent / 65536 do
+                local ok, err = sock:send(chunk)
+                if not ok then return "send failed: " .. err end
+            end
+            local line, err = sock:receive("*l")
+            sock:close()
+            return line or ("no response: " .. err)
+        end
+        ngx.say("10 MiB sent whole: ", raw(10485760, 10485760))
+        ngx.say("10 MiB declared, 64 KiB sent: ", raw(10485760, 65536))
+        ngx.say("the session still works: ", (s:tool("echo", { text = "yes" })))
+        s:close()
+    }
+}
+--- response_body
+10 MiB sent whole: HTTP/1.1 413 Request Entity Too Large
+10 MiB declared, 64 KiB sent: HTTP/1.1 413 Request Entity Too Large
+the session still works: yes
+
+
+
+=== TEST 8: bad sessionId values and path tricks get a 4xx with a message
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        local id = s.id
+        local msg = '{"jsonrpc":"2.0","method":"notifications/x"}'
+        local cases = {
+            "/mcp/message?sessionId=" .. string.rep("a", 6000),
+            "/mcp/message?sessionId=" .. string.rep("f", 48),
+            "/mcp/message?sessionId=" .. id:upper(),
+            "/mcp/message?sessionId=" .. id .. "&sessionId=" .. id,
+            "/mcp/message?sessionId=" .. id:sub(1, 47),
+            "/mcp/message?sessionId=../" .. id,
+            "/mcp/message?sessionId=%00" .. id,
+            "/mcp/message?" .. string.rep("a=1&", 40) .. "sessionId=" .. id,
+            "/mcp/message/?sessionId=" .. id,
+            "/mcp/sse/..",
+        }
+        for _, path in ipairs(cases) do
+            local status, _, body = t.http("POST", path, msg)
+            ngx.say(status, " ", (body:gsub("%s+$", "")))
+        end
+        -- Normalized by nginx to the endpoint itself.
+        local status = t.http("POST", "/mcp/./x/../message?sessionId=" .. id, msg)
+        ngx.say("dot segments: ", status)
+        s:close()
+    }
+}
+--- response_body
+404 {"error":"session not found"}
+404 {"error":"session not found"}
+404 {"error":"session not found"}
+400 {"error":"sessionId must be given once"}
+404 {"error":"session not found"}
+404 {"error":"session not found"}
+404 {"error":"session not found"}
+400 {"error":"too many query parameters"}
+404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
+404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
+dot segments: 202
+
+
+
+=== TEST 9: concurrent POSTs to one session: each delivered exactly once, each answered
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        local n = 12
+        local threads = {}
+        for i = 1, n do
+            threads[i] = ngx.thread.spawn(function()
+                return s:post({ jsonrpc = "2.0", id = i, method = "tools/call",
+                                params = { name = "echo", arguments = { text = "m" .. i } } })
+            end)
+        end
+        local accepted = 0
+        for i = 1, n do
+            local _, status = ngx.thread.wait(threads[i])
+            if status == 202 then accepted = accepted + 1 end
+        end
+        local seen, dup, wrong = {}, 0, 0
+        for _ = 1, n do
+            local msg = assert(s:next_message())
+            if seen[msg.id] then dup = dup + 1 end
+            seen[msg.id] = true
+            if msg.result.content[1].text ~= "m" .. msg.id then wrong = wrong + 1 end
+        end
+        local missing = 0
+        for i = 1, n do if not seen[i] then missing = missing + 1 end end
+        ngx.say("accepted ", accepted, ", answered ", n - missing, ", duplicates ", dup,
+                ", mismatched ", wrong)
+        s:close()
+    }
+}
+--- response_body
+accepted 12, answered 12, duplicates 0, mismatched 0
