@@ -18,7 +18,7 @@ Every choice comes from a seeded RNG (session #i has a stream of its own), so
 CHAOS_SEED=<seed> replays a run's choices; the interleaving still depends on
 timing.
 
-Usage: ci/chaos.py [--seconds N] [--short] [--seed N] [--clients N]
+Usage: ci/chaos.py [--seconds N] [--short] [--seed N] [--clients N] [--keep]
 Environment: CHAOS_SECONDS (default 120), CHAOS_SEED.
 """
 import argparse
@@ -241,6 +241,18 @@ class Stream:
             if isinstance(msg, dict) and msg.get("id") == want:
                 return msg
 
+    def error_text(self):
+        """The `error` of a refusal's JSON body, best effort."""
+        deadline = time.monotonic() + 1
+        try:
+            self.sock.settimeout(0.2)
+            while b'"}' not in self.raw and time.monotonic() < deadline:
+                self._recv()
+        except (Ended, OSError):
+            pass
+        m = re.search(rb'"error":"([^"]*)"', self.raw)
+        return m.group(1).decode("utf-8", "replace") if m else "no error text"
+
     def session_id_seen(self):
         """The session id if the endpoint event has already arrived, unread."""
         m = re.search(rb"sessionId=([0-9a-f]+)", self.raw)
@@ -305,6 +317,9 @@ class Session:
         self.sid = None
         self.step = "open"
         self.status = None
+        # Set once the scenario counted itself as tried, so that a session
+        # cut short afterwards is counted as such (see Run.explain).
+        self.tried = False
 
     def connect(self, rcvbuf=None):
         self.stats.add("sessions run")
@@ -315,7 +330,7 @@ class Session:
         gateway refused the session."""
         self.connect(rcvbuf)
         status, headers = self.stream.head()
-        self.run.record_status("GET /sse", status, headers, self.index)
+        self.run.record_status("GET /sse", status, headers, self.index, self.stream)
         self.status = status
         if status != 200:
             self.close()
@@ -432,7 +447,7 @@ def abort_during_spawn(s):
 def abort_before_endpoint(s):
     s.connect()
     status, headers = s.stream.head()
-    s.run.record_status("GET /sse", status, headers, s.index)
+    s.run.record_status("GET /sse", status, headers, s.index, s.stream)
     sid = s.stream.session_id_seen()
     if sid:
         s.stats.session_id(sid)
@@ -522,6 +537,7 @@ def slow_client(s):
         return
     s.call(1, "flood", {"count": 3000, "size": 2000})
     s.stats.add("slow clients")
+    s.tried = True
     reading = s.rng.random() < 0.5
     s.step = "slow reading" if reading else "not reading"
     started = time.monotonic()
@@ -530,14 +546,14 @@ def slow_client(s):
     s.stream.sock.settimeout(0.25)
     while not s.run.stopping:
         if reading:
+            # 16 KiB/s at most.
             try:
                 s.stream.sock.recv(4096)
             except TimeoutError:
                 pass
             except OSError:
-                break
-        else:
-            time.sleep(0.25)
+                reading = False
+        time.sleep(0.25)
         now = time.monotonic()
         if now < next_check:
             continue
@@ -564,6 +580,7 @@ def over_long_line(s):
     s.call(1, "huge_line", {"bytes": 2 * MAX_MESSAGE})
     s.step = "waiting for the end"
     s.stats.add("over-long lines")
+    s.tried = True
     try:
         while True:
             s.stream.message()
@@ -581,6 +598,7 @@ def stop_reading(s):
     s.result(1)
     s.step = "filling the inbox"
     s.stats.add("stopped readers")
+    s.tried = True
     pad = json.dumps({"jsonrpc": "2.0", "method": "notifications/chaos",
                       "params": {"pad": "x" * (MAX_MESSAGE - 200)}}).encode()
     for _ in range(60):
@@ -815,14 +833,7 @@ class Gateway:
             env = read_bytes(f"/proc/{p.pid}/environ").split(b"\0")
             if ours in env and any(e.startswith(b"MCP_BRIDGE_SESSION=") for e in env):
                 found.add(p.pid)
-        for name in os.listdir(self.pid_dir):
-            if name.endswith(".pid") and name not in self._records:
-                try:
-                    with open(os.path.join(self.pid_dir, name)) as f:
-                        rec = json.load(f)
-                    self._records[name] = (rec["pid"], rec["starttime"])
-                except (OSError, ValueError, KeyError):
-                    continue
+        self._read_records()
         for name, (pid, starttime) in self._records.items():
             if name in self._gone:
                 continue
@@ -832,6 +843,31 @@ class Gateway:
             elif p.state != "Z":
                 found.add(pid)
         return found
+
+    def _read_records(self):
+        for name in os.listdir(self.pid_dir):
+            if name.endswith(".pid") and name not in self._records:
+                try:
+                    with open(os.path.join(self.pid_dir, name)) as f:
+                        rec = json.load(f)
+                    self._records[name] = (rec["pid"], rec["starttime"])
+                except (OSError, ValueError, KeyError):
+                    continue
+
+    def prune_records(self):
+        """Deletes the pid dir's records of processes that are surely gone
+        (no such pid, or another start time), so that the dir stays small."""
+        self._read_records()
+        for name, (pid, starttime) in list(self._records.items()):
+            p = read_proc(pid)
+            if p is None or p.starttime != starttime:
+                for path in (name, f"{pid}.term"):
+                    try:
+                        os.unlink(os.path.join(self.pid_dir, path))
+                    except OSError:
+                        pass
+                del self._records[name]
+                self._gone.discard(name)
 
     def zombies(self, procs, gateway):
         return [p.pid for p in procs.values() if p.state == "Z" and p.ppid in gateway]
@@ -930,20 +966,20 @@ class Run:
         # (its GET was accepted, or its host chosen, before).
         return any(d >= t - 1.0 for d in self.disruptions)
 
-    def record_status(self, what, status, headers, session=None):
+    def record_status(self, what, status, headers, session=None, stream=None):
         self.stats.status(what, status)
         if status == 502 or (status >= 500 and not (status == 503 and headers.get("retry-after"))):
             extra = " without Retry-After" if status == 503 else ""
+            if stream:
+                extra += f" ({stream.error_text()})"
             self.stats.finding(f"{what} answered {status}{extra}", session)
 
     def explain(self, s, name, how):
         """A session ended before its scenario was done."""
-        if self.stopping:
-            self.stats.add("closed at the end")
-            self.stats.add(f"cut short: {name}")
-        elif s.disrupted():
-            self.stats.add("interrupted by a kill or reload")
-            self.stats.add(f"cut short: {name}")
+        if self.stopping or s.disrupted():
+            self.stats.add("closed at the end" if self.stopping else "interrupted by a kill or reload")
+            if s.tried:
+                self.stats.add(f"cut short: {name}")
         else:
             self.stats.finding(f"{name}: {how} (at {s.step})", s.index)
 
@@ -980,7 +1016,7 @@ class Run:
         for st in streams:
             try:
                 status, headers = st.head()
-                self.record_status("GET /sse", status, headers)
+                self.record_status("GET /sse", status, headers, stream=st)
                 if status == 429:
                     self.stats.add("429s")
                 elif status == 200:
@@ -1022,8 +1058,12 @@ class Run:
                 self.stats.add("bursts")
 
     def sample(self, done):
-        while not done.wait(0.5):
+        for n in itertools.count(1):
+            if done.wait(0.5):
+                return
             self.gateway.sample(self.peaks)
+            if n % 10 == 0:
+                self.gateway.prune_records()
 
 
 def chaos_schedule(rng, seconds):
@@ -1244,6 +1284,7 @@ def print_statuses_and_findings(run):
 
 def print_table(run, elapsed, leaks, final_failures):
     c = run.stats.count
+    gw = run.gateway
 
     def of(done, tried, scenario):
         cut = c[f"cut short: {scenario}"]
@@ -1280,6 +1321,8 @@ def print_table(run, elapsed, leaks, final_failures):
         ("sessions closed at the end", str(c["closed at the end"])),
         ("findings", str(sum(run.stats.findings.values()))),
         ("final normal sessions", f"{FINAL_SESSIONS - sum(final_failures.values())} of {FINAL_SESSIONS} succeeded"),
+        ("gateway stopped (SIGTERM)", f"in {gw.stop_seconds:.1f} s, exit status {gw.exit_status}"
+         if gw.stop_seconds is not None else "no: killed"),
     ]
     peaks = [(f"peak RSS, {kind}", f"{run.peaks.get(kind, 0) / 1024:.1f} MiB") for kind in ("nginx worker", "host")]
     width = max(len(label) for label, _ in rows + leaks + peaks) + 2
@@ -1300,6 +1343,7 @@ def main():
     ap.add_argument("--short", action="store_true", help=f"{SHORT_SECONDS} s of chaos, for make test")
     ap.add_argument("--seed", type=int, default=None, help="replay a run's choices (default: $CHAOS_SEED or random)")
     ap.add_argument("--clients", type=int, default=24, help="sessions driven at once (default 24)")
+    ap.add_argument("--keep", action="store_true", help="keep the gateway's log and files even if all went well")
     args = ap.parse_args()
     seconds = SHORT_SECONDS if args.short else args.seconds
     seed = args.seed
@@ -1334,13 +1378,14 @@ def main():
             print("\nchaos: FAILED")
             for p in problems:
                 print(f"  {p}")
-            print(f"chaos: kept {workdir} (gateway.log, pids/)")
         else:
             print("\nchaos: no leaks, and the gateway still served")
             failed = False
     finally:
         gateway.stop()
-        if not failed:
+        if failed or args.keep:
+            print(f"chaos: kept {workdir} (gateway.log, pids/)")
+        else:
             shutil.rmtree(workdir, ignore_errors=True)
     sys.exit(1 if failed else 0)
 
