@@ -70,7 +70,7 @@ grandchildren outside the backend's group: 3
 processes left: none
 idle: true
 --- error_log eval
-qr/session \d+: ended: client closed; .*; 3 process\(es\) that left the group ended too/
+qr/session \d+: ended: client closed; .*; [34] process\(es\) that left the group ended too/
 
 
 
