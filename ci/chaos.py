@@ -646,6 +646,7 @@ def bad_input(s):
             s.stats.add("bad input answered as documented")
         elif s.disrupted():
             s.stats.add("interrupted by a kill or reload")
+            s.stats.add("cut short: bad input")
             return
         else:
             s.stats.finding(f"{name} answered {status}, expected {expected}", s.index)
@@ -1311,7 +1312,7 @@ def print_table(run, elapsed, leaks, final_failures):
         ("slow clients ended by the gateway", of(c["slow clients ended"], c["slow clients"], "slow client")),
         ("over-long lines ending the session", of(c["over-long lines ended"], c["over-long lines"], "over-long line")),
         ("stopped readers reaching 503", of(c["stopped readers: 503"], c["stopped readers"], "stop reading")),
-        ("bad input answered as documented", f"{c['bad input answered as documented']} of {c['bad input sent']}"),
+        ("bad input answered as documented", of(c["bad input answered as documented"], c["bad input sent"], "bad input")),
         ("429s", str(c["429s"])),
         ("worker kills", str(c["worker kills"])),
         ("host kills", str(c["host kills"])),
