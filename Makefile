@@ -4,13 +4,14 @@
 #   make test   every test
 #   make bench  figures: mcp-bridge beside direct stdio and supergateway
 #               (prints a table, rewrites docs/benchmarks.md)
+#   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
 
 LISTEN ?= 127.0.0.1:9080
 BASE_URI ?= /mcp
 WORKERS ?= 1
 CMD ?=
 
-.PHONY: all deps test-deps bench-deps build run test lint bench clean
+.PHONY: all deps test-deps bench-deps build run test lint bench chaos clean
 
 all: build
 
@@ -40,6 +41,9 @@ lint: test-deps
 
 bench: bench-deps build
 	python3 ci/bench.py
+
+chaos: build
+	python3 ci/chaos.py
 
 clean:
 	cargo clean

@@ -35,6 +35,9 @@ step "end to end with the official MCP TypeScript SDK"
 step "benchmark (smoke run: tiny counts, no figures; make bench for those)"
 python3 ci/bench.py --smoke
 
+step "chaos run (short; make chaos for the full run)"
+python3 ci/chaos.py --short
+
 step "nothing left running"
 # Only this checkout's processes: another checkout may be testing or
 # benchmarking on the same machine.
