@@ -263,6 +263,11 @@ location = /t {
         local fresh = assert(t.session("/mcp"))
         ngx.say("new session: ", (fresh:tool("echo", { text = "ok" })),
                 ", hosts started ", native.stats().hosts_started - stats.hosts_started)
+        -- A session asked for the instant its host dies gets a new host.
+        t.kill(native.stats().host_pid, 9)
+        local quick, err = t.session("/mcp")
+        ngx.say("session opened as the host died: ", quick and quick.status or err)
+        if quick then quick:close() end
         ngx.say("what the old host left is ended: ",
                 t.wait_gone(in_group, 3), " ", t.wait_gone(escaped, 3))
         fresh:close()
@@ -274,6 +279,7 @@ stream ended: eof
 backend died with its host: true
 grandchildren still running: true true
 new session: ok, hosts started 1
+session opened as the host died: 200
 what the old host left is ended: true true
 processes left: none
 idle: true
@@ -281,8 +287,8 @@ idle: true
 [qr/ending 2 process\(es\) left by a host that is gone/,
  qr/unknown process \d+ exited on signal 9/]
 --- no_error_log
-[error]
 [crit]
+[emerg]
 
 
 

@@ -471,15 +471,15 @@ location = /t {
         local native = require("apisix.plugins.mcp.bridge.native")
         native.configure({ host_program = "/nonexistent/mcp-bridge-host" })
         for i = 1, 2 do
-            local status, _, body = t.http("GET", "/mcp/sse")
-            ngx.print(status, " ", body)
+            local status, headers, body = t.http("GET", "/mcp/sse")
+            ngx.print(status, " retry-after ", headers["retry-after"], " ", body)
         end
         ngx.say("slots ", t.slots("mcp"))
     }
 }
 --- response_body
-503 {"error":"the bridge cannot start sessions right now"}
-503 {"error":"the bridge cannot start sessions right now"}
+503 retry-after 1 {"error":"the bridge cannot start sessions right now"}
+503 retry-after 1 {"error":"the bridge cannot start sessions right now"}
 slots 0
 --- error_log
 cannot start the mcp-bridge host: mcp-bridge host program /nonexistent/mcp-bridge-host not found

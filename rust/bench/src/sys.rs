@@ -34,20 +34,7 @@ pub fn realtime_ns() -> i128 {
 /// Raises the soft descriptor limit to the hard one (1,000 sessions need
 /// more than Debian's default of 1,024). Returns the new soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(limit.rlim_cur)
-    }
+    mcp_bridge_core::procs::raise_descriptor_limit().map(|(_, hard)| hard)
 }
 
 /// Ends both directions of a socket at once (the peer reads EOF), even while

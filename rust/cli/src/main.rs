@@ -72,6 +72,11 @@ fn serve(mut s: Serve) -> Result<i32, String> {
         }
         s.command = vec![demo.to_string_lossy().into_owned(), "--demo".into()];
     }
+    // nginx and the hosts inherit it: two descriptors per session in a
+    // worker, about four in its host.
+    if let Err(e) = mcp_bridge_core::procs::raise_descriptor_limit() {
+        eprintln!("mcp-bridge: cannot raise the descriptor limit ({e}); sessions may be refused early");
+    }
     let (addr, probe) = listen_address(&s.listen)?;
     match TcpListener::bind(addr) {
         Ok(l) => drop(l),

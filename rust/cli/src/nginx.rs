@@ -227,6 +227,17 @@ mod tests {
         let path = std::env::temp_dir().join(format!("mcp-bridge-fake-nginx-{name}-{}", std::process::id()));
         std::fs::write(&path, format!("#!/bin/sh\necho '{version}' >&2\n")).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Another test thread that forks while the file is open for writing
+        // holds it open until its child execs: running it meanwhile fails
+        // with ETXTBSY. Wait for that to pass.
+        for _ in 0..200 {
+            match Command::new(&path).output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                _ => break,
+            }
+        }
         path
     }
 

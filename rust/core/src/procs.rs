@@ -153,6 +153,48 @@ pub fn keep_on_exec(fd: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft descriptor limit to the hard one (a host holds about
+/// four descriptors per session, more than Debian's default soft limit of
+/// 1,024 allows for a few hundred sessions). Returns the limits before
+/// (soft, hard).
+pub fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let before = (limit.rlim_cur, limit.rlim_max);
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(before)
+    }
+}
+
+/// Sets the soft descriptor limit back to `soft`, for a program started
+/// from a process that raised it (some programs size tables by it).
+/// Async-signal-safe.
+pub fn restore_descriptor_limit(soft: u64) -> io::Result<()> {
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if soft < limit.rlim_cur {
+            limit.rlim_cur = soft;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Sends `signal` to every process of group `pgid`. Returns `Ok(false)` when
 /// the group no longer has any member (ESRCH), which is not an error for a
 /// caller tearing a group down. `signal` 0 only probes for members.

@@ -24,6 +24,9 @@ pub struct Defaults {
     /// worker's user can write to (npx fails without one, and `nobody`'s
     /// home usually does not exist).
     pub home: PathBuf,
+    /// The soft descriptor limit the host started with, which backends get
+    /// back (the host raises its own).
+    pub descriptor_limit: Option<u64>,
 }
 
 /// A started backend. Its exit is reported by the reaper.
@@ -95,10 +98,14 @@ pub fn spawn(spec: &SpawnSpec, defaults: &Defaults, marker: &str) -> Result<Back
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
+    let descriptor_limit = defaults.descriptor_limit;
     // SAFETY: only async-signal-safe system calls in the closure.
     unsafe {
         command.pre_exec(move || {
             procs::reset_signals()?;
+            if let Some(soft) = descriptor_limit {
+                procs::restore_descriptor_limit(soft)?;
+            }
             procs::cloexec_from(3)?;
             // If the host is killed outright, its backends must not outlive it.
             procs::die_with_parent(libc::SIGKILL, host)
@@ -143,7 +150,7 @@ mod tests {
             br#"{"command":"x","env":{"LANG":"en_US.UTF-8","TOKEN":"t","MCP_BRIDGE_SESSION":"forged"}}"#,
         )
         .expect("spec");
-        let env = environment(&spec, &Defaults { home: PathBuf::from("/h") }, "1-2.3");
+        let env = environment(&spec, &Defaults { home: PathBuf::from("/h"), descriptor_limit: None }, "1-2.3");
         let keys: Vec<_> = env.keys().cloned().collect();
         assert_eq!(keys, ["HOME", "LANG", "MCP_BRIDGE_SESSION", "PATH", "TOKEN"]);
         assert_eq!(env["MCP_BRIDGE_SESSION"], "1-2.3");

@@ -9,6 +9,7 @@
 //! | `S` Spawn | worker → host | spawn request (JSON, see [`crate::spec`]); makes the connection a session |
 //! | `R` Ready | host → worker | `<session id> <backend pid>` |
 //! | `F` Failed | host → worker | why the backend could not be started |
+//! | `U` Unavailable | host → worker | why the host takes no session now (it is shutting down) |
 //! | `M` Message | host → worker | one JSON-RPC message for the client |
 //! | `K` Keepalive | host → worker | empty; sent after `keepalive_interval_ms` of silence |
 //! | `X` Exit | host → worker | why the session ended; the host closes after it |
@@ -31,6 +32,7 @@ pub enum Kind {
     Spawn,
     Ready,
     Failed,
+    Unavailable,
     Message,
     Keepalive,
     Exit,
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Spawn => b'S',
             Kind::Ready => b'R',
             Kind::Failed => b'F',
+            Kind::Unavailable => b'U',
             Kind::Message => b'M',
             Kind::Keepalive => b'K',
             Kind::Exit => b'X',
@@ -61,6 +64,7 @@ impl Kind {
             b'S' => Kind::Spawn,
             b'R' => Kind::Ready,
             b'F' => Kind::Failed,
+            b'U' => Kind::Unavailable,
             b'M' => Kind::Message,
             b'K' => Kind::Keepalive,
             b'X' => Kind::Exit,

@@ -95,6 +95,14 @@ fn run(args: Args) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => log!(Warn, "cannot create {}: {e}", home.display()),
     }
+    // Each session holds about four descriptors here.
+    let descriptor_limit = match procs::raise_descriptor_limit() {
+        Ok((soft, _)) => Some(soft),
+        Err(e) => {
+            log!(Warn, "cannot raise the descriptor limit: {e}");
+            None
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,7 +123,7 @@ fn run(args: Args) -> Result<(), String> {
         let control = tokio::net::UnixStream::from_std(control).map_err(|e| format!("control channel: {e}"))?;
         server::sweep_stale_sockets(&args.runtime_dir, &socket_path);
         let identity = procfs::identity(std::process::id() as i32).ok_or("cannot read /proc/self/stat")?;
-        let host = Host::new(args.token, Defaults { home }, Reaper::new(), Sweeper::new(identity));
+        let host = Host::new(args.token, Defaults { home, descriptor_limit }, Reaper::new(), Sweeper::new(identity));
         log!(Info, "started for worker {} on {}", args.parent, socket_path.display());
         server::serve(host, listener, control, socket_path).await.map_err(|e| format!("serve: {e}"))
     })

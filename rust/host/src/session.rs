@@ -57,8 +57,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// costs a few bytes of memory; more are refused as busy.
 const MAX_PENDING: usize = 10_000;
 
-const STDOUT_BUFFER: usize = 32 * 1024;
-const STDERR_BUFFER: usize = 4 * 1024;
+/// Read buffers, allocated (and zeroed) for every session, idle or not:
+/// small, since a longer line only costs more reads.
+const STDOUT_BUFFER: usize = 16 * 1024;
+const STDERR_BUFFER: usize = 1024;
 
 /// State shared by every session and connection of the host.
 pub struct Host {
@@ -299,6 +301,10 @@ async fn keep_alive(writer: SharedWriter, interval: Duration) {
 /// Runs a session on `conn`, whose Spawn frame carried `request`.
 pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
     let (reader, mut writer) = conn.into_split();
+    if host.shutting_down() {
+        let _ = frame::write(&mut writer, Kind::Unavailable, b"the worker is shutting down").await;
+        return;
+    }
     let started = match start(&host, &request) {
         Ok(s) => s,
         Err(reason) => {
@@ -416,6 +422,10 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
     host.ended.set(host.ended.get() + 1);
     if host.live_sessions() == 0 {
         host.idle.notify_waiters();
+        // Give memory from a burst of sessions back to the system, so the
+        // host stays small (and quick to fork) once they are gone.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
     }
     let why = describe(ended, exit_status, spec.max_message_bytes);
     if !client_gone {
@@ -452,9 +462,6 @@ struct Started {
 }
 
 fn start(host: &Host, request: &[u8]) -> Result<Started, String> {
-    if host.shutting_down() {
-        return Err("the worker is shutting down".into());
-    }
     let spec = SpawnSpec::parse(request)?;
     let id = format!(
         "{}{}",
@@ -504,7 +511,7 @@ async fn pump_stdout(
     pid: i32,
 ) -> StdoutEnd {
     let mut lines = LineReader::with_capacity(out, max, STDOUT_BUFFER);
-    let mut frame = Vec::with_capacity(STDOUT_BUFFER);
+    let mut frame = Vec::new();
     loop {
         frame.clear();
         frame.resize(HEADER_LEN, 0);
@@ -546,7 +553,7 @@ async fn pump_stdout(
         }
         if frame.capacity() > 4 * STDOUT_BUFFER {
             // Do not keep a multi-megabyte buffer per idle session.
-            frame = Vec::with_capacity(STDOUT_BUFFER);
+            frame = Vec::new();
         }
     }
 }

@@ -201,7 +201,7 @@ fn no_backend_inherits_another_sessions_descriptors() {
     };
     // A program opens files of its own while it starts (sleep reads its
     // locale); an inherited descriptor would stay open for good.
-    wait_until(Duration::from_secs(2), || fds() == ["0", "1", "2"]);
+    wait_until(Duration::from_secs(10), || fds() == ["0", "1", "2"]);
     let fds = fds();
     assert_eq!(fds, ["0", "1", "2"], "the backend sees only its stdio");
 }
@@ -363,6 +363,19 @@ fn a_silent_session_gets_keepalive_frames_and_messages_still_flow() {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_spawn_that_reaches_a_host_shutting_down_is_told_it_is_unavailable() {
+    let mut host = TestHost::start("unavailable");
+    let early = host.connect();
+    // Let the host accept it before it stops listening.
+    std::thread::sleep(Duration::from_millis(100));
+    let host_pid = host.end_sessions();
+    let _host_guard = KillOnDrop(vec![host_pid]);
+    std::thread::sleep(Duration::from_millis(100));
+    let err = spawn_on(early, &sh("exec cat", "")).err().expect("refused");
+    assert_eq!(err, "unavailable: the worker is shutting down");
 }
 
 #[test]

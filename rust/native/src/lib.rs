@@ -94,6 +94,7 @@ fn alive(_: &Lua, identity: LuaString) -> LuaResult<bool> {
 fn mcp_bridge_native(lua: &Lua) -> LuaResult<LuaTable> {
     let exports = lua.create_table()?;
     exports.set("version", env!("CARGO_PKG_VERSION"))?;
+    exports.set("EXITING", worker::EXITING)?;
     exports.set("configure", lua.create_function(configure)?)?;
     exports.set("host_socket", lua.create_function(host_socket)?)?;
     exports.set("socket_path", lua.create_function(socket_path)?)?;

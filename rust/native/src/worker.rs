@@ -47,6 +47,9 @@ impl State {
     }
 }
 
+/// Why `host_socket` refuses once the worker is shutting down.
+pub const EXITING: &str = "worker is exiting";
+
 static STATE: Lazy<Mutex<State>> = Lazy::new(|| Mutex::new(State::new()));
 static SLOTS: Lazy<Arc<SlotRegistry>> = Lazy::new(SlotRegistry::new);
 
@@ -99,7 +102,7 @@ pub fn host_socket() -> Result<String, String> {
     let mut guard = STATE.lock();
     let state = guard.current();
     if state.exiting {
-        return Err("worker is exiting".into());
+        return Err(EXITING.into());
     }
     if let Some(host) = &state.host {
         if host.is_alive() {

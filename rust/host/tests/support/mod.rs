@@ -38,18 +38,7 @@ impl TestHost {
     /// Starts a session; returns its connection and the Ready payload, or
     /// the Failed reason.
     pub fn spawn(&self, spec: &str) -> Result<Session, String> {
-        let mut conn = self.connect();
-        write_frame(&mut conn, b'S', spec.as_bytes());
-        let (kind, payload) = read_frame(&mut conn).expect("reply to spawn");
-        let text = String::from_utf8(payload).expect("utf8");
-        match kind {
-            b'R' => {
-                let (id, pid) = text.split_once(' ').expect("id and pid");
-                Ok(Session { conn, id: id.to_string(), pid: pid.parse().expect("pid") })
-            }
-            b'F' => Err(text),
-            k => panic!("unexpected frame {}", k as char),
-        }
+        spawn_on(self.connect(), spec)
     }
 
     pub fn stats(&self) -> serde_json::Value {
@@ -140,6 +129,23 @@ pub fn read_frame(conn: &mut UnixStream) -> Option<(u8, Vec<u8>)> {
     let mut payload = vec![0u8; len];
     conn.read_exact(&mut payload).ok()?;
     Some((header[0], payload))
+}
+
+/// Sends a Spawn frame on `conn`: the session, or the Failed reason, or
+/// "unavailable: <reason>".
+pub fn spawn_on(mut conn: UnixStream, spec: &str) -> Result<Session, String> {
+    write_frame(&mut conn, b'S', spec.as_bytes());
+    let (kind, payload) = read_frame(&mut conn).expect("reply to spawn");
+    let text = String::from_utf8(payload).expect("utf8");
+    match kind {
+        b'R' => {
+            let (id, pid) = text.split_once(' ').expect("id and pid");
+            Ok(Session { conn, id: id.to_string(), pid: pid.parse().expect("pid") })
+        }
+        b'F' => Err(text),
+        b'U' => Err(format!("unavailable: {text}")),
+        k => panic!("unexpected frame {}", k as char),
+    }
 }
 
 /// JSON for a spawn request of `sh -c script`.

@@ -146,6 +146,62 @@ local function stream(sock, writes)
     end
 end
 
+local UNAVAILABLE = "the bridge cannot start sessions right now"
+
+-- Asks this worker's host to start a backend for `conf`. Returns the
+-- session's connection, its id and the backend's pid; or nil, an HTTP
+-- status and a message for the client.
+local function start_backend(conf, retrying)
+    local path, err = worker.host_socket()
+    if not path then
+        -- A worker that is reloading or quitting refuses new sessions; its
+        -- client retries and reaches a new worker.
+        ngx_log(err == native.EXITING and ngx.INFO or ngx.ERR, "mcp-bridge: ", err)
+        return nil, 503, UNAVAILABLE
+    end
+    local sock = ngx_socket_tcp()
+    sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, SPAWN_TIMEOUT_MS)
+    local ok
+    -- A session's connection must be a fresh one: never a pooled delivery
+    -- connection (this pool name is never given to setkeepalive).
+    ok, err = sock:connect("unix:" .. path, { pool = SESSION_POOL_PREFIX .. path })
+    if ok then
+        ok, err = wire.send(sock, wire.SPAWN, config.spawn_request(conf))
+    end
+    local kind, payload
+    if ok then
+        kind, payload = wire.receive(sock)
+        err = payload
+    end
+    if not kind then
+        sock:close()
+        if not retrying then
+            -- The host may have died since it was last seen alive; asking
+            -- again starts a new one.
+            return start_backend(conf, true)
+        end
+        ngx_log(ngx.ERR, "mcp-bridge: host at ", path, ": ", err)
+        return nil, 503, UNAVAILABLE
+    end
+    if kind == wire.UNAVAILABLE then
+        sock:close()
+        ngx_log(ngx.INFO, "mcp-bridge: ", payload)
+        return nil, 503, UNAVAILABLE
+    end
+    if kind == wire.FAILED then
+        sock:close()
+        ngx_log(ngx.WARN, "mcp-bridge: cannot start the MCP server: ", payload)
+        return nil, 502, "cannot start the MCP server: " .. payload
+    end
+    local session_id, pid = match(payload, "^(%x+) (%d+)$")
+    if kind ~= wire.READY or not session_id then
+        sock:close()
+        ngx_log(ngx.ERR, "mcp-bridge: unexpected answer from the host: ", kind)
+        return nil, 502, "the bridge could not start the session"
+    end
+    return sock, session_id, pid
+end
+
 -- GET {base_uri}/sse
 function _M.open(route)
     local conf = route.conf
@@ -164,49 +220,18 @@ function _M.open(route)
             return respond.error(429, "too many sessions: this route allows " .. ceiling
                                       .. " at a time", { ["Retry-After"] = RETRY_AFTER_SECONDS })
         end
-        return respond.error(503, "the bridge cannot start sessions right now")
+        return respond.error(503, UNAVAILABLE, { ["Retry-After"] = RETRY_AFTER_SECONDS })
     end
     watch_client_abort()
 
-    local path, err = worker.host_socket()
-    if not path then
+    local sock, session_id, pid = start_backend(conf)
+    if not sock then
         session_limit.release(slot)
-        ngx_log(ngx.ERR, "mcp-bridge: ", err)
-        return respond.error(503, "the bridge cannot start sessions right now")
+        local status, message = session_id, pid
+        return respond.error(status, message, status == 503
+                                              and { ["Retry-After"] = RETRY_AFTER_SECONDS } or nil)
     end
-    local sock = ngx_socket_tcp()
-    sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, SPAWN_TIMEOUT_MS)
-    local ok
-    -- A session's connection must be a fresh one: never a pooled delivery
-    -- connection (this pool name is never given to setkeepalive).
-    ok, err = sock:connect("unix:" .. path, { pool = SESSION_POOL_PREFIX .. path })
-    if ok then
-        ok, err = wire.send(sock, wire.SPAWN, config.spawn_request(conf))
-    end
-    local kind, payload
-    if ok then
-        kind, payload = wire.receive(sock)
-        err = payload
-    end
-    if not kind then
-        sock:close()
-        session_limit.release(slot)
-        ngx_log(ngx.ERR, "mcp-bridge: host at ", path, ": ", err)
-        return respond.error(503, "the bridge cannot start sessions right now")
-    end
-    if kind == wire.FAILED then
-        sock:close()
-        session_limit.release(slot)
-        ngx_log(ngx.WARN, "mcp-bridge: cannot start the MCP server: ", payload)
-        return respond.error(502, "cannot start the MCP server: " .. payload)
-    end
-    local session_id, pid = match(payload, "^(%x+) (%d+)$")
-    if kind ~= wire.READY or not session_id then
-        sock:close()
-        session_limit.release(slot)
-        ngx_log(ngx.ERR, "mcp-bridge: unexpected answer from the host: ", kind)
-        return respond.error(502, "the bridge could not start the session")
-    end
+    local ok, err
 
     ngx.status = 200
     ngx_header["Content-Type"] = "text/event-stream"

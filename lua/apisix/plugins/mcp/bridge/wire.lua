@@ -10,7 +10,8 @@ local rshift = bit.rshift
 local sub = string.sub
 
 local _M = {
-    SPAWN = "S", READY = "R", FAILED = "F", MESSAGE = "M", KEEPALIVE = "K", EXIT = "X",
+    SPAWN = "S", READY = "R", FAILED = "F", UNAVAILABLE = "U", MESSAGE = "M", KEEPALIVE = "K",
+    EXIT = "X",
     DELIVER = "D", ACK = "A", QUERY = "Q", STATS = "T",
 }
 
