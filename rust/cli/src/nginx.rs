@@ -156,7 +156,7 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
              fastcgi_temp_path {p}/tmp/fastcgi;\n    \
              uwsgi_temp_path {p}/tmp/uwsgi;\n    \
              scgi_temp_path {p}/tmp/scgi;\n    \
-             client_max_body_size {max};\n    \
+             client_max_body_size {body_limit};\n    \
              client_body_buffer_size {max};\n    \
              init_by_lua_file {p}/gateway.lua;\n    \
              init_worker_by_lua_block {{ {standalone}.init_worker() }}\n\
@@ -177,6 +177,10 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
                  {status}    \
              }}\n\
          }}\n",
+        // Bodies over max_message_bytes get their 413 from the Lua code,
+        // which logs nothing for a client's mistake; nginx's own limit, which
+        // logs an [error], only stops bodies far beyond it.
+        body_limit = (4 * max).max(64 << 20),
         workers = s.workers,
         level = s.log_level,
         lib = libdir.display(),

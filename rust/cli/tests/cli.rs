@@ -133,3 +133,81 @@ fn ctrl_c_stops_nginx_and_every_backend() {
     }
     let _ = std::fs::remove_dir_all(&pid_dir);
 }
+
+/// Starts a gateway bridging the demo server with `extra` options; returns
+/// it, its port and its log (nginx's error log, captured from stderr).
+fn gateway(extra: &[&str]) -> (Gateway, u16, std::sync::mpsc::Receiver<String>) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(CLI)
+        .args(["serve", "--listen", &listen, "--log-level", "info"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the gateway");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let banner = BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("SSE endpoint"));
+    assert!(banner.is_some(), "the gateway did not start");
+    (Gateway(child), port, rx)
+}
+
+/// One request on its own connection: the whole response as text.
+fn request(port: u16, head: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(head.as_bytes()).expect("head");
+    // The server may answer, and stop reading, before the body is all sent.
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn an_oversized_body_gets_the_gateways_413_and_no_error_in_the_log() {
+    let (_gateway, port, log) = gateway(&["--max-message-bytes", "65536"]);
+    // A live session, so the body is what gets refused.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream.write_all(b"GET /mcp/sse HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("sessionId=") || !seen[seen.find("sessionId=").unwrap_or(0)..].contains('\n') {
+        let n = stream.read(&mut buf).expect("endpoint event");
+        assert!(n > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let after = &seen[seen.find("sessionId=").unwrap_or(0) + "sessionId=".len()..];
+    let id: String = after.chars().take_while(char::is_ascii_hexdigit).collect();
+    let body = vec![b'x'; 10 << 20];
+    let head = format!(
+        "POST /mcp/message?sessionId={id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let response = request(port, &head, &body);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("larger than max_message_bytes (65536)"), "{response}");
+    std::thread::sleep(Duration::from_millis(200));
+    let errors: Vec<String> = log.try_iter().filter(|l| l.contains("[error]") || l.contains("[crit]")).collect();
+    assert!(errors.is_empty(), "a client's mistake was logged as an error: {errors:?}");
+}
+
+#[test]
+fn the_status_report_is_json_for_loopback_clients() {
+    let (_gateway, port, _log) = gateway(&["--status-uri", "/-/status", "--max-sessions-per-node", "3"]);
+    // HTTP/1.0: the body comes whole, not chunked.
+    let response = request(port, "GET /-/status HTTP/1.0\r\n\r\n", b"");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json = &response[response.find("\r\n\r\n").expect("body") + 4..];
+    let report: serde_json::Value = serde_json::from_str(json.trim()).expect("JSON report");
+    assert_eq!(report["node"]["keys_held"], 0, "{report}");
+    assert!(report["worker"]["pid"].as_u64().is_some(), "{report}");
+}

@@ -282,12 +282,16 @@ local function read_body(max)
         -- max_message_bytes so this does not happen there). The file was
         -- just written, so this read is served from the page cache.
         local file = req.get_body_file()
-        if file then
-            local f = io_open(file, "rb")
-            if f then
-                body = f:read("*a")
+        local f = file and io_open(file, "rb")
+        if f then
+            -- A chunked body has no declared size: look before reading.
+            if f:seek("end") > max then
                 f:close()
+                return nil, 413
             end
+            f:seek("set")
+            body = f:read("*a")
+            f:close()
         end
     end
     if not body or body == "" then
