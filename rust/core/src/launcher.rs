@@ -311,6 +311,12 @@ mod tests {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(host.pid(), &mut status, 0) };
+        // A child another test thread forks at the wrong moment holds a copy
+        // of the channel until it execs; give that a moment to pass.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while host.is_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert!(!host.is_alive());
         let _ = fs::remove_dir_all(&dir);
         let _ = fs::remove_file(&script);
