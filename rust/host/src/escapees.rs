@@ -143,7 +143,9 @@ impl Sweeper {
             if !found.orphans.is_empty() {
                 tokio::task::spawn_local(end_orphans(found.orphans));
             }
-            if self.pending.borrow().is_empty() {
+            // A wake-up left by a request this scan already answered must
+            // not cost another scan.
+            while self.pending.borrow().is_empty() {
                 self.wake.notified().await;
             }
         }

@@ -384,8 +384,6 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
     // From here on the id is refused and queued input is dropped.
     host.inboxes.borrow_mut().remove(&id);
     let signalled = terminate(pid, closed_at);
-    let mut escaped = host.sweeper.find(&marker).await;
-    escapees::signal_all(&escaped, libc::SIGTERM);
     // Closing stdin as well is the polite way to ask a stdio server to stop;
     // it comes after SIGTERM so the signal is never late.
     stdin_task.abort();
@@ -397,6 +395,8 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
         stdout_task.abort();
         stderr_task.abort();
     }
+    let mut escaped = host.sweeper.find(&marker).await;
+    escapees::signal_all(&escaped, libc::SIGTERM);
 
     let teardown = match signalled || !escaped.is_empty() {
         true => finish_teardown(&host, pid, &marker, &mut escaped, spec.kill_grace()).await,
@@ -642,19 +642,18 @@ async fn finish_teardown(
     escaped: &mut Vec<Escapee>,
     grace: Duration,
 ) -> Teardown {
-    let term_at = Instant::now();
+    let term_at = tokio::time::Instant::now();
+    let mut deadline = term_at + grace;
     let mut shutdown = host.shutdown.subscribe();
-    let grace = if host.shutting_down() { grace.min(SHUTDOWN_GRACE) } else { grace };
-    let deadline = tokio::time::Instant::now() + grace;
-    let mut grace = grace;
     let gone = tokio::select! {
         gone = wait_gone(pgid, &host.reaper, escaped, deadline) => gone,
+        // Resolves at once if the host is already shutting down.
         _ = shutdown.wait_for(|&down| down) => {
-            let sooner = deadline.min(tokio::time::Instant::now() + SHUTDOWN_GRACE);
-            grace = sooner - (deadline - grace);
-            wait_gone(pgid, &host.reaper, escaped, sooner).await
+            deadline = deadline.min(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            wait_gone(pgid, &host.reaper, escaped, deadline).await
         }
     };
+    let grace = deadline - term_at;
     if gone {
         return Teardown::Terminated { after: term_at.elapsed() };
     }

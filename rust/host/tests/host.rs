@@ -168,6 +168,24 @@ fn requests_left_unanswered_by_a_crash_get_error_responses_before_the_exit() {
 }
 
 #[test]
+fn requests_awaiting_a_response_are_bounded_and_the_next_is_busy_not_lost() {
+    let host = TestHost::start("pending");
+    // Reads everything, answers nothing.
+    let s = host.spawn(&sh("while read -r line; do :; done", "")).expect("spawn");
+    let _guard = KillOnDrop(vec![s.pid]);
+    let mut d = Delivery::new(&host);
+    for n in 0..10_000 {
+        let (status, why) = d.send(&s.id, format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"ping"}}"#).as_bytes());
+        assert_eq!(status, b'0', "request {n}: {why}");
+    }
+    let (status, why) = d.send(&s.id, br#"{"jsonrpc":"2.0","id":"one more","method":"ping"}"#);
+    assert_eq!(status, b'3', "{why}");
+    assert!(why.contains("10000 requests are already waiting for a response"), "{why}");
+    // A notification expects no response, so it still goes through.
+    assert_eq!(d.send(&s.id, br#"{"jsonrpc":"2.0","method":"notifications/x"}"#).0, b'0');
+}
+
+#[test]
 fn an_older_session_ends_without_touching_newer_ones() {
     let host = TestHost::start("older");
     let old = host.spawn(&sh("exec cat", "")).expect("old");

@@ -26,10 +26,12 @@ local WORKER_PREFIX = "worker|"
 local own_identity
 local own_pid
 
+-- nil only if /proc/self/stat cannot be read; a share kept under a made-up
+-- name would look dead to the other workers and be taken away.
 local function identity()
     local pid = ngx.worker.pid()
     if own_pid ~= pid then
-        own_identity = native.identity() or ("pid " .. pid)
+        own_identity = native.identity()
         own_pid = pid
     end
     return own_identity
@@ -105,6 +107,10 @@ function _M.acquire(route, max)
     if not shm then
         return nil, "no lua_shared_dict \"" .. config.SLOTS_DICT .. "\""
     end
+    local me = identity()
+    if not me then
+        return nil, "cannot read this worker's identity from /proc"
+    end
     local node_key = NODE_PREFIX .. route
     for attempt = 1, 2 do
         local n, err = shm:incr(node_key, 1, 0)
@@ -112,7 +118,7 @@ function _M.acquire(route, max)
             return nil, err
         end
         if not max or n <= max then
-            local _, werr = shm:incr(worker_key(identity(), route), 1, 0)
+            local _, werr = shm:incr(worker_key(me, route), 1, 0)
             if werr then
                 shm:incr(node_key, -1)
                 return nil, werr

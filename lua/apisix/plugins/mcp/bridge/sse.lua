@@ -14,9 +14,9 @@ local session_limit = require("apisix.plugins.mcp.session_limit")
 local wire = require("apisix.plugins.mcp.bridge.wire")
 local worker = require("apisix.plugins.mcp.bridge.worker")
 
+local new_semaphore = require("ngx.semaphore").new
+
 local find = string.find
-local thread_kill = ngx.thread.kill
-local thread_spawn = ngx.thread.spawn
 local io_open = io.open
 local match = string.match
 local ngx = ngx
@@ -27,9 +27,10 @@ local ngx_log = ngx.log
 local ngx_on_abort = ngx.on_abort
 local ngx_print = ngx.print
 local ngx_socket_tcp = ngx.socket.tcp
-local new_semaphore = require("ngx.semaphore").new
 local req = ngx.req
 local sub = string.sub
+local thread_kill = ngx.thread.kill
+local thread_spawn = ngx.thread.spawn
 local tonumber = tonumber
 local type = type
 
@@ -148,9 +149,9 @@ end
 
 local UNAVAILABLE = "the bridge cannot start sessions right now"
 
--- Asks this worker's host to start a backend for `conf`. Returns the
--- session's connection, its id and the backend's pid; or nil, an HTTP
--- status and a message for the client.
+-- Asks this worker's host to start a backend for `conf`. Returns
+-- { sock =, id =, pid = } for the new session; or nil, an HTTP status and a
+-- message for the client.
 local function start_backend(conf, retrying)
     local path, err = worker.host_socket()
     if not path then
@@ -199,7 +200,7 @@ local function start_backend(conf, retrying)
         ngx_log(ngx.ERR, "mcp-bridge: unexpected answer from the host: ", kind)
         return nil, 502, "the bridge could not start the session"
     end
-    return sock, session_id, pid
+    return { sock = sock, id = session_id, pid = pid }
 end
 
 -- GET {base_uri}/sse
@@ -224,13 +225,13 @@ function _M.open(route)
     end
     watch_client_abort()
 
-    local sock, session_id, pid = start_backend(conf)
-    if not sock then
+    local session, status, message = start_backend(conf)
+    if not session then
         session_limit.release(slot)
-        local status, message = session_id, pid
         return respond.error(status, message, status == 503
                                               and { ["Retry-After"] = RETRY_AFTER_SECONDS } or nil)
     end
+    local sock, pid = session.sock, session.pid
     local ok, err
 
     ngx.status = 200
@@ -239,7 +240,7 @@ function _M.open(route)
     ngx_header["X-Accel-Buffering"] = "no"
     ngx_log(ngx.INFO, "mcp-bridge: session started, backend pid ", pid)
     ok, err = ngx_print("event: endpoint\ndata: ", conf.base_uri, "/message?sessionId=",
-                        session_id, EVENT_END)
+                        session.id, EVENT_END)
     if ok then
         ok, err = ngx_flush(true)
     end
