@@ -3,7 +3,9 @@
 //! learn without polling when a process (not necessarily our child) is gone.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use mcp_bridge_core::procfs;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -58,21 +60,15 @@ pub fn sigterm(pid: i32) -> io::Result<()> {
 /// A process handle that becomes readable when the process has exited
 /// (when it is a zombie, whoever its parent is, or reaped).
 pub struct PidFd {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<procfs::PidFd>,
 }
 
 impl PidFd {
     /// Needs a tokio runtime with I/O enabled.
     pub fn open(pid: i32) -> io::Result<PidFd> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the descriptor was just created and is ours alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-        // SAFETY: the descriptor stays open, unchanged, as long as the
-        // AsyncFd that owns it (tokio >= 1.54 asks this of the caller).
+        let fd = procfs::PidFd::open(pid)?;
+        // SAFETY: procfs::PidFd owns its descriptor and always returns that
+        // one (tokio >= 1.54 asks this of the caller).
         Ok(PidFd { fd: unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? } })
     }
 
