@@ -923,8 +923,9 @@ def status_reports(port, workers, tries=200):
 def held(doc):
     """(slots held by the worker, sessions of its host, node slots, keys held)."""
     node = doc.get("node") or {}
+    worker = doc["worker"]["pid"]
     return (sum((doc["worker"].get("slots") or {}).values()),
-            (doc.get("host") or {}).get("sessions", 0),
+            sum(h.get("sessions", 0) for h in doc.get("hosts") or [] if h.get("worker") == worker),
             sum((node.get("routes") or {}).values()),
             node.get("keys_held", 0))
 

@@ -16,7 +16,7 @@ package t::MCPBridge;
 use Cwd qw(abs_path);
 use File::Basename qw(dirname);
 
-my ($root, $fixture, $pid_dir);
+my ($root, $fixture, $pid_dir, $run_dir);
 
 # Test::Nginx reads TEST_NGINX_* settings when it is loaded: set them first.
 BEGIN {
@@ -25,9 +25,13 @@ BEGIN {
 
     # Scratch directory the fixture records its processes in; workers may
     # run as nobody, so anyone may write there.
-    $pid_dir = $ENV{TEST_NGINX_PID_DIR} ||= "/tmp/mcp-bridge-test-$<-pids";
+    $pid_dir = $ENV{TEST_NGINX_PID_DIR} ||= "$root/t/servroot-pids";
     system("mkdir", "-p", $pid_dir) == 0 or die "cannot create $pid_dir\n";
     chmod 01777, $pid_dir;
+
+    # Hosts' sockets and the backends' shared HOME: kept with the suites'
+    # scratch files, not in /tmp.
+    $run_dir = $ENV{TEST_NGINX_RUN_DIR} ||= "$root/t/servroot-run";
 
     $ENV{TEST_NGINX_FIXTURE} = $fixture;
     $ENV{TEST_NGINX_ROOT} = $root;
@@ -74,6 +78,7 @@ add_block_preprocessor(sub {
 
     init_by_lua_block {
         local standalone = require("apisix.plugins.mcp.bridge.standalone")
+        standalone.settings({ runtime_dir = "$run_dir" })
         local routes = {
 $routes
         }

@@ -176,7 +176,7 @@ location = /t {
     }
 }
 --- response_body
-{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"cwd":"/tmp/a/b"}
+{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"session_home":false,"cwd":"/tmp/a/b"}
 true /d true
 
 
@@ -254,7 +254,7 @@ location = /t {
                 default = '"' .. default .. '"'
             end
             local want = { typ = typ, required = required[name] and "True" or "False",
-                           default = default and tostring(default) or "" }
+                           default = default ~= nil and tostring(default) or "" }
             if not d then
                 problems = problems + 1
                 ngx.say("undocumented: ", name)

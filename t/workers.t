@@ -333,7 +333,7 @@ location = /t {
 }
 --- response_body
 node count 2, shares 1 1
-third: 429 retry-after 1 {"error":"too many sessions: this route allows 2 on this node at a time"}
+third: 429 retry-after 1 {"error":"too many sessions: at most 2 on this node at a time (max_sessions_per_node)"}
 after a close, a new session: 200
 the dead worker's slot reclaimed: true, keys held 0
 two sessions again: 200 200

@@ -23,24 +23,29 @@ function _M.check_schema(conf)
     return config.check(conf)
 end
 
--- plugin_attr:
+-- plugin_attr (both optional):
 --   mcp-bridge:
---     runtime_dir: /run/mcp-bridge   # sockets and the backends' default HOME
+--     runtime_dir: /var/run/mcp-bridge   # parent of the hosts' private directories
 --     host_program: /usr/local/apisix/mcp-bridge-host
--- The host starts, and worker shutdown is watched, on the first session.
--- A starting worker takes back node slots of workers that died.
+-- Settings apply at once, so every worker finds every host; the host starts,
+-- and worker shutdown is watched, on the first session. A starting worker
+-- takes back node slots of workers that died.
 function _M.init()
     worker.set(plugin.plugin_attr(plugin_name))
+    worker.configure()
     worker.started()
 end
 
 -- One route object per conf table (APISIX makes a new one per route version).
 local routes = setmetatable({}, { __mode = "k" })
 
+local name_attribute = config.namer()
+
 function _M.access(conf, ctx)
     local route = routes[conf]
     if not route then
-        route = { key = (ctx.conf_type or "route") .. "#" .. (ctx.conf_id or "?"), conf = conf }
+        route = { key = (ctx.conf_type or "route") .. "#" .. (ctx.conf_id or "?"), conf = conf,
+                  name = name_attribute }
         routes[conf] = route
     end
     return handler.handle(route)

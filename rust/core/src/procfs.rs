@@ -66,6 +66,18 @@ pub fn identity_alive(identity: &str) -> bool {
     pid > 0 && matches!(stat(pid), Some(s) if s.start_time == start && !s.is_zombie())
 }
 
+/// The PID namespace of process `pid` (the inode number in the link
+/// `/proc/<pid>/ns/pid`). `None` when it cannot be read: the process is
+/// gone, or belongs to someone we may not inspect.
+pub fn pid_namespace(pid: i32) -> Option<u64> {
+    namespace_inode(&std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?.to_string_lossy())
+}
+
+/// The inode number in a namespace link's text, `pid:[4026531836]`.
+fn namespace_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
 /// Process group of `pid`, by system call (no `/proc` read); `None` when
 /// the process does not exist.
 pub fn pgid(pid: i32) -> Option<i32> {
@@ -178,6 +190,15 @@ mod tests {
         for bad in ["", "-", "x-1", "1-x", "0-0", "-5-1"] {
             assert!(!identity_alive(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn pid_namespaces_are_read_and_parsed() {
+        assert_eq!(namespace_inode("pid:[4026531836]"), Some(4026531836));
+        assert_eq!(namespace_inode("net:[4026531836]"), None);
+        assert_eq!(namespace_inode("pid:[x]"), None);
+        let me = std::process::id() as i32;
+        assert!(pid_namespace(me).is_some());
     }
 
     #[test]

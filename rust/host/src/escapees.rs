@@ -2,12 +2,16 @@
 //!
 //! Killing a backend's process group misses a descendant that called
 //! `setsid()` or `setpgid()`. Every backend therefore starts with a marker
-//! in its environment, `MCP_BRIDGE_SESSION=<host identity>.<n>`, which its
-//! descendants inherit; at the end of a session the host finds the
-//! processes outside every live session's group that carry the session's
-//! marker, and ends them with it. Processes carrying the marker of a host
-//! that no longer runs (it was killed outright) are ended too, whichever
-//! host finds them.
+//! in its environment, `MCP_BRIDGE_SESSION=<pid namespace>/<host
+//! identity>.<n>`, which its descendants inherit; at the end of a session
+//! the host finds the processes outside every live session's group that
+//! carry the session's marker, and ends them with it. Processes carrying
+//! the marker of a host that no longer runs (it was killed outright) are
+//! ended too, whichever host finds them.
+//!
+//! A host identity (`<pid>-<start time>`) means something only in its own
+//! PID namespace, so processes in another namespace (a container sharing
+//! the user id) are never touched, whatever their marker says.
 //!
 //! Scans read `/proc`, so they run on a blocking thread, and requests that
 //! arrive while one runs are answered together by the next.
@@ -88,6 +92,7 @@ struct Request {
 
 /// Finds marked processes for the sessions of one host.
 pub struct Sweeper {
+    namespace: u64,
     identity: String,
     next: Cell<u64>,
     pending: RefCell<Vec<Request>>,
@@ -95,16 +100,17 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// `identity` is the host's own (see `procfs::identity`).
-    pub fn new(identity: String) -> Rc<Sweeper> {
-        Rc::new(Sweeper { identity, next: Cell::new(0), pending: RefCell::default(), wake: Notify::new() })
+    /// `namespace` is the host's PID namespace (see
+    /// `procfs::pid_namespace`), `identity` its own (see `procfs::identity`).
+    pub fn new(namespace: u64, identity: String) -> Rc<Sweeper> {
+        Rc::new(Sweeper { namespace, identity, next: Cell::new(0), pending: RefCell::default(), wake: Notify::new() })
     }
 
     /// A fresh marker for a new session.
     pub fn new_marker(&self) -> String {
         let n = self.next.get() + 1;
         self.next.set(n);
-        format!("{}.{n}", self.identity)
+        format!("{}/{}.{n}", self.namespace, self.identity)
     }
 
     /// The running processes marked with `marker` outside every group in
@@ -124,8 +130,8 @@ impl Sweeper {
             let requests: Vec<Request> = std::mem::take(&mut *self.pending.borrow_mut());
             let wanted: Vec<String> = requests.iter().map(|r| r.marker.clone()).collect();
             let skip = groups();
-            let identity = self.identity.clone();
-            let scanned = tokio::task::spawn_blocking(move || scan(&identity, &wanted, &skip)).await;
+            let (namespace, identity) = (self.namespace, self.identity.clone());
+            let scanned = tokio::task::spawn_blocking(move || scan(namespace, &identity, &wanted, &skip)).await;
             let mut found = match scanned {
                 Ok(Ok(found)) => found,
                 Ok(Err(e)) => {
@@ -158,13 +164,33 @@ struct Found {
     orphans: Vec<PidFd>,
 }
 
+/// Who set a marker, as far as a host in `namespace` can tell.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner<'a> {
+    /// A host of this namespace, by identity.
+    Here(&'a str),
+    /// A host of another PID namespace: not ours to judge.
+    Elsewhere,
+}
+
+/// The owner of `marker` (`<namespace>/<identity>.<n>`, or `<identity>.<n>`
+/// as versions before the namespace was added wrote it).
+fn owner(marker: &str, namespace: u64) -> Option<Owner<'_>> {
+    let (owner, _) = marker.rsplit_once('.')?;
+    match owner.split_once('/') {
+        Some((ns, identity)) if ns.parse::<u64>().ok()? == namespace => Some(Owner::Here(identity)),
+        Some(_) => Some(Owner::Elsewhere),
+        None => Some(Owner::Here(owner)),
+    }
+}
+
 /// Reads `/proc` once. Only processes outside the live sessions' groups
-/// (and outside the host's own group, its nginx's) that belong to the
-/// host's user can carry a marker it acts on; for the others one
-/// `getpgid` call is all it costs. Every match is opened as a pidfd and its
-/// marker read again through it, so a pid reused meanwhile is never
+/// (and outside the host's own group) that belong to the host's user and
+/// live in its PID namespace can carry a marker it acts on; for the others
+/// one `getpgid` call is all it costs. Every match is opened as a pidfd and
+/// its marker read again through it, so a pid reused meanwhile is never
 /// signalled.
-fn scan(identity: &str, wanted: &[String], skip_groups: &BTreeSet<i32>) -> std::io::Result<Found> {
+fn scan(namespace: u64, identity: &str, wanted: &[String], skip_groups: &BTreeSet<i32>) -> std::io::Result<Found> {
     let me = std::process::id() as i32;
     let own_group = procfs::pgid(me);
     // SAFETY: geteuid cannot fail.
@@ -175,13 +201,16 @@ fn scan(identity: &str, wanted: &[String], skip_groups: &BTreeSet<i32>) -> std::
         if pid == me || Some(group) == own_group || skip_groups.contains(&group) || procfs::owner(pid) != Some(uid) {
             continue;
         }
-        let Some(marker) = procfs::environ_var(pid, MARKER_VAR) else { continue };
-        let Some((owner, _)) = marker.rsplit_once('.') else { continue };
-        let ours = owner == identity;
-        if ours && !wanted.contains(&marker) {
+        if procfs::pid_namespace(pid) != Some(namespace) {
             continue;
         }
-        if !ours && procfs::identity_alive(owner) {
+        let Some(marker) = procfs::environ_var(pid, MARKER_VAR) else { continue };
+        let ours = match owner(&marker, namespace) {
+            Some(Owner::Here(owner)) if owner == identity => true,
+            Some(Owner::Here(owner)) if !procfs::identity_alive(owner) => false,
+            _ => continue,
+        };
+        if ours && !wanted.contains(&marker) {
             continue;
         }
         let Ok(fd) = PidFd::open(pid) else { continue };
@@ -205,5 +234,22 @@ async fn end_orphans(orphans: Vec<PidFd>) {
     signal_all(&orphans, libc::SIGTERM);
     if tokio::time::timeout(ORPHAN_GRACE, all_exited(&orphans)).await.is_err() {
         signal_all(&orphans, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_name_their_host_only_within_its_namespace() {
+        assert_eq!(owner("4026531836/12-345.6", 4026531836), Some(Owner::Here("12-345")));
+        assert_eq!(owner("4026532000/1-345.6", 4026531836), Some(Owner::Elsewhere));
+        assert_eq!(owner("12-345.6", 4026531836), Some(Owner::Here("12-345")), "the marker of an older version");
+        assert_eq!(owner("x/12-345.6", 4026531836), None);
+        assert_eq!(owner("no-dot", 4026531836), None);
+        let sweeper = Sweeper::new(7, "12-345".into());
+        assert_eq!(sweeper.new_marker(), "7/12-345.1");
+        assert_eq!(sweeper.new_marker(), "7/12-345.2");
     }
 }

@@ -23,9 +23,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub const HEADER_LEN: usize = 5;
 
-/// Hard ceiling on a payload, whatever a session allows: a header claiming
-/// more is a protocol error, not a reason to allocate.
+/// Hard ceiling on a payload the host writes.
 pub const MAX_PAYLOAD: usize = 256 << 20;
+
+/// The largest `max_message_bytes` a route may set (config.lua's schema).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Room in a Deliver frame for what precedes the message.
+const DELIVER_OVERHEAD: usize = 64 << 10;
+
+/// A payload is read in pieces of at most this much, and its buffer grows
+/// as they arrive: a header alone never makes the host allocate.
+const READ_CHUNK: usize = 64 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -56,6 +65,17 @@ impl Kind {
             Kind::Ack => b'A',
             Kind::Query => b'Q',
             Kind::Stats => b'T',
+        }
+    }
+
+    /// The largest payload the host accepts in a frame of this kind from a
+    /// worker; `None` for kinds only the host sends.
+    pub fn inbound_limit(self) -> Option<usize> {
+        match self {
+            Kind::Spawn => Some(1 << 20),
+            Kind::Deliver => Some(DELIVER_OVERHEAD + MAX_MESSAGE_BYTES),
+            Kind::Query => Some(4 << 10),
+            _ => None,
         }
     }
 
@@ -146,7 +166,9 @@ pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, kind: Kind, payload: &[u8])
     w.write_all(&encode(kind, payload)?).await
 }
 
-/// Reads one frame. `Ok(None)` is a clean end of stream between frames.
+/// Reads one frame sent by a worker. `Ok(None)` is a clean end of stream
+/// between frames. A kind the host never receives, or a payload over its
+/// kind's limit, is an error before anything is allocated.
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(Kind, Vec<u8>)>> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -162,13 +184,29 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(Kind, V
     }
     let kind = Kind::from_byte(header[0])
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unknown frame kind 0x{:02x}", header[0])))?;
+    let limit = kind
+        .inbound_limit()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("a worker sent a {kind:?} frame")))?;
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame payload of {len} bytes")));
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{kind:?} frame of {len} bytes (at most {limit})"),
+        ));
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
+    let mut payload = Vec::new();
+    read_payload(r, len, &mut payload).await?;
     Ok(Some((kind, payload)))
+}
+
+/// Reads `len` bytes into `buf`, which grows only as the bytes arrive.
+async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.reserve(len.min(READ_CHUNK));
+    (&mut *r).take(len as u64).read_to_end(buf).await?;
+    if buf.len() < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,25 +216,45 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_eof_between_frames_is_clean() {
         let mut buf = Vec::new();
-        write(&mut buf, Kind::Message, b"{\"a\":1}").await.expect("write");
-        write(&mut buf, Kind::Exit, b"").await.expect("write");
-        assert_eq!(&buf[..HEADER_LEN], &[b'M', 0, 0, 0, 7]);
+        write(&mut buf, Kind::Deliver, b"{\"a\":1}").await.expect("write");
+        write(&mut buf, Kind::Query, b"").await.expect("write");
+        assert_eq!(&buf[..HEADER_LEN], &[b'D', 0, 0, 0, 7]);
         let mut r = &buf[..];
-        assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Message, b"{\"a\":1}".to_vec())));
-        assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Exit, Vec::new())));
+        assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Deliver, b"{\"a\":1}".to_vec())));
+        assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Query, Vec::new())));
         assert_eq!(read(&mut r).await.expect("read"), None);
     }
 
     #[tokio::test]
-    async fn truncated_and_unknown_frames_are_errors() {
-        let mut r: &[u8] = &[b'M', 0, 0];
+    async fn truncated_unknown_outbound_and_oversized_frames_are_errors() {
+        let mut r: &[u8] = &[b'D', 0, 0];
         assert!(read(&mut r).await.is_err(), "header cut short");
-        let mut r: &[u8] = &[b'M', 0, 0, 0, 9, b'x'];
+        let mut r: &[u8] = &[b'D', 0, 0, 0, 9, b'x'];
         assert!(read(&mut r).await.is_err(), "payload cut short");
         let mut r: &[u8] = &[b'?', 0, 0, 0, 0];
         assert!(read(&mut r).await.is_err(), "unknown kind");
+        let mut r: &[u8] = &[b'M', 0, 0, 0, 0];
+        let err = read(&mut r).await.expect_err("only the host sends messages");
+        assert!(err.to_string().contains("a worker sent a Message frame"), "{err}");
         let mut r: &[u8] = &[b'D', 0xff, 0xff, 0xff, 0xff];
         assert!(read(&mut r).await.is_err(), "absurd length");
+        let mut r: &[u8] = &[b'Q', 0, 1, 0, 0];
+        let err = read(&mut r).await.expect_err("a query has no body to speak of");
+        assert!(err.to_string().contains("Query frame of 65536 bytes"), "{err}");
+        let mut r: &[u8] = &[b'S', 0, 0x20, 0, 0];
+        assert!(read(&mut r).await.is_err(), "a 2 MiB spawn request");
+    }
+
+    #[tokio::test]
+    async fn a_header_alone_does_not_make_the_host_allocate_its_length() {
+        // A payload announced at 64 MiB of which 3 bytes arrive: the buffer
+        // holds what arrived, not what was announced.
+        let mut r: &[u8] = b"abc";
+        let mut buf = Vec::new();
+        let err = read_payload(&mut r, MAX_MESSAGE_BYTES, &mut buf).await.expect_err("cut short");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(buf, b"abc");
+        assert!(buf.capacity() <= READ_CHUNK, "capacity {}", buf.capacity());
     }
 
     #[test]

@@ -1,21 +1,25 @@
 //! The host: one process per nginx worker that is the parent of every
 //! backend of that worker's sessions.
 //!
-//! It accepts connections from its worker on a unix socket. A connection
-//! whose first frame is [`frame::Kind::Spawn`] becomes a session: the host
-//! starts the backend in its own process group, forwards its output as
-//! frames, and when the connection closes (or the backend exits) sends
-//! SIGTERM to the group, SIGKILL after the grace period, and reaps. Other
+//! It accepts connections from the workers of its nginx on a unix socket
+//! ([`server`]). A connection whose first frame is [`frame::Kind::Spawn`]
+//! becomes an SSE session ([`sse`]): the host starts the backend
+//! ([`backend`]) in its own process group, forwards its output as frames,
+//! and when the connection closes (or the backend exits) ends its processes
+//! ([`teardown`], [`escapees`]) and reaps them ([`reaper`]). Other
 //! connections carry client messages to sessions ([`frame::Kind::Deliver`]).
 //! The wire format is described in [`frame`].
 
 pub mod backend;
 pub mod escapees;
 pub mod frame;
+pub mod host;
 pub mod lines;
 pub mod log;
 pub mod message;
 pub mod reaper;
+pub mod rundir;
 pub mod server;
-pub mod session;
 pub mod spec;
+pub mod sse;
+pub mod teardown;

@@ -2,6 +2,7 @@
 //! worker points at its error log and the host inherits. One `write` per
 //! line, so lines from the host and from nginx never interleave mid-line.
 
+use mcp_bridge_core::levels;
 use std::cell::Cell;
 use std::fmt;
 use std::io::Write;
@@ -19,31 +20,15 @@ pub enum Level {
 }
 
 impl Level {
+    const ALL: [Level; 8] =
+        [Level::Debug, Level::Info, Level::Notice, Level::Warn, Level::Error, Level::Crit, Level::Alert, Level::Emerg];
+
     pub fn parse(s: &str) -> Option<Level> {
-        Some(match s {
-            "debug" => Level::Debug,
-            "info" => Level::Info,
-            "notice" => Level::Notice,
-            "warn" => Level::Warn,
-            "error" => Level::Error,
-            "crit" => Level::Crit,
-            "alert" => Level::Alert,
-            "emerg" => Level::Emerg,
-            _ => return None,
-        })
+        levels::severity(s).map(|i| Level::ALL[i])
     }
 
     fn name(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Notice => "notice",
-            Level::Warn => "warn",
-            Level::Error => "error",
-            Level::Crit => "crit",
-            Level::Alert => "alert",
-            Level::Emerg => "emerg",
-        }
+        levels::LOG_LEVELS[self as usize]
     }
 }
 
@@ -106,6 +91,9 @@ mod tests {
 
     #[test]
     fn levels_parse_and_order_like_nginx() {
+        for name in levels::LOG_LEVELS {
+            assert_eq!(Level::parse(name).map(Level::name), Some(name));
+        }
         assert_eq!(Level::parse("warn"), Some(Level::Warn));
         assert_eq!(Level::parse("verbose"), None);
         assert!(Level::Debug < Level::Info && Level::Warn < Level::Error && Level::Alert < Level::Emerg);

@@ -3,13 +3,14 @@
 //! the listening socket the worker created.
 
 use mcp_bridge_core::launcher::{self, LISTENER_FD};
-use mcp_bridge_core::{procfs, procs};
+use mcp_bridge_core::{levels, procfs, procs};
 use mcp_bridge_host::backend::Defaults;
 use mcp_bridge_host::escapees::Sweeper;
+use mcp_bridge_host::host::{Host, Worker};
 use mcp_bridge_host::log::Level;
 use mcp_bridge_host::reaper::Reaper;
-use mcp_bridge_host::session::Host;
-use mcp_bridge_host::{log, server};
+use mcp_bridge_host::server::{self, Peers};
+use mcp_bridge_host::{log, rundir};
 use std::os::fd::FromRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -17,14 +18,16 @@ use std::process::ExitCode;
 
 struct Args {
     token: String,
-    runtime_dir: PathBuf,
+    dir: PathBuf,
+    home: PathBuf,
     parent: i32,
     level: Level,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut token = None;
-    let mut runtime_dir = None;
+    let mut dir = None;
+    let mut home = None;
     let mut parent = None;
     let mut level = Level::Notice;
     let mut args = std::env::args_os().skip(1);
@@ -34,15 +37,17 @@ fn parse_args() -> Result<Args, String> {
         let text = value.to_string_lossy().into_owned();
         match flag.as_str() {
             "--token" if launcher::is_token(&text) => token = Some(text),
-            "--runtime-dir" => runtime_dir = Some(PathBuf::from(value)),
+            "--dir" => dir = Some(PathBuf::from(value)),
+            "--home" => home = Some(PathBuf::from(value)),
             "--parent" => parent = Some(text.parse::<i32>().map_err(|e| format!("--parent {text}: {e}"))?),
-            "--log-level" => level = Level::parse(&text).ok_or_else(|| format!("unknown log level {text}"))?,
+            "--log-level" => level = Level::parse(&text).ok_or_else(|| levels::unknown(&text))?,
             _ => return Err(format!("unexpected argument {flag} {text}")),
         }
     }
     Ok(Args {
         token: token.ok_or("--token is required")?,
-        runtime_dir: runtime_dir.ok_or("--runtime-dir is required")?,
+        dir: dir.ok_or("--dir is required")?,
+        home: home.ok_or("--home is required")?,
         parent: parent.ok_or("--parent is required")?,
         level,
     })
@@ -71,7 +76,7 @@ fn main() -> ExitCode {
         }
         if libc::getppid() != args.parent {
             // The worker died before we started: nothing to serve.
-            let _ = std::fs::remove_file(launcher::socket_path(&args.runtime_dir, &args.token));
+            rundir::remove(&args.dir);
             return ExitCode::SUCCESS;
         }
         // Backends must inherit neither the control channel nor the listener.
@@ -88,12 +93,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let socket_path = launcher::socket_path(&args.runtime_dir, &args.token);
-    let home = args.runtime_dir.join("home");
-    match std::fs::DirBuilder::new().mode(0o700).create(&home) {
+    let socket_path = args.dir.join(mcp_bridge_core::runtime::SOCKET_NAME);
+    match std::fs::DirBuilder::new().mode(0o700).create(&args.home) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => log!(Warn, "cannot create {}: {e}", home.display()),
+        Err(e) => log!(Warn, "cannot create {}: {e}", args.home.display()),
     }
     // Each session holds about four descriptors here.
     let descriptor_limit = match procs::raise_descriptor_limit() {
@@ -103,12 +107,14 @@ fn run(args: Args) -> Result<(), String> {
             None
         }
     };
+    let worker = Worker::new(args.parent);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
+    let dir = args.dir.clone();
+    let served = local.block_on(&runtime, async move {
         // SAFETY: descriptors 0 and 3 were set up for us by the launcher and
         // nothing else in this process owns them.
         let (listener, control) = unsafe {
@@ -121,10 +127,16 @@ fn run(args: Args) -> Result<(), String> {
         prepare(&listener, &control).map_err(|e| format!("descriptors from the worker: {e}"))?;
         let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
         let control = tokio::net::UnixStream::from_std(control).map_err(|e| format!("control channel: {e}"))?;
-        server::sweep_stale_sockets(&args.runtime_dir, &socket_path);
+        rundir::sweep_stale(&args.dir, &args.token);
         let identity = procfs::identity(std::process::id() as i32).ok_or("cannot read /proc/self/stat")?;
-        let host = Host::new(args.token, Defaults { home, descriptor_limit }, Reaper::new(), Sweeper::new(identity));
+        let namespace = procfs::pid_namespace(std::process::id() as i32).ok_or("cannot read /proc/self/ns/pid")?;
+        let defaults = Defaults { home: args.home, dir: args.dir.clone(), descriptor_limit };
+        let host = Host::new(args.token, worker, defaults, Reaper::new(), Sweeper::new(namespace, identity));
         log!(Info, "started for worker {} on {}", args.parent, socket_path.display());
-        server::serve(host, listener, control, socket_path).await.map_err(|e| format!("serve: {e}"))
-    })
+        server::serve(host, listener, control, socket_path, Peers::of(worker)).await.map_err(|e| format!("serve: {e}"))
+    });
+    // The socket is gone already; what else the directory holds (private
+    // session homes) goes with it.
+    rundir::remove(&dir);
+    served
 }

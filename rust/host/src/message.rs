@@ -57,7 +57,10 @@ pub fn inspect(bytes: &[u8]) -> Result<Ids, String> {
                 serde_json::from_str::<IgnoredAny>(text).map_err(|e| format!("not valid JSON: {e}"))?;
             }
         },
-        Some(_) => return Err("not a JSON object or array".into()),
+        Some(_) => {
+            serde_json::from_str::<IgnoredAny>(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            return Err("not a JSON object or array".into());
+        }
         None => return Err("empty".into()),
     }
     Ok(ids)
@@ -103,12 +106,30 @@ pub fn stderr_notification(line: &[u8]) -> Vec<u8> {
     message.to_string().into_bytes()
 }
 
+/// The longest request id the bridge keeps track of: it holds each until
+/// its response passes, so ids are bounded in size as well as in number.
+pub const MAX_ID_BYTES: usize = 512;
+
 /// A short, printable excerpt of `bytes` for log messages.
 pub fn excerpt(bytes: &[u8]) -> String {
-    const MAX: usize = 120;
-    let shown = &bytes[..bytes.len().min(MAX)];
-    let mut s: String = String::from_utf8_lossy(shown).chars().map(|c| if c.is_control() { '?' } else { c }).collect();
-    if bytes.len() > MAX {
+    printable(bytes, 120)
+}
+
+/// `bytes` as text safe to put in a log line: at most `max` bytes of it,
+/// with control characters (escape sequences, line breaks) written as
+/// `\xNN` and bytes that are not UTF-8 as U+FFFD.
+pub fn printable(bytes: &[u8], max: usize) -> String {
+    use std::fmt::Write as _;
+    let shown = &bytes[..bytes.len().min(max)];
+    let mut s = String::with_capacity(shown.len());
+    for c in String::from_utf8_lossy(shown).chars() {
+        if c.is_control() {
+            let _ = write!(s, "\\x{:02x}", c as u32);
+        } else {
+            s.push(c);
+        }
+    }
+    if bytes.len() > max {
         s.push_str("...");
     }
     s
@@ -123,6 +144,9 @@ mod tests {
         assert!(check(br#"{"jsonrpc":"2.0","method":"ping","id":1}"#).is_ok());
         assert!(check(b" [ {\"jsonrpc\":\"2.0\"} ]\n").is_ok());
         assert!(check(b"42").unwrap_err().contains("object or array"));
+        assert!(check(b"\"text\"").unwrap_err().contains("object or array"));
+        assert!(check(b"hello").unwrap_err().contains("not valid JSON"), "not JSON at all");
+        assert!(check(b"<html>").unwrap_err().contains("not valid JSON"));
         assert!(check(b"   ").unwrap_err().contains("empty"));
         assert!(check(b"{\"a\":").unwrap_err().contains("not valid JSON"));
         assert!(check(b"{\"a\":\"\xff\"}").unwrap_err().contains("UTF-8"));
@@ -163,6 +187,14 @@ mod tests {
             serde_json::from_slice(b"{\n  \"a\": \"x\\ny\",\r\n  \"b\": [1,\n2]\n}").expect("parse");
         let after: serde_json::Value = serde_json::from_slice(&pretty).expect("parse");
         assert_eq!(before, after);
+    }
+
+    #[test]
+    fn log_text_carries_no_control_characters() {
+        assert_eq!(printable(b"red \x1b[31m\r\nend", 100), "red \\x1b[31m\\x0d\\x0aend");
+        assert_eq!(printable(b"abcdef", 3), "abc...");
+        assert_eq!(printable(b"bad \xff", 100), "bad \u{fffd}");
+        assert_eq!(excerpt(&[b'a'; 200]).len(), 123);
     }
 
     #[test]

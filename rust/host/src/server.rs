@@ -2,12 +2,12 @@
 //! goes away.
 
 use crate::frame::{self, Kind};
+use crate::host::{Host, Worker};
 use crate::log;
-use crate::session::{self, Host};
-use mcp_bridge_core::{launcher, procs};
+use crate::sse;
+use mcp_bridge_core::{launcher, procfs, procs};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -20,6 +20,38 @@ use tokio::task::spawn_local;
 /// teardown (each already bounded by its grace period and the SIGKILL wait).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 
+/// Who may talk to the host: its worker and the other workers of the same
+/// nginx (their POSTs reach the session's host wherever they land), all
+/// running as the host's user. Backends run as that user too, but their
+/// parent is the host, so they cannot ask for a process of their own.
+pub struct Peers {
+    uid: u32,
+    worker: Worker,
+}
+
+impl Peers {
+    pub fn of(worker: Worker) -> Peers {
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        Peers { uid, worker }
+    }
+
+    /// Why a peer with these credentials is refused, if it is.
+    pub fn refusal(&self, uid: u32, pid: Option<i32>) -> Option<String> {
+        if uid != self.uid {
+            return Some(format!("uid {uid} (only uid {} may connect)", self.uid));
+        }
+        let Some(pid) = pid else { return Some("a peer whose process is unknown".into()) };
+        if pid == self.worker.pid {
+            return None;
+        }
+        match (procfs::stat(pid).map(|s| s.ppid), self.worker.master) {
+            (Some(parent), Some(master)) if parent == master => None,
+            _ => Some(format!("process {pid}, which is not a worker of this nginx")),
+        }
+    }
+}
+
 /// Runs until the worker closes the control channel or a termination
 /// signal arrives, then ends every session and returns.
 pub async fn serve(
@@ -27,6 +59,7 @@ pub async fn serve(
     listener: UnixListener,
     mut control: UnixStream,
     socket_path: PathBuf,
+    peers: Peers,
 ) -> io::Result<()> {
     spawn_local(Rc::clone(&host.reaper).run());
     let live = Rc::clone(&host);
@@ -36,18 +69,16 @@ pub async fn serve(
     let mut quit = signal(SignalKind::quit())?;
     let mut hup = signal(SignalKind::hangup())?;
     procs::hold_signals(&procs::TERMINATION_SIGNALS, false)?;
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
 
     let why = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    match stream.peer_cred() {
-                        Ok(cred) if cred.uid() == uid => {
+                    match stream.peer_cred().map(|c| peers.refusal(c.uid(), c.pid())) {
+                        Ok(None) => {
                             spawn_local(serve_connection(Rc::clone(&host), stream));
                         }
-                        Ok(cred) => log!(Warn, "refused a connection from uid {} (only uid {uid} may connect)", cred.uid()),
+                        Ok(Some(who)) => log!(Warn, "refused a connection from {who}"),
                         Err(e) => log!(Warn, "refused a connection whose peer is unknown: {e}"),
                     }
                 }
@@ -131,7 +162,7 @@ async fn serve_connection(host: Rc<Host>, mut stream: UnixStream) {
         }
     };
     match first.0 {
-        Kind::Spawn => session::run(host, stream, first.1).await,
+        Kind::Spawn => sse::run(host, stream, first.1).await,
         Kind::Deliver | Kind::Query => serve_requests(host, stream, first).await,
         other => log!(Warn, "unexpected {other:?} frame opening a connection"),
     }
@@ -146,7 +177,7 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
     while let Some((kind, payload)) = next {
         let reply = match kind {
             Kind::Deliver => {
-                let (status, reason) = host.deliver(payload);
+                let (status, reason) = sse::deliver(&host, payload);
                 let mut body = Vec::with_capacity(1 + reason.len());
                 body.push(status.byte());
                 body.extend_from_slice(reason.as_bytes());
@@ -172,35 +203,30 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
     }
 }
 
-/// Removes sockets of hosts that are gone (killed before they could clean
-/// up): nothing accepts on them any more. Names starting with a dot are
-/// sockets being set up and are left alone.
-pub fn sweep_stale_sockets(dir: &Path, own: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if path == own || name.starts_with('.') || !name.ends_with(".sock") {
-            continue;
-        }
-        if refuses_connections(&path) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => log!(Info, "removed stale socket {}", path.display()),
-                Err(e) => log!(Info, "cannot remove stale socket {}: {e}", path.display()),
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn refuses_connections(path: &Path) -> bool {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let Ok(fd) = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-    else {
-        return false;
-    };
-    let Ok(addr) = UnixAddr::new(path) else { return false };
-    // A full backlog answers EAGAIN, which means alive; only a socket with
-    // no listener answers ECONNREFUSED.
-    matches!(connect(fd.as_raw_fd(), &addr), Err(nix::errno::Errno::ECONNREFUSED))
+    #[test]
+    fn only_workers_of_the_same_nginx_and_user_are_admitted() {
+        // This test process stands in for the worker; its parent for nginx's master.
+        let me = std::process::id() as i32;
+        let peers = Peers::of(Worker::new(me));
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        assert_eq!(peers.refusal(uid, Some(me)), None, "the worker itself");
+        let refusal = peers.refusal(uid + 1, Some(me)).expect("another user");
+        assert!(refusal.contains(&format!("uid {}", uid + 1)), "{refusal}");
+        // A child of the worker (as a backend is a grandchild) is no worker.
+        let mut child = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn");
+        let refusal = peers.refusal(uid, Some(child.id() as i32)).expect("a child");
+        assert!(refusal.contains("not a worker"), "{refusal}");
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        assert!(peers.refusal(uid, None).is_some(), "unknown peer");
+        // A sibling of the worker (same parent) is another worker.
+        let parent = procfs::stat(me).expect("stat").ppid;
+        let sibling = Peers { uid, worker: Worker { pid: -1, master: Some(parent) } };
+        assert_eq!(sibling.refusal(uid, Some(me)), None);
+    }
 }

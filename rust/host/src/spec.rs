@@ -1,51 +1,37 @@
 //! What a worker asks the host to start: the route's configuration, as
-//! validated by the Lua side (`apisix/plugins/mcp/bridge/config.lua`).
+//! validated by the Lua side (`apisix/plugins/mcp/bridge/config.lua`, the
+//! one place that knows the defaults). Every field but `cwd` is required:
+//! the worker always sends the whole configuration.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Where a backend's stderr lines go.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StderrMode {
     /// As `notifications/stderr` messages on the session's stream.
-    #[default]
     Notify,
     /// To the error log.
     Log,
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpawnSpec {
     pub command: String,
-    #[serde(default)]
     pub args: Vec<String>,
-    #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub cwd: Option<String>,
-    #[serde(default = "default_kill_grace_ms")]
     pub kill_grace_ms: u64,
-    #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    #[serde(default)]
     pub stderr: StderrMode,
     /// Silence after which the host sends a Keepalive frame; 0 for never.
-    #[serde(default = "default_keepalive_interval_ms")]
     pub keepalive_interval_ms: u64,
-}
-
-fn default_keepalive_interval_ms() -> u64 {
-    15000
-}
-
-fn default_kill_grace_ms() -> u64 {
-    2000
-}
-
-fn default_max_message_bytes() -> usize {
-    4 << 20
+    /// A private `HOME` and `TMPDIR` per session, removed when it ends.
+    pub session_home: bool,
 }
 
 impl SpawnSpec {
@@ -83,12 +69,14 @@ impl SpawnSpec {
 mod tests {
     use super::*;
 
+    const FULL: &str = r#"{"command":"cat","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,
+        "stderr":"notify","keepalive_interval_ms":15000,"session_home":false}"#;
+
     #[test]
-    fn defaults_apply_and_unknown_fields_are_tolerated() {
-        let spec = SpawnSpec::parse(br#"{"command":"cat","future_field":1}"#).expect("parse");
+    fn a_whole_request_parses() {
+        let spec = SpawnSpec::parse(FULL.as_bytes()).expect("parse");
         assert!(spec.args.is_empty() && spec.env.is_empty() && spec.cwd.is_none());
-        assert_eq!(spec.kill_grace_ms, 2000);
-        assert_eq!(spec.max_message_bytes, 4 << 20);
+        assert_eq!(spec.kill_grace(), Duration::from_secs(2));
         assert_eq!(spec.stderr, StderrMode::Notify);
         assert_eq!(spec.keepalive_interval(), Some(Duration::from_secs(15)));
     }
@@ -96,8 +84,17 @@ mod tests {
     #[test]
     fn bad_requests_are_refused_with_a_reason() {
         assert!(SpawnSpec::parse(b"{").unwrap_err().contains("invalid spawn request"));
-        assert!(SpawnSpec::parse(br#"{"command":""}"#).unwrap_err().contains("empty command"));
-        assert!(SpawnSpec::parse(br#"{"command":"a","args":["x\u0000"]}"#).unwrap_err().contains("NUL"));
-        assert!(SpawnSpec::parse(br#"{"command":"a","stderr":"loud"}"#).is_err());
+        let missing = SpawnSpec::parse(br#"{"command":"cat"}"#).unwrap_err();
+        assert!(missing.contains("missing field"), "no defaults here: {missing}");
+        let with = |field: &str, value: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(FULL).expect("json");
+            v[field] = serde_json::from_str(value).expect("value");
+            SpawnSpec::parse(v.to_string().as_bytes())
+        };
+        assert!(with("command", r#""""#).unwrap_err().contains("empty command"));
+        assert!(with("args", r#"["x\u0000"]"#).unwrap_err().contains("NUL"));
+        assert!(with("stderr", r#""loud""#).is_err());
+        assert!(with("max_message_bytes", "0").unwrap_err().contains("is 0"));
+        assert!(with("future_field", "1").unwrap_err().contains("unknown field"));
     }
 }

@@ -271,14 +271,18 @@ fn an_oversized_output_line_ends_the_session_without_a_partial_message() {
 }
 
 #[test]
-fn a_command_that_cannot_start_is_reported_by_name() {
+fn a_command_that_cannot_start_gets_a_short_reason_without_paths() {
     let host = TestHost::start("missing");
-    let err = host.spawn(r#"{"command":"no-such-mcp-server"}"#).err().expect("must fail");
-    assert!(err.contains("\"no-such-mcp-server\" not found in PATH"), "{err}");
-    let err = host.spawn(r#"{"command":"sh","cwd":"/no/such/dir"}"#).err().expect("must fail");
-    assert!(err.contains("/no/such/dir"), "{err}");
+    let err = host.spawn(&spec("no-such-mcp-server", &[], "")).err().expect("must fail");
+    assert_eq!(err, "the MCP server's command was not found");
+    let err = host.spawn(&spec("/etc", &[], "")).err().expect("must fail");
+    assert_eq!(err, "the MCP server's command cannot be run");
+    let err = host.spawn(&spec("sh", &[], r#"{"cwd":"/no/such/dir"}"#)).err().expect("must fail");
+    assert_eq!(err, "the MCP server's working directory is missing");
     let err = host.spawn("not json").err().expect("must fail");
-    assert!(err.contains("invalid spawn request"), "{err}");
+    assert_eq!(err, "the bridge sent an invalid spawn request");
+    let err = host.spawn(r#"{"command":"sh"}"#).err().expect("an incomplete request");
+    assert_eq!(err, "the bridge sent an invalid spawn request");
     assert_eq!(host.stats()["sessions"], 0);
 }
 
@@ -318,26 +322,15 @@ fn stopping_the_host_ends_every_session_and_removes_its_socket() {
     assert!(!socket.exists(), "socket left behind");
 }
 
-/// Stand-in for an nginx worker, run in a child process by the test below:
-/// starts a host and a session, prints their pids, then waits to be killed.
-#[test]
-fn worker_stand_in() {
-    let Some(out) = std::env::var_os("MCP_HOST_TEST_WORKER") else { return };
-    let host = TestHost::start("worker");
-    let s = host.spawn(&sh("sleep 1000 & exec sleep 1001", "")).expect("spawn");
-    let tmp = std::path::PathBuf::from(&out).with_extension("tmp");
-    std::fs::write(&tmp, format!("{} {}", host.host().pid(), s.pid)).expect("write pids");
-    std::fs::rename(&tmp, &out).expect("publish pids");
-    std::thread::sleep(Duration::from_secs(60));
-}
-
 #[test]
 fn when_the_worker_is_killed_the_host_and_its_backends_die_too() {
     let out = std::env::temp_dir().join(format!("mcp-host-test-worker-{}.pids", std::process::id()));
     let _ = std::fs::remove_file(&out);
-    let mut worker = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "worker_stand_in", "--test-threads=1"])
-        .env("MCP_HOST_TEST_WORKER", &out)
+    let dir = std::env::temp_dir().join(format!("mcp-host-test-worker-{}", std::process::id()));
+    let mut worker = std::process::Command::new(helper("worker_stand_in"))
+        .arg(HOST_BIN)
+        .arg(&dir)
+        .arg(&out)
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start the stand-in worker");
@@ -354,6 +347,7 @@ fn when_the_worker_is_killed_the_host_and_its_backends_die_too() {
         wait_until(Duration::from_secs(3), || !exists(host_pid) && !exists(backend_pid)),
         "host {host_pid} or backend {backend_pid} outlived the worker"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -418,25 +412,17 @@ fn ending_sessions_on_request_keeps_the_host_until_its_worker_exits() {
 }
 
 #[test]
-fn connections_from_another_uid_are_refused() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to connect as another user");
-        return;
-    }
+fn only_workers_of_the_same_nginx_may_connect() {
     use std::os::unix::fs::PermissionsExt;
-    let host = TestHost::start("uid");
+    let host = TestHost::start("peers");
+    // The test process plays the worker.
+    assert_eq!(host.stats()["sessions"], 0, "the worker is served");
     let socket = host.host().socket_path().to_path_buf();
-    // Open the way through the file system, so only the host's own check
-    // stands between another user and the socket.
-    std::fs::set_permissions(&host.dir, std::fs::Permissions::from_mode(0o711)).expect("chmod dir");
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).expect("chmod socket");
     let probe = |uid: Option<u32>| {
-        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
-        cmd.args(["--exact", "uid_probe", "--test-threads=1"]).env("MCP_HOST_TEST_PROBE", &socket);
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let mut cmd = std::process::Command::new(helper("probe"));
+        cmd.arg(&socket).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         if let Some(uid) = uid {
-            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            cmd.uid(uid);
         }
         match cmd.status().expect("run the probe").code() {
             Some(10) => "answered",
@@ -444,18 +430,127 @@ fn connections_from_another_uid_are_refused() {
             other => panic!("probe failed: {other:?}"),
         }
     };
-    assert_eq!(probe(None), "answered", "the host's own uid is served");
+    // Same user, but a child of the worker, as every backend is a
+    // descendant of the host: not a worker.
+    assert_eq!(probe(None), "closed", "a process of the same user that is no worker is refused");
+    if !require_root("connecting as another user") {
+        return;
+    }
+    // Open the way through the file system, so only the host's own check
+    // stands between another user and the socket.
+    std::fs::set_permissions(&host.dir, std::fs::Permissions::from_mode(0o711)).expect("chmod base");
+    std::fs::set_permissions(host.host_dir(), std::fs::Permissions::from_mode(0o711)).expect("chmod dir");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o777)).expect("chmod socket");
     assert_eq!(probe(Some(65534)), "closed", "another uid is refused");
 }
 
-/// Run by the test above, possibly as another user: asks the host for its
-/// statistics and exits 10 if it answered, 11 if it closed the connection.
 #[test]
-fn uid_probe() {
-    let Some(path) = std::env::var_os("MCP_HOST_TEST_PROBE") else { return };
-    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(&path) else { std::process::exit(12) };
-    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    // A refused connection may already be closed when we write.
-    let answered = std::io::Write::write_all(&mut conn, b"Q\0\0\0\0").is_ok() && read_frame(&mut conn).is_some();
-    std::process::exit(if answered { 10 } else { 11 });
+fn processes_in_another_pid_namespace_are_never_taken_for_orphans() {
+    if !require_root("creating a PID namespace") {
+        return;
+    }
+    let namespace = mcp_bridge_core::procfs::pid_namespace(std::process::id() as i32).expect("our namespace");
+    // Markers naming pid 1 with a start time that is not our init's: from
+    // our namespace, the marks of a host that is gone.
+    let start_in_new_namespace = |marker: &str| {
+        std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "env"])
+            .arg(format!("MCP_BRIDGE_SESSION={marker}"))
+            .args(["sleep", "1000"])
+            .process_group(0)
+            .spawn()
+            .expect("unshare (util-linux)")
+    };
+    let mut legacy = start_in_new_namespace("1-1.1");
+    let mut forged = start_in_new_namespace(&format!("{namespace}/1-1.1"));
+    let mut here = std::process::Command::new("sleep")
+        .arg("1000")
+        .process_group(0)
+        .env("MCP_BRIDGE_SESSION", format!("{namespace}/1-1.1"))
+        .spawn()
+        .expect("spawn");
+    let sleepers: Vec<i32> = [&legacy, &forged]
+        .iter()
+        .map(|u| {
+            let mut kids = Vec::new();
+            wait_until(Duration::from_secs(5), || {
+                kids = children(u.id() as i32);
+                !kids.is_empty()
+            });
+            *kids.first().expect("the unshared sleep")
+        })
+        .collect();
+    let _guard = KillOnDrop(sleepers.iter().copied().chain([legacy.id() as i32, forged.id() as i32]).collect());
+    let _here_guard = KillOnDrop(vec![here.id() as i32]);
+    for &pid in &sleepers {
+        assert!(
+            wait_until(Duration::from_secs(5), || mcp_bridge_core::procfs::environ_var(pid, "MCP_BRIDGE_SESSION")
+                .is_some()),
+            "the sleeper {pid} never carried its marker"
+        );
+        assert_ne!(mcp_bridge_core::procfs::pid_namespace(pid), Some(namespace), "{pid} is in a namespace of its own");
+    }
+    let _host = TestHost::start("namespaces");
+    // The host's first search ends the one in our namespace: proof that it
+    // looked, and that it would have ended the others without the check.
+    let status = wait_child(&mut here, Duration::from_secs(5)).expect("the marked process here was not ended");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
+    // Orphans get SIGKILL 500 ms after SIGTERM (which a namespace's init,
+    // as these are, does not take from outside): wait past that.
+    std::thread::sleep(Duration::from_millis(1500));
+    for &pid in &sleepers {
+        assert!(exists(pid), "process {pid} of another PID namespace was signalled");
+    }
+    for u in [&mut legacy, &mut forged] {
+        let _ = u.kill();
+        let _ = u.wait();
+    }
+}
+
+#[test]
+fn a_private_session_home_exists_while_the_session_lives_and_goes_with_it() {
+    let host = TestHost::start("home");
+    let script =
+        r#"touch "$HOME/.cache" "$TMPDIR/x" && printf '{"home":"%s","tmp":"%s"}\n' "$HOME" "$TMPDIR"; exec cat"#;
+    let mut s = host.spawn(&sh(script, r#"{"session_home": true}"#)).expect("spawn");
+    let message: serde_json::Value = serde_json::from_str(&s.message()).expect("json");
+    let home = std::path::PathBuf::from(message["home"].as_str().expect("home"));
+    assert!(home.starts_with(host.host_dir()), "{home:?} in the host's private directory");
+    assert_eq!(message["tmp"].as_str(), home.join("tmp").to_str());
+    let other = host.spawn(&sh(script, r#"{"session_home": true}"#)).expect("spawn");
+    let _guard = KillOnDrop(vec![s.pid, other.pid]);
+    drop(s.conn);
+    assert!(wait_until(Duration::from_secs(5), || !home.exists()), "the session home outlived its session");
+}
+
+#[test]
+fn frame_headers_alone_neither_allocate_nor_pass_their_kinds_limit() {
+    let host = TestHost::start("frames");
+    let host_pid = host.host().pid();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).expect("status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).expect("kB").parse().expect("number")
+    };
+    let before = rss();
+    // Four deliveries announcing 60 MiB each, of which nothing arrives.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = host.connect();
+        let mut header = vec![b'D'];
+        header.extend_from_slice(&(60u32 << 20).to_be_bytes());
+        std::io::Write::write_all(&mut conn, &header).expect("header");
+        held.push(conn);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 8 * 1024, "the host grew by {grown} kB for four empty frames");
+    // A spawn request claiming 2 MiB is refused on its header.
+    let mut conn = host.connect();
+    let mut header = vec![b'S'];
+    header.extend_from_slice(&(2u32 << 20).to_be_bytes());
+    std::io::Write::write_all(&mut conn, &header).expect("header");
+    assert!(read_frame(&mut conn).is_none(), "the connection is closed");
+    // The host still serves.
+    assert_eq!(host.stats()["sessions"], 0);
 }

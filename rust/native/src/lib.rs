@@ -32,9 +32,21 @@ fn host_socket(_: &Lua, (): ()) -> LuaResult<(Option<String>, Option<String>)> {
 }
 
 /// `socket_path(token)`: path of the socket of the host with `token` (any
-/// worker's), or `nil` if `token` is not a host token or no such host runs.
+/// worker's), or `nil` if `token` is not a host token, no such host runs,
+/// or its directory is not one this user alone controls.
 fn socket_path(_: &Lua, token: LuaString) -> LuaResult<Option<String>> {
     Ok(worker::socket_path(&token.to_str()?))
+}
+
+/// `hosts()`: `{ [token] = socket path }` of every host of this user under
+/// the runtime directory (other workers' and other nginx instances'
+/// included).
+fn hosts(lua: &Lua, (): ()) -> LuaResult<LuaTable> {
+    let t = lua.create_table()?;
+    for (token, path) in worker::hosts() {
+        t.set(token, path)?;
+    }
+    Ok(t)
 }
 
 /// `shutdown()`: ends every session of this worker's host (their backends
@@ -61,11 +73,12 @@ fn slot_count(_: &Lua, route: LuaString) -> LuaResult<usize> {
     Ok(worker::slot_count(&route.to_str()?))
 }
 
-/// `stats()`: `{ host_pid =, host_socket =, hosts_started =, runtime_dir =, exiting =,
-/// slots = { [route] = n } }`; the host fields are nil when no host runs.
+/// `stats()`: `{ master_pid =, host_pid =, host_socket =, hosts_started =, runtime_dir =,
+/// exiting =, slots = { [route] = n } }`; the host fields are nil when no host runs.
 fn stats(lua: &Lua, (): ()) -> LuaResult<LuaTable> {
     let s = worker::stats();
     let t = lua.create_table()?;
+    t.set("master_pid", s.master_pid)?;
     t.set("host_pid", s.host_pid)?;
     t.set("host_socket", s.host_socket)?;
     t.set("hosts_started", s.hosts_started)?;
@@ -98,6 +111,7 @@ fn mcp_bridge_native(lua: &Lua) -> LuaResult<LuaTable> {
     exports.set("configure", lua.create_function(configure)?)?;
     exports.set("host_socket", lua.create_function(host_socket)?)?;
     exports.set("socket_path", lua.create_function(socket_path)?)?;
+    exports.set("hosts", lua.create_function(hosts)?)?;
     exports.set("shutdown", lua.create_function(shutdown)?)?;
     exports.set("slot_acquire", lua.create_function(slot_acquire)?)?;
     exports.set("slot_count", lua.create_function(slot_count)?)?;

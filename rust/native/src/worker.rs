@@ -2,6 +2,8 @@
 //! host this worker started.
 
 use mcp_bridge_core::launcher::{self, Host, LaunchConfig};
+use mcp_bridge_core::levels;
+use mcp_bridge_core::runtime::Layout;
 use mcp_bridge_core::slots::{SlotGuard, SlotRegistry};
 use mlua::{UserData, UserDataMethods};
 use once_cell::sync::Lazy;
@@ -24,11 +26,7 @@ impl State {
     fn new() -> State {
         State {
             pid: std::process::id(),
-            config: LaunchConfig {
-                program: default_program(),
-                runtime_dir: launcher::default_runtime_dir(),
-                log_level: "notice".into(),
-            },
+            config: LaunchConfig { program: default_program(), layout: Layout::new(None), log_level: "notice".into() },
             host: None,
             hosts_started: 0,
             exiting: false,
@@ -86,12 +84,11 @@ pub fn configure(
         if !d.starts_with('/') {
             return Err(format!("runtime_dir must be an absolute path, got \"{d}\""));
         }
-        state.config.runtime_dir = PathBuf::from(d);
+        state.config.layout = Layout::new(Some(PathBuf::from(d)));
     }
     if let Some(l) = log_level {
-        const LEVELS: [&str; 8] = ["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"];
-        if !LEVELS.contains(&l.as_str()) {
-            return Err(format!("unknown log_level \"{l}\""));
+        if levels::severity(&l).is_none() {
+            return Err(levels::unknown(&l));
         }
         state.config.log_level = l;
     }
@@ -120,14 +117,23 @@ pub fn host_socket() -> Result<String, String> {
 }
 
 pub fn socket_path(token: &str) -> Option<String> {
-    if !launcher::is_token(token) {
-        return None;
-    }
-    let mut guard = STATE.lock();
-    let path = launcher::socket_path(&guard.current().config.runtime_dir, token);
-    // A token from a client may name no host at all; connecting would make
-    // nginx log a client's mistake as a critical error.
-    path.exists().then(|| path.to_string_lossy().into_owned())
+    let layout = STATE.lock().current().config.layout.clone();
+    // A token from a client may name no host at all, or a directory someone
+    // else made: connecting would make nginx log a client's mistake as a
+    // critical error, or hand the message to a stranger.
+    layout.trusted_socket(token).map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Sockets of every host of this user under the runtime directory, by
+/// token (the hosts of other workers and of other nginx instances
+/// included; they tell which worker they serve).
+pub fn hosts() -> Vec<(String, String)> {
+    let layout = STATE.lock().current().config.layout.clone();
+    layout
+        .host_tokens()
+        .into_iter()
+        .filter_map(|t| layout.trusted_socket(&t).map(|p| (t, p.to_string_lossy().into_owned())))
+        .collect()
 }
 
 pub fn shutdown() -> bool {
@@ -163,6 +169,8 @@ pub fn slot_count(route: &str) -> usize {
 }
 
 pub struct Stats {
+    /// This worker's parent: nginx's master process.
+    pub master_pid: i32,
     pub host_pid: Option<i32>,
     pub host_socket: Option<String>,
     pub hosts_started: u64,
@@ -175,6 +183,8 @@ pub fn stats() -> Stats {
     let mut guard = STATE.lock();
     let state = guard.current();
     Stats {
+        // SAFETY: getppid cannot fail.
+        master_pid: unsafe { libc::getppid() },
         host_pid: state.host.as_ref().filter(|h| h.is_alive()).map(|h| h.pid()),
         host_socket: state
             .host
@@ -182,7 +192,7 @@ pub fn stats() -> Stats {
             .filter(|h| h.is_alive())
             .map(|h| h.socket_path().to_string_lossy().into_owned()),
         hosts_started: state.hosts_started,
-        runtime_dir: state.config.runtime_dir.to_string_lossy().into_owned(),
+        runtime_dir: state.config.layout.base().to_string_lossy().into_owned(),
         exiting: state.exiting,
         slots: SLOTS.snapshot(),
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use mcp_bridge_core::launcher::{Host, LaunchConfig};
+use mcp_bridge_core::runtime::Layout;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 
 pub const HOST_BIN: &str = env!("CARGO_BIN_EXE_mcp-bridge-host");
 
-/// A host started for one test, stopped when dropped.
+/// A host started for one test, stopped when dropped. Its runtime
+/// directory (`dir`) is the test's own.
 pub struct TestHost {
     pub host: Option<Host>,
     pub dir: PathBuf,
@@ -19,10 +21,15 @@ impl TestHost {
     pub fn start(name: &str) -> TestHost {
         let dir = std::env::temp_dir().join(format!("mcp-host-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let config =
-            LaunchConfig { program: PathBuf::from(HOST_BIN), runtime_dir: dir.clone(), log_level: "info".into() };
+        let layout = Layout::new(Some(dir.clone()));
+        let config = LaunchConfig { program: PathBuf::from(HOST_BIN), layout, log_level: "info".into() };
         let host = Host::launch(&config).expect("launch host");
         TestHost { host: Some(host), dir }
+    }
+
+    /// The host's own directory (its socket's).
+    pub fn host_dir(&self) -> PathBuf {
+        self.host().socket_path().parent().expect("host dir").to_path_buf()
     }
 
     pub fn host(&self) -> &Host {
@@ -148,9 +155,14 @@ pub fn spawn_on(mut conn: UnixStream, spec: &str) -> Result<Session, String> {
     }
 }
 
-/// JSON for a spawn request of `sh -c script`.
-pub fn sh(script: &str, extra: &str) -> String {
-    let mut spec = serde_json::json!({"command": "sh", "args": ["-c", script]});
+/// A whole spawn request for `command` with `args`, the tests' defaults
+/// overridden by the fields of `extra` (a JSON object, or empty).
+pub fn spec(command: &str, args: &[&str], extra: &str) -> String {
+    let mut spec = serde_json::json!({
+        "command": command, "args": args, "env": {}, "kill_grace_ms": 2000,
+        "max_message_bytes": 4 << 20, "stderr": "notify", "keepalive_interval_ms": 15000,
+        "session_home": false,
+    });
     if !extra.is_empty() {
         let more: serde_json::Value = serde_json::from_str(extra).expect("extra json");
         for (k, v) in more.as_object().expect("object") {
@@ -158,6 +170,11 @@ pub fn sh(script: &str, extra: &str) -> String {
         }
     }
     spec.to_string()
+}
+
+/// A spawn request of `sh -c script` (see [`spec`]).
+pub fn sh(script: &str, extra: &str) -> String {
+    spec("sh", &["-c", script], extra)
 }
 
 /// Whether `pid` exists at all (a zombie counts: it is a leak too).
@@ -204,4 +221,38 @@ impl Drop for KillOnDrop {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+}
+
+/// Path of a helper program of these tests (`rust/host/examples`), which
+/// cargo builds beside the test binaries.
+pub fn helper(name: &str) -> PathBuf {
+    // Tests run from target/<profile>/deps/<test binary>.
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples").join(name);
+    assert!(path.exists(), "{} is missing: cargo test builds it with the tests", path.display());
+    path
+}
+
+/// Whether the test may go on with what needs root. Without root it fails,
+/// unless MCP_BRIDGE_TESTS_UNPRIVILEGED is set to skip such parts knowingly.
+pub fn require_root(what: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("MCP_BRIDGE_TESTS_UNPRIVILEGED").is_some() {
+        eprintln!("skipped ({what} needs root; MCP_BRIDGE_TESTS_UNPRIVILEGED is set)");
+        return false;
+    }
+    panic!("{what} needs root: run the tests as root, or set MCP_BRIDGE_TESTS_UNPRIVILEGED=1 to skip this part");
+}
+
+/// Pids of the children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|&p| mcp_bridge_core::procfs::stat(p).is_some_and(|s| s.ppid == pid))
+        .collect()
 }

@@ -8,6 +8,7 @@ local concat = table.concat
 local find = string.find
 local floor = math.floor
 local format = string.format
+local gsub = string.gsub
 local ipairs = ipairs
 local next = next
 local pairs = pairs
@@ -57,6 +58,9 @@ _M.schema = {
         keepalive_interval_ms = { type = "integer", minimum = 100, maximum = 3600000,
                                   default = 15000,
                                   description = "interval of SSE keepalive comments" },
+        session_home = { type = "boolean", default = false,
+                         description = "give each session a private HOME and TMPDIR, "
+                                       .. "removed when it ends" },
     },
     required = { "command" },
 }
@@ -83,7 +87,11 @@ local check_type
 
 check_type = function(name, spec, v)
     local t = spec.type
-    if t == "string" then
+    if t == "boolean" then
+        if type(v) ~= "boolean" then
+            return format("%s must be true or false, got %s", name, describe(v))
+        end
+    elseif t == "string" then
         if type(v) ~= "string" then
             return format("%s must be a string, got %s", name, describe(v))
         end
@@ -141,33 +149,53 @@ check_type = function(name, spec, v)
     return nil
 end
 
+-- How messages name a field: as the route attribute, or as the option of
+-- `mcp-bridge serve` that sets it.
+local CLI_NAMES = { command = "COMMAND", args = "ARGS" }
+
+local function attribute_name(field)
+    return field
+end
+
+local function option_name(field)
+    return CLI_NAMES[field] or "--" .. gsub(field, "_", "-")
+end
+
+-- A function naming fields in messages: `style` "cli" names them as
+-- `mcp-bridge serve` options, anything else as route attributes.
+function _M.namer(style)
+    return style == "cli" and option_name or attribute_name
+end
+
 -- The endpoints are matched against nginx's normalized $uri, so only a
 -- plain absolute path without a trailing slash can ever match.
-local function check_base_uri(v)
+local function check_base_uri(v, name)
     if v == "" then
         return nil
     end
     if sub(v, 1, 1) ~= "/" or sub(v, -1) == "/" or find(v, "//", 1, true)
        or find(v, "[%s%%?#%c\\]") or find(v, "/%.%.?/") or find(v, "/%.%.?$") then
-        return format("base_uri must be empty or a path such as \"/mcp\" (a leading \"/\", no "
+        return format("%s must be empty or a path such as \"/mcp\" (a leading \"/\", no "
                       .. "trailing \"/\", no \".\" or \"..\" segments, no spaces, \"%%\", "
-                      .. "\"?\" or \"#\"), got %s", json.string(v))
+                      .. "\"?\" or \"#\"), got %s", name("base_uri"), json.string(v))
     end
     return nil
 end
 
-local function check_env(env)
+local function check_env(env, name)
     for k in pairs(env) do
         if k == "" or find(k, "=", 1, true) then
-            return format("env key %s must be a non-empty name without \"=\"", json.string(k))
+            return format("%s key %s must be a non-empty name without \"=\"", name("env"),
+                          json.string(k))
         end
     end
     return nil
 end
 
 -- Checks `conf` and fills in defaults, in place. Returns true, or false and
--- a message naming the offending field.
-function _M.check(conf)
+-- a message naming the offending field; `name` (see namer) says how.
+function _M.check(conf, name)
+    name = name or attribute_name
     if type(conf) ~= "table" then
         return false, "configuration must be an object"
     end
@@ -185,7 +213,7 @@ function _M.check(conf)
     end
     for _, k in ipairs(_M.schema.required) do
         if conf[k] == nil then
-            return false, format("%s is required", k)
+            return false, format("%s is required", name(k))
         end
     end
     for k, spec in pairs(properties) do
@@ -198,20 +226,20 @@ function _M.check(conf)
             conf[k] = v
         end
         if v ~= nil then
-            local err = check_type(k, spec, v)
+            local err = check_type(name(k), spec, v)
             if err then
                 return false, err
             end
         end
     end
-    local err = check_base_uri(conf.base_uri)
-        or check_env(conf.env)
+    local err = check_base_uri(conf.base_uri, name)
+        or check_env(conf.env, name)
         or (conf.max_sessions_per_node and not (ngx and ngx.shared and ngx.shared[_M.SLOTS_DICT])
-            and format("max_sessions_per_node needs \"lua_shared_dict %s 1m;\" in the http "
+            and format("%s needs \"lua_shared_dict %s 1m;\" in the http "
                        .. "block (in APISIX: nginx_config.http.custom_lua_shared_dict)",
-                       _M.SLOTS_DICT))
+                       name("max_sessions_per_node"), _M.SLOTS_DICT))
         or (conf.cwd and sub(conf.cwd, 1, 1) ~= "/"
-            and format("cwd must be an absolute path, got %s", json.string(conf.cwd)))
+            and format("%s must be an absolute path, got %s", name("cwd"), json.string(conf.cwd)))
     if err then
         return false, err
     end
@@ -234,6 +262,7 @@ function _M.spawn_request(conf)
         ',"max_message_bytes":', json.integer(conf.max_message_bytes),
         ',"stderr":', json.string(conf.stderr),
         ',"keepalive_interval_ms":', json.integer(conf.keepalive_interval_ms),
+        ',"session_home":', conf.session_home and "true" or "false",
     }
     if conf.cwd then
         parts[#parts + 1] = ',"cwd":'

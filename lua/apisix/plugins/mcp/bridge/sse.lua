@@ -9,6 +9,7 @@
 -- client abort ends the request at once through ngx.on_abort.
 local config = require("apisix.plugins.mcp.bridge.config")
 local native = require("apisix.plugins.mcp.bridge.native")
+local refusal_log = require("apisix.plugins.mcp.bridge.refusal")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local session_limit = require("apisix.plugins.mcp.session_limit")
 local wire = require("apisix.plugins.mcp.bridge.wire")
@@ -190,9 +191,10 @@ local function start_backend(conf, retrying)
         return nil, 503, UNAVAILABLE
     end
     if kind == wire.FAILED then
+        -- The host logged the details (paths, the user); the client gets
+        -- the short reason.
         sock:close()
-        ngx_log(ngx.WARN, "mcp-bridge: cannot start the MCP server: ", payload)
-        return nil, 502, "cannot start the MCP server: " .. payload
+        return nil, 502, payload .. " (the gateway's error log says why)"
     end
     local session_id, pid = match(payload, "^(%x+) (%d+)$")
     if kind ~= wire.READY or not session_id then
@@ -216,11 +218,15 @@ function _M.open(route)
     if not slot then
         if refusal == "rejected" or refusal == "node" then
             local ceiling = refusal == "node"
-                and conf.max_sessions_per_node .. " on this node"
-                or conf.max_sessions .. " per worker"
-            return respond.error(429, "too many sessions: this route allows " .. ceiling
-                                      .. " at a time", { ["Retry-After"] = RETRY_AFTER_SECONDS })
+                and conf.max_sessions_per_node .. " on this node at a time ("
+                    .. route.name("max_sessions_per_node") .. ")"
+                or conf.max_sessions .. " per worker at a time (" .. route.name("max_sessions")
+                    .. ")"
+            local message = "too many sessions: at most " .. ceiling
+            refusal_log.log(route.key, 429, message)
+            return respond.error(429, message, { ["Retry-After"] = RETRY_AFTER_SECONDS })
         end
+        refusal_log.log(route.key, 503, UNAVAILABLE)
         return respond.error(503, UNAVAILABLE, { ["Retry-After"] = RETRY_AFTER_SECONDS })
     end
     watch_client_abort()
@@ -228,8 +234,11 @@ function _M.open(route)
     local session, status, message = start_backend(conf)
     if not session then
         session_limit.release(slot)
-        return respond.error(status, message, status == 503
-                                              and { ["Retry-After"] = RETRY_AFTER_SECONDS } or nil)
+        if status == 503 then
+            refusal_log.log(route.key, 503, message)
+            return respond.error(status, message, { ["Retry-After"] = RETRY_AFTER_SECONDS })
+        end
+        return respond.error(status, message)
     end
     local sock, pid = session.sock, session.pid
     local ok, err

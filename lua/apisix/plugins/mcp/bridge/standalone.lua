@@ -27,25 +27,32 @@ end
 
 -- Defines route `name` from `conf`. Raises with a message naming the field
 -- when `conf` is invalid, so nginx refuses to start with that message.
-function _M.define(name, conf)
+-- `opts.names = "cli"` names fields as `mcp-bridge serve` options in every
+-- message (see config.namer).
+function _M.define(name, conf, opts)
     if type(name) ~= "string" or name == "" then
         error("mcp-bridge: a route needs a name", 2)
     end
-    local ok, err = config.check(conf)
+    local namer = config.namer(opts and opts.names)
+    local ok, err = config.check(conf, namer)
     if not ok then
-        error("mcp-bridge: invalid configuration of route \"" .. name .. "\": " .. err, 2)
+        error("mcp-bridge: invalid configuration" .. (opts and opts.names == "cli" and ""
+              or " of route \"" .. name .. "\"") .. ": " .. err, 2)
     end
-    routes[name] = { key = name, conf = conf }
+    routes[name] = { key = name, conf = conf, name = namer }
 end
 
 function _M.init_worker()
+    worker.configure()
     worker.watch_shutdown()
     worker.started()
 end
 
--- The status report (see status.lua); the location serving it should be
--- reachable from loopback only.
+-- The status report (see status.lua), to loopback clients only.
 function _M.status()
+    if not status.from_loopback() then
+        return respond.error(403, "the status report is served to loopback clients only")
+    end
     ngx.header["Content-Type"] = "application/json"
     ngx.header["Cache-Control"] = "no-store"
     ngx.say(status.json())

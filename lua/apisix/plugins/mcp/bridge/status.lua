@@ -1,25 +1,28 @@
--- What the bridge holds right now, as JSON: this worker's slots and host,
--- and the node's slot counts. For operators and the chaos run; the
--- standalone gateway serves it on loopback when asked to (--status-uri).
+-- What the bridge holds right now, as JSON: this worker's slots, the hosts
+-- of every worker of this nginx, and the node's slot counts. For operators
+-- and the chaos run; the standalone gateway serves it on loopback when
+-- asked to (--status-uri).
 local json = require("apisix.plugins.mcp.bridge.json")
 local native = require("apisix.plugins.mcp.bridge.native")
 local node_slots = require("apisix.plugins.mcp.node_slots")
 local wire = require("apisix.plugins.mcp.bridge.wire")
 
 local concat = table.concat
+local ipairs = ipairs
+local match = string.match
 local ngx = ngx
 local ngx_socket_tcp = ngx.socket.tcp
+local pairs = pairs
+local sort = table.sort
+local sub = string.sub
+local tonumber = tonumber
 
 local _M = {}
 
 local TIMEOUT_MS = 2000
 
--- The host's own statistics (JSON text), or nil and why not. Never starts
--- a host.
-local function host_stats(path)
-    if not path then
-        return nil, "no host runs"
-    end
+-- A host's own statistics (JSON text), or nil and why not.
+function _M.host_stats(path)
     local sock = ngx_socket_tcp()
     sock:settimeout(TIMEOUT_MS)
     local ok, err = sock:connect("unix:" .. path)
@@ -39,6 +42,27 @@ local function host_stats(path)
     return payload
 end
 
+-- The statistics (JSON texts) of the hosts of every worker of this nginx,
+-- by host token. Hosts of other nginx instances of the same user share the
+-- runtime directory; they name another master.
+function _M.hosts()
+    local master = native.stats().master_pid
+    local found = {}
+    for token, path in pairs(native.hosts()) do
+        local stats = _M.host_stats(path)
+        if stats and tonumber(match(stats, '"master":(%d+)')) == master then
+            found[token] = stats
+        end
+    end
+    return found
+end
+
+-- Whether the client is on this machine.
+function _M.from_loopback()
+    local addr = ngx.var.remote_addr or ""
+    return sub(addr, 1, 4) == "127." or addr == "::1" or addr == "unix:"
+end
+
 -- Reclaims slots of dead workers first, so the figures are current.
 function _M.json()
     node_slots.reclaim()
@@ -50,10 +74,18 @@ function _M.json()
         hosts_started = stats.hosts_started,
         slots = stats.slots,
     }
-    local host = host_stats(stats.host_socket)
+    local tokens, hosts = {}, _M.hosts()
+    for token in pairs(hosts) do
+        tokens[#tokens + 1] = token
+    end
+    sort(tokens)
+    local list = {}
+    for i, token in ipairs(tokens) do
+        list[i] = hosts[token]
+    end
     return concat({
         '{"worker":', json.value(worker),
-        ',"host":', host or "null",
+        ',"hosts":[', concat(list, ","), "]",
         ',"node":', json.value(node_slots.snapshot()),
         "}",
     })

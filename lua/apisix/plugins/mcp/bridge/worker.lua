@@ -33,7 +33,13 @@ function _M.set(opts)
     configured = false
 end
 
+-- Passes the settings to the native module (once per change of settings).
+-- Called as the worker starts: a worker that has not opened a session yet
+-- must still find the hosts of the others (their POSTs land anywhere).
 local function configure()
+    if configured then
+        return
+    end
     local level = "notice"
     local ok, errlog = pcall(require, "ngx.errlog")
     if ok then
@@ -90,11 +96,11 @@ function _M.started()
     end
 end
 
+_M.configure = configure
+
 -- Path of this worker's host socket, starting the host if needed.
 function _M.host_socket()
-    if not configured then
-        configure()
-    end
+    configure()
     watch()
     return native.host_socket()
 end

@@ -1,0 +1,681 @@
+//! A session of the HTTP+SSE transport: a backend process and the worker
+//! connection it lives on.
+//!
+//! A session lives exactly as long as its connection. When the connection
+//! closes (the client went away, the request ended by any path), the
+//! backend's processes are ended (see `teardown`). When the backend ends
+//! first, its remaining output is forwarded, then a response for each
+//! request it left unanswered, then an Exit frame, then the connection is
+//! closed.
+
+use crate::backend::{self, Backend, SpawnError};
+use crate::frame::{self, AckStatus, Kind, HEADER_LEN};
+use crate::host::Host;
+use crate::lines::{Line, LineReader};
+use crate::log;
+use crate::message;
+use crate::reaper::Exit;
+use crate::rundir;
+use crate::spec::{SpawnSpec, StderrMode};
+use crate::teardown::{Ending, Teardown};
+use mcp_bridge_core::random;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::{spawn_local, JoinHandle};
+
+/// Random bytes in a session id, after the host token.
+const SESSION_RANDOM_BYTES: usize = 16;
+
+/// Length of a session id: host token then 128 random bits, in hex.
+pub const SESSION_ID_LEN: usize = mcp_bridge_core::runtime::TOKEN_LEN + 2 * SESSION_RANDOM_BYTES;
+
+/// How long output still in flight is forwarded after the backend's group
+/// is gone (a descendant that escaped the group may hold the pipe open).
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// How long the last frame of a session may wait for a worker that is not
+/// reading (its client is slow); the connection is closed either way.
+const EXIT_WRITE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long the end of a backend's output waits for its exit, to tell a
+/// backend that exited from one that only closed its output.
+const EXIT_AFTER_EOF: Duration = Duration::from_millis(100);
+
+/// Requests of one session that may wait for a response at once. Each
+/// costs a few bytes of memory; more are refused as busy.
+const MAX_PENDING: usize = 10_000;
+
+/// Read buffers, allocated (and zeroed) for every session, idle or not:
+/// small, since a longer line only costs more reads.
+const STDOUT_BUFFER: usize = 16 * 1024;
+const STDERR_BUFFER: usize = 1024;
+
+/// The last stderr lines kept for the log of a backend that ends on its
+/// own, and how much of each.
+const TAIL_LINES: usize = 5;
+const TAIL_LINE_BYTES: usize = 300;
+
+/// How much of a stderr line goes to the log with `stderr: log`.
+const LOGGED_STDERR_BYTES: usize = 4096;
+
+/// Queues a client message for a session's backend. `payload` is the
+/// session id followed by the message.
+pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
+    let unknown = || (AckStatus::UnknownSession, "session not found".to_string());
+    if payload.len() < SESSION_ID_LEN {
+        return unknown();
+    }
+    let Ok(id) = std::str::from_utf8(&payload[..SESSION_ID_LEN]) else { return unknown() };
+    let inboxes = host.inboxes.borrow();
+    let Some(inbox) = inboxes.get(id) else { return unknown() };
+    let len = payload.len() - SESSION_ID_LEN;
+    if len > inbox.max_message {
+        return (AckStatus::TooLarge, format!("message of {len} bytes is over the limit of {}", inbox.max_message));
+    }
+    let ids = match message::inspect(&payload[SESSION_ID_LEN..]) {
+        Ok(ids) => ids,
+        Err(why) => return (AckStatus::InvalidJson, format!("message is {why}")),
+    };
+    if ids.requests.iter().any(|id| id.len() > message::MAX_ID_BYTES) {
+        return (AckStatus::InvalidJson, format!("a request id is longer than {} bytes", message::MAX_ID_BYTES));
+    }
+    if inbox.pending.len() + ids.requests.len() > MAX_PENDING {
+        return (AckStatus::Busy, format!("{MAX_PENDING} requests are already waiting for a response"));
+    }
+    payload.drain(..SESSION_ID_LEN);
+    message::flatten_line_breaks(&mut payload);
+    payload.push(b'\n');
+    match inbox.offer(payload) {
+        Offer::Queued => {
+            inbox.pending.sent(ids.requests);
+            (AckStatus::Accepted, String::new())
+        }
+        Offer::Busy => (AckStatus::Busy, "the backend is not reading its input; try again later".into()),
+        Offer::Closed => (AckStatus::UnknownSession, "session is ending".into()),
+    }
+}
+
+enum Offer {
+    Queued,
+    Busy,
+    Closed,
+}
+
+/// Client messages waiting for the backend's stdin, bounded in bytes.
+pub(crate) struct Inbox {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Rc<Cell<usize>>,
+    limit: usize,
+    max_message: usize,
+    pending: Rc<Pending>,
+}
+
+impl Inbox {
+    fn offer(&self, message: Vec<u8>) -> Offer {
+        let queued = self.queued.get();
+        if queued > 0 && queued + message.len() > self.limit {
+            return Offer::Busy;
+        }
+        let len = message.len();
+        self.queued.set(queued + len);
+        if self.tx.send(message).is_err() {
+            self.queued.set(queued);
+            return Offer::Closed;
+        }
+        Offer::Queued
+    }
+}
+
+/// Ids of the client's requests the backend has not answered yet, so that
+/// a client still gets a response to each if the backend ends first.
+#[derive(Default)]
+struct Pending {
+    ids: RefCell<HashMap<String, u64>>,
+    sent: Cell<u64>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.ids.borrow().len()
+    }
+
+    fn sent(&self, ids: Vec<String>) {
+        let mut pending = self.ids.borrow_mut();
+        for id in ids {
+            let n = self.sent.get() + 1;
+            self.sent.set(n);
+            pending.insert(id, n);
+        }
+    }
+
+    fn answered(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut pending = self.ids.borrow_mut();
+        for id in ids {
+            pending.remove(id);
+        }
+    }
+
+    /// The unanswered ids, oldest first; forgets them.
+    fn take(&self) -> Vec<String> {
+        let mut ids: Vec<(String, u64)> = self.ids.borrow_mut().drain().collect();
+        ids.sort_by_key(|&(_, n)| n);
+        ids.into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+/// The last few stderr lines of a backend, for the log when it ends on its own.
+#[derive(Default)]
+struct StderrTail(RefCell<VecDeque<String>>);
+
+impl StderrTail {
+    fn push(&self, line: &[u8]) {
+        let mut lines = self.0.borrow_mut();
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(message::printable(line, TAIL_LINE_BYTES));
+    }
+
+    fn describe(&self) -> String {
+        let lines = self.0.borrow();
+        if lines.is_empty() {
+            return "it wrote nothing to stderr".into();
+        }
+        let quoted: Vec<String> = lines.iter().map(|l| format!("\"{l}\"")).collect();
+        format!("its last stderr lines: {}", quoted.join(", "))
+    }
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    ClientClosed,
+    BackendExited,
+    OutputClosed,
+    OversizedLine,
+    HostShutdown,
+}
+
+impl End {
+    /// Whether the backend ended the session itself, which the log should
+    /// explain: a server that starts and exits at once is otherwise a mystery.
+    fn by_backend(self) -> bool {
+        matches!(self, End::BackendExited | End::OutputClosed | End::OversizedLine)
+    }
+}
+
+enum StdoutEnd {
+    Eof,
+    TooLong,
+    WriteFailed,
+}
+
+/// The session's connection to the worker, shared by the tasks that write
+/// to it. Remembers when it was last written to, for keepalives.
+struct SessionWriter {
+    half: Mutex<OwnedWriteHalf>,
+    last_write: Cell<tokio::time::Instant>,
+}
+
+impl SessionWriter {
+    async fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        let mut half = self.half.lock().await;
+        half.write_all(frame).await?;
+        self.last_write.set(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let _ = self.half.lock().await.shutdown().await;
+    }
+}
+
+type SharedWriter = Rc<SessionWriter>;
+
+/// Runs a session on `conn`, whose Spawn frame carried `request`.
+pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
+    let (reader, mut writer) = conn.into_split();
+    if host.shutting_down() {
+        let _ = frame::write(&mut writer, Kind::Unavailable, b"the worker is shutting down").await;
+        return;
+    }
+    let started = match start(&host, &request) {
+        Ok(s) => s,
+        Err(e) => {
+            log!(Warn, "cannot start the MCP server: {}", e.detail);
+            let _ = frame::write(&mut writer, Kind::Failed, e.reason.as_bytes()).await;
+            return;
+        }
+    };
+    let mut session = Running::begin(host, started, writer).await;
+    let outcome = session.wait_for_end(reader).await;
+    session.end(outcome).await;
+}
+
+/// A backend just started for a new session.
+struct Started {
+    id: String,
+    marker: String,
+    spec: SpawnSpec,
+    backend: Backend,
+    exit: oneshot::Receiver<Exit>,
+    home: Option<PathBuf>,
+}
+
+fn start(host: &Host, request: &[u8]) -> Result<Started, SpawnError> {
+    let invalid = |detail: String| SpawnError { reason: "the bridge sent an invalid spawn request", detail };
+    let spec = SpawnSpec::parse(request).map_err(invalid)?;
+    let random = random::hex(SESSION_RANDOM_BYTES).map_err(|e| invalid(format!("cannot make a session id: {e}")))?;
+    let id = format!("{}{random}", host.token);
+    let marker = host.sweeper.new_marker();
+    let home = match spec.session_home {
+        true => Some(private_home(host)?),
+        false => None,
+    };
+    let backend = backend::spawn(&spec, &host.defaults, &marker, home.as_deref()).inspect_err(|_| {
+        if let Some(home) = &home {
+            rundir::remove(home);
+        }
+    })?;
+    // Watch before yielding, so the exit cannot be reaped unwatched.
+    let exit = host.reaper.watch(backend.pid);
+    Ok(Started { id, marker, spec, backend, exit, home })
+}
+
+/// A fresh `HOME` (with a `tmp` directory for `TMPDIR`) for one session,
+/// in the host's private directory.
+fn private_home(host: &Host) -> Result<PathBuf, SpawnError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let home = host.defaults.dir.join(format!("session-{}", host.next_session_number()));
+    let made = std::fs::DirBuilder::new().mode(0o700).create(&home).and_then(|()| {
+        std::fs::DirBuilder::new().mode(0o700).create(home.join("tmp"))?;
+        Ok(home.clone())
+    });
+    made.map_err(|e| SpawnError {
+        reason: "the MCP server could not be started",
+        detail: format!("cannot create the session home {}: {e}", home.display()),
+    })
+}
+
+/// How the wait for a session's end came out.
+struct Outcome {
+    ended: End,
+    exit: Option<Exit>,
+    stdout_done: bool,
+}
+
+/// A live session: its backend's tasks and what its end needs.
+struct Running {
+    host: Rc<Host>,
+    id: String,
+    marker: String,
+    spec: SpawnSpec,
+    pid: i32,
+    started_at: Instant,
+    home: Option<PathBuf>,
+    writer: SharedWriter,
+    ready_sent: bool,
+    pending: Rc<Pending>,
+    tail: Rc<StderrTail>,
+    stdin: JoinHandle<()>,
+    stdout: JoinHandle<StdoutEnd>,
+    stderr: JoinHandle<()>,
+    keepalive: Option<JoinHandle<()>>,
+    exit: oneshot::Receiver<Exit>,
+}
+
+impl Running {
+    /// Registers the session, starts the tasks that move its data, and
+    /// sends Ready.
+    async fn begin(host: Rc<Host>, started: Started, writer: OwnedWriteHalf) -> Running {
+        let Started { id, marker, spec, backend, exit, home } = started;
+        let Backend { pid, stdin, stdout, stderr } = backend;
+        host.backend_started(pid);
+        log!(Info, "session {pid}: started \"{}\" as process {pid}", spec.command);
+
+        let writer: SharedWriter =
+            Rc::new(SessionWriter { half: Mutex::new(writer), last_write: Cell::new(tokio::time::Instant::now()) });
+        let ready = frame::encode(Kind::Ready, format!("{id} {pid}").as_bytes()).unwrap_or_default();
+        // Ready goes first: no task writes before it is out. Failing here
+        // means the worker is already gone (the client aborted while the
+        // backend was starting).
+        let ready_sent = writer.send(&ready).await.is_ok();
+
+        let queued = Rc::new(Cell::new(0));
+        let pending = Rc::new(Pending::default());
+        let tail = Rc::new(StderrTail::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        host.inboxes.borrow_mut().insert(
+            id.clone(),
+            Inbox {
+                tx,
+                queued: Rc::clone(&queued),
+                limit: spec.inbox_limit(),
+                max_message: spec.max_message_bytes,
+                pending: Rc::clone(&pending),
+            },
+        );
+        let stdin = spawn_local(feed_stdin(stdin, rx, queued, pid));
+        let stdout =
+            spawn_local(pump_stdout(stdout, Rc::clone(&writer), Rc::clone(&pending), spec.max_message_bytes, pid));
+        let stderr = spawn_local(pump_stderr(
+            stderr,
+            Rc::clone(&writer),
+            Rc::clone(&tail),
+            spec.stderr,
+            spec.max_message_bytes,
+            pid,
+        ));
+        let keepalive = spec.keepalive_interval().map(|every| spawn_local(keep_alive(Rc::clone(&writer), every)));
+        Running {
+            host,
+            id,
+            marker,
+            spec,
+            pid,
+            started_at: Instant::now(),
+            home,
+            writer,
+            ready_sent,
+            pending,
+            tail,
+            stdin,
+            stdout,
+            stderr,
+            keepalive,
+            exit,
+        }
+    }
+
+    /// Waits for whatever ends the session first: the worker closing the
+    /// connection, the backend exiting or closing its output, an output
+    /// line too long, the host shutting down.
+    async fn wait_for_end(&mut self, mut reader: OwnedReadHalf) -> Outcome {
+        if !self.ready_sent {
+            return Outcome { ended: End::ClientClosed, exit: None, stdout_done: false };
+        }
+        let mut shutdown = self.host.shutdown_watch();
+        tokio::select! {
+            _ = closed(&mut reader) => Outcome { ended: End::ClientClosed, exit: None, stdout_done: false },
+            status = &mut self.exit => Outcome { ended: End::BackendExited, exit: status.ok(), stdout_done: false },
+            out = &mut self.stdout => {
+                let ended = match out {
+                    Ok(StdoutEnd::Eof) => End::OutputClosed,
+                    Ok(StdoutEnd::TooLong) => End::OversizedLine,
+                    Ok(StdoutEnd::WriteFailed) | Err(_) => End::ClientClosed,
+                };
+                // A backend that exits closes its output first: give its
+                // exit a moment to arrive, so the reason names it.
+                let exit = match ended {
+                    End::OutputClosed => tokio::time::timeout(EXIT_AFTER_EOF, &mut self.exit).await.ok().and_then(Result::ok),
+                    _ => None,
+                };
+                let ended = if exit.is_some() { End::BackendExited } else { ended };
+                Outcome { ended, exit, stdout_done: true }
+            }
+            _ = shutdown.wait_for(|&down| down) => Outcome { ended: End::HostShutdown, exit: None, stdout_done: false },
+        }
+    }
+
+    /// Ends the backend's processes, forwards what output is left while the
+    /// client is still there, then the last frames; logs the end.
+    async fn end(mut self, outcome: Outcome) {
+        let closed_at = Instant::now();
+        // From here on the id is refused and queued input is dropped.
+        self.host.inboxes.borrow_mut().remove(&self.id);
+        let mut ending = Ending::begin(self.pid, closed_at);
+        // Closing stdin as well is the polite way to ask a stdio server to
+        // stop; it comes after SIGTERM so the signal is never late.
+        self.stdin.abort();
+        if let Some(t) = &self.keepalive {
+            t.abort();
+        }
+        let client_gone = outcome.ended == End::ClientClosed;
+        if client_gone {
+            self.stdout.abort();
+            self.stderr.abort();
+        }
+        ending.find_escaped(&self.host, &self.marker).await;
+        let teardown = ending.finish(&self.host, &self.marker, self.spec.kill_grace()).await;
+        let exit = outcome.exit.or_else(|| self.exit.try_recv().ok());
+        if !client_gone {
+            self.drain(outcome.stdout_done).await;
+        }
+        self.host.backend_ended(self.pid);
+        if let Some(home) = &self.home {
+            rundir::remove(home);
+        }
+        let why = describe(outcome.ended, exit, self.spec.max_message_bytes);
+        if outcome.ended.by_backend() {
+            log!(
+                Warn,
+                "session {}: the MCP server \"{}\" ended the session {} ms after it started: {why}; {}",
+                self.pid,
+                self.spec.command,
+                self.started_at.elapsed().as_millis(),
+                self.tail.describe()
+            );
+        }
+        if !client_gone {
+            let last = send_last_frames(&self.writer, self.pending.take(), &why);
+            let _ = tokio::time::timeout(EXIT_WRITE_LIMIT, last).await;
+            self.writer.close().await;
+        }
+        log_end(self.pid, &why, &teardown, ending.escaped());
+    }
+
+    /// Forwards the output still in flight, for a bounded time.
+    async fn drain(&mut self, stdout_done: bool) {
+        if !stdout_done {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, &mut self.stdout).await;
+            self.stdout.abort();
+        }
+        let _ = tokio::time::timeout(DRAIN_LIMIT, &mut self.stderr).await;
+        self.stderr.abort();
+    }
+}
+
+fn log_end(pid: i32, why: &str, teardown: &Teardown, escaped: usize) {
+    let escaped = match escaped {
+        0 => String::new(),
+        n => format!("; {n} process(es) that left the group ended too"),
+    };
+    log!(Info, "session {pid}: ended: {why}; {teardown}{escaped}");
+}
+
+/// Sends a Keepalive frame whenever the connection has been silent for
+/// `interval`, so the worker can keep its client's stream alive without
+/// read timeouts of its own.
+async fn keep_alive(writer: SharedWriter, interval: Duration) {
+    let frame = frame::encode(Kind::Keepalive, b"").unwrap_or_default();
+    loop {
+        tokio::time::sleep_until(writer.last_write.get() + interval).await;
+        if writer.last_write.get() + interval <= tokio::time::Instant::now() && writer.send(&frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A response for each request the backend left unanswered, then the Exit
+/// frame.
+async fn send_last_frames(writer: &SessionWriter, unanswered: Vec<String>, why: &str) {
+    for id in unanswered {
+        let Ok(frame) = frame::encode(Kind::Message, &message::no_response_error(&id, why)) else { continue };
+        if writer.send(&frame).await.is_err() {
+            return;
+        }
+    }
+    if let Ok(frame) = frame::encode(Kind::Exit, why.as_bytes()) {
+        let _ = writer.send(&frame).await;
+    }
+}
+
+/// Resolves when the worker closes its end. The worker sends nothing after
+/// the Spawn frame; anything it does send is ignored.
+async fn closed(reader: &mut OwnedReadHalf) {
+    let mut buf = [0u8; 512];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+async fn feed_stdin(
+    mut stdin: pipe::Sender,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Rc<Cell<usize>>,
+    pid: i32,
+) {
+    while let Some(message) = rx.recv().await {
+        let written = stdin.write_all(&message).await;
+        queued.set(queued.get().saturating_sub(message.len()));
+        if let Err(e) = written {
+            log!(Info, "session {pid}: backend stopped taking input: {e}");
+            return;
+        }
+    }
+}
+
+async fn pump_stdout(
+    out: pipe::Receiver,
+    writer: SharedWriter,
+    pending: Rc<Pending>,
+    max: usize,
+    pid: i32,
+) -> StdoutEnd {
+    let mut lines = LineReader::with_capacity(out, max, STDOUT_BUFFER);
+    let mut frame = Vec::new();
+    loop {
+        frame.clear();
+        frame.resize(HEADER_LEN, 0);
+        match lines.read_into(&mut frame).await {
+            Ok(Line::Complete) => {}
+            Ok(Line::Eof) => return StdoutEnd::Eof,
+            Err(e) => {
+                log!(Info, "session {pid}: reading backend output: {e}");
+                return StdoutEnd::Eof;
+            }
+            Ok(Line::TooLong) => {
+                log!(
+                    Warn,
+                    "session {pid}: backend wrote an output line over max_message_bytes ({max}); ending the session"
+                );
+                return StdoutEnd::TooLong;
+            }
+        }
+        if frame.last() == Some(&b'\r') {
+            frame.pop();
+        }
+        let line = &mut frame[HEADER_LEN..];
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match message::inspect(line) {
+            Ok(ids) => pending.answered(&ids.responses),
+            Err(why) => {
+                log!(Warn, "session {pid}: dropped a backend output line that is {why}: {}", message::excerpt(line));
+                continue;
+            }
+        }
+        message::flatten_line_breaks(line);
+        if frame::seal(&mut frame, Kind::Message).is_err() {
+            continue;
+        }
+        if writer.send(&frame).await.is_err() {
+            return StdoutEnd::WriteFailed;
+        }
+        if frame.capacity() > 4 * STDOUT_BUFFER {
+            // Do not keep a multi-megabyte buffer per idle session.
+            frame = Vec::new();
+        }
+    }
+}
+
+async fn pump_stderr(
+    err: pipe::Receiver,
+    writer: SharedWriter,
+    tail: Rc<StderrTail>,
+    mode: StderrMode,
+    max: usize,
+    pid: i32,
+) {
+    let mut lines = LineReader::with_capacity(err, max, STDERR_BUFFER);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match lines.read_into(&mut line).await {
+            Ok(Line::Complete) => {}
+            Ok(Line::Eof) | Err(_) => return,
+            Ok(Line::TooLong) => {
+                log!(Warn, "session {pid}: skipped a backend stderr line over max_message_bytes ({max})");
+                if lines.skip_line().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        tail.push(&line);
+        match mode {
+            StderrMode::Log => {
+                log!(Warn, "session {pid}: backend stderr: {}", message::printable(&line, LOGGED_STDERR_BYTES))
+            }
+            StderrMode::Notify => {
+                let Ok(frame) = frame::encode(Kind::Message, &message::stderr_notification(&line)) else {
+                    continue;
+                };
+                if writer.send(&frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if line.capacity() > 4 * STDERR_BUFFER {
+            line = Vec::new();
+        }
+    }
+}
+
+/// Why a session ended, for the client (the Exit frame) and the log.
+fn describe(ended: End, exit: Option<Exit>, max: usize) -> String {
+    let status = exit.map(|e| e.to_string()).unwrap_or_else(|| "ended".into());
+    match ended {
+        End::ClientClosed => format!("client closed; backend {status}"),
+        End::BackendExited => format!("backend {status}"),
+        End::OutputClosed => format!("backend closed its output; backend {status}"),
+        End::OversizedLine => format!("backend wrote a line over max_message_bytes ({max}); backend {status}"),
+        End::HostShutdown => format!("worker shutting down; backend {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stderr_tail_keeps_the_last_lines_printable() {
+        let tail = StderrTail::default();
+        assert_eq!(tail.describe(), "it wrote nothing to stderr");
+        for i in 0..7 {
+            tail.push(format!("line {i}\x1b[0m").as_bytes());
+        }
+        let text = tail.describe();
+        assert!(text.starts_with("its last stderr lines: \"line 2\\x1b[0m\""), "{text}");
+        assert!(text.ends_with("\"line 6\\x1b[0m\""), "{text}");
+        assert!(!text.contains('\x1b'));
+    }
+}
