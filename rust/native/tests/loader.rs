@@ -49,12 +49,16 @@ fn the_module_loads_in_luajit_and_behaves() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!running(host_pid), "host {host_pid} outlived shutdown");
-    let leftovers: Vec<_> = std::fs::read_dir(&runtime_dir)
-        .expect("runtime dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".sock"))
-        .collect();
-    assert!(leftovers.is_empty(), "sockets left: {leftovers:?}");
+    // The host removes its directory as it exits.
+    let gone = |t: &Instant| {
+        mcp_bridge_core::runtime::Layout::new(Some(runtime_dir.clone())).host_tokens().is_empty()
+            || t.elapsed() > Duration::from_secs(5)
+    };
+    let start = Instant::now();
+    while !gone(&start) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = mcp_bridge_core::runtime::Layout::new(Some(runtime_dir.clone())).host_tokens();
+    assert!(left.is_empty(), "host directories left: {left:?}");
     let _ = std::fs::remove_dir_all(&runtime_dir);
 }
