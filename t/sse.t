@@ -242,7 +242,7 @@ notifications/stderr: a "quoted" \ line	with tab
 
 
 
-=== TEST 8: with stderr = "log", stderr lines go to the error log instead
+=== TEST 8: with stderr = "log", stderr lines go to the error log instead, control characters escaped
 --- config
 location = /t {
     content_by_lua_block {
@@ -250,15 +250,20 @@ location = /t {
         local s = assert(t.session("/logged"))
         assert(s:initialize())
         ngx.say((s:tool("stderr", { text = "diagnostic from the backend" })))
+        ngx.say((s:tool("stderr", { text = "colour \27[31mred\27[0m" })))
         ngx.say((s:tool("echo", { text = "next" })))
         s:close()
     }
 }
 --- response_body
 ok
+ok
 next
 --- error_log
 backend stderr: diagnostic from the backend
+backend stderr: colour \x1b[31mred\x1b[0m
+--- no_error_log eval
+["[error]", qr/\x1b/]
 
 
 

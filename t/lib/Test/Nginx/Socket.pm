@@ -1091,8 +1091,14 @@ sub expand_env {
     $text =~ s{\$(TEST_NGINX_[_A-Z0-9]+)}{
         my $var = $1;
         if ($var =~ /^TEST_NGINX_RAND_PORT_\d+$/) {
-            $RandPorts->{$var} //= free_port({ $ServerPort => 1, map { $_ => 1 } values %$RandPorts })
-                // bail_out("$name - Cannot find an available listening port number for $var.\n");
+            # Look the port up before assigning: `//=` would first create the
+            # key with an undefined value, which the list of taken ports sees.
+            unless (defined $RandPorts->{$var}) {
+                my $port = free_port({ $ServerPort => 1, map { $_ => 1 } values %$RandPorts })
+                    // bail_out("$name - Cannot find an available listening port number for $var.\n");
+                $RandPorts->{$var} = $port;
+            }
+            $RandPorts->{$var};
         } else {
             $ENV{$var} // bail_out("$name - No environment $var defined.\n");
         }
