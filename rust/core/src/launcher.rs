@@ -9,6 +9,7 @@
 //! the worker go away (or [`Host::stop`]) as EOF on its end.
 //! [`Host::end_sessions`] writes one [`END_SESSIONS`] byte on it instead.
 
+use crate::procfs::PidFd;
 use crate::procs;
 use crate::runtime::{self, Layout};
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
@@ -43,6 +44,10 @@ pub struct LaunchConfig {
 /// A running host, owned by the worker that started it.
 pub struct Host {
     pid: libc::pid_t,
+    /// Readable once the host has exited, whoever still holds a copy of its
+    /// end of the control channel (a backend forked at that moment does,
+    /// until it execs).
+    pidfd: Option<PidFd>,
     token: String,
     socket_path: PathBuf,
     control: OwnedFd,
@@ -105,22 +110,29 @@ impl Host {
                 procs::die_with_parent(libc::SIGTERM, worker)
             });
         }
-        let child = {
+        let (child, pidfd) = {
             let _held = procs::SigchldBlocked::new()?;
-            command.spawn()
-        };
-        let child = child.map_err(|e| {
+            // Opened while SIGCHLD is held: nginx cannot have reaped it yet.
+            command.spawn().map(|c| {
+                let pidfd = PidFd::open(c.id() as i32).ok();
+                (c, pidfd)
+            })
+        }
+        .map_err(|e| {
             let _ = fs::remove_dir_all(&dir);
             context(e, &format!("cannot start {}", config.program.display()))
         })?;
         // The host has its own copy of the listener; the worker must not keep
         // one, or connections could queue on a socket nobody accepts from.
         drop(listener);
-        Ok(Host { pid: child.id() as libc::pid_t, token, socket_path, control: ours })
+        Ok(Host { pid: child.id() as libc::pid_t, pidfd, token, socket_path, control: ours })
     }
 
     /// Whether the host is still running. Never blocks.
     pub fn is_alive(&self) -> bool {
+        if self.pidfd.as_ref().is_some_and(PidFd::exited) {
+            return false;
+        }
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let mut fds = [PollFd::new(self.control.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {

@@ -27,6 +27,7 @@ local ngx_header = ngx.header
 local ngx_log = ngx.log
 local ngx_on_abort = ngx.on_abort
 local ngx_print = ngx.print
+local ngx_sleep = ngx.sleep
 local ngx_socket_tcp = ngx.socket.tcp
 local req = ngx.req
 local sub = string.sub
@@ -150,10 +151,16 @@ end
 
 local UNAVAILABLE = "the bridge cannot start sessions right now"
 
+-- How long to wait before each new attempt to reach this worker's host,
+-- when it could not be reached but does not look dead yet (it is being
+-- killed, and something still holds its end of the control channel).
+local HOST_RETRY_DELAYS = { 0, 0.01, 0.05 }
+
 -- Asks this worker's host to start a backend for `conf`. Returns
 -- { sock =, id =, pid = } for the new session; or nil, an HTTP status and a
 -- message for the client.
-local function start_backend(conf, retrying)
+local function start_backend(conf, attempt)
+    attempt = attempt or 1
     local path, err = worker.host_socket()
     if not path then
         -- A worker that is reloading or quitting refuses new sessions; its
@@ -177,10 +184,14 @@ local function start_backend(conf, retrying)
     end
     if not kind then
         sock:close()
-        if not retrying then
+        local delay = HOST_RETRY_DELAYS[attempt]
+        if delay then
             -- The host may have died since it was last seen alive; asking
-            -- again starts a new one.
-            return start_backend(conf, true)
+            -- again starts a new one once it is seen dead.
+            if delay > 0 then
+                ngx_sleep(delay)
+            end
+            return start_backend(conf, attempt + 1)
         end
         ngx_log(ngx.ERR, "mcp-bridge: host at ", path, ": ", err)
         return nil, 503, UNAVAILABLE
