@@ -68,6 +68,7 @@ add_block_preprocessor(sub {
     my $routes = $block->routes // $default_routes;
     my $abort_check = $block->no_abort_check ? "off" : "on";
     my $slots_dict = $block->no_slots_dict ? "" : "lua_shared_dict mcp-bridge-slots 1m;";
+    $slots_dict .= "\n    lua_shared_dict mcp-bridge-metrics 1m;";
     my $http_config = $block->http_config // "";
     $block->set_value("http_config", <<_EOC_ . $http_config);
     lua_package_path "$root/lua/?.lua;$root/t/lua/?.lua;;";

@@ -20,11 +20,12 @@ stubborn = { base_uri = "/stubborn", command = "$fixture",
              args = { "--pid-dir", "$pids", "--ignore-sigterm", "--no-read" }, kill_grace_ms = 1500 },
 capped = { base_uri = "/capped", command = "$fixture", args = { "--pid-dir", "$pids" },
            max_sessions = 5, max_sessions_per_node = 2 },
+missing = { base_uri = "/missing", command = "no-such-mcp-server-xyz" },
 _EOC_
     }
     my $config = $block->config // "";
     $block->set_value("config", <<'_EOC_' . $config);
-location ~ ^/(?<route>mcp|stubborn|capped)/ {
+location ~ ^/(?<route>mcp|stubborn|capped|missing)/ {
     add_header X-Worker $pid always;
     content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve(ngx.var.route) }
     log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() }
@@ -43,10 +44,17 @@ _EOC_
     $block->set_value("http_config", $http_config . <<'_EOC_');
     server {
         listen 127.0.0.1:$TEST_NGINX_RAND_PORT_1 reuseport;
-        location ~ ^/(?<route>mcp|stubborn|capped)/ {
+        location ~ ^/(?<route>mcp|stubborn|capped|missing)/ {
             add_header X-Worker $pid always;
             content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").serve(ngx.var.route) }
             log_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").log() }
+        }
+        location = /status {
+            add_header X-Worker $pid always;
+            content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").status() }
+        }
+        location = /metrics {
+            content_by_lua_block { require("apisix.plugins.mcp.bridge.standalone").metrics() }
         }
     }
 _EOC_
@@ -344,3 +352,95 @@ unknown process
 --- error_log eval
 [qr/worker process \d+ exited on signal 9/,
  qr/reclaimed \d+ session slot\(s\) of route "capped" held by worker \d+-\d+, which is gone/]
+
+
+
+=== TEST 8: the status report lists both workers' hosts, whichever worker answers; the metrics count what both did
+--- config
+location = /t {
+    content_by_lua_block {
+        local cjson = require("cjson.safe")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        t.use_port($TEST_NGINX_RAND_PORT_1)
+        -- A session on each worker, with a round trip each.
+        local sessions, workers = {}, {}
+        while #sessions < 2 do
+            local s = assert(t.session("/mcp"))
+            local w = s.headers["x-worker"]
+            if workers[w] then s:close() else
+                workers[w] = true
+                assert(s:initialize())
+                assert(s:tool("echo", { text = "hello" }) == "hello")
+                sessions[#sessions + 1] = s
+            end
+        end
+        local answered = {}
+        for _ = 1, 40 do
+            local status, headers, body = t.http("GET", "/status")
+            local report = cjson.decode(body)
+            local live = 0
+            for _, h in ipairs(report.hosts) do live = live + h.sessions end
+            answered[headers["x-worker"]] = #report.hosts .. " hosts, " .. live .. " sessions"
+        end
+        local seen = {}
+        for _, v in pairs(answered) do seen[#seen + 1] = v end
+        ngx.say("workers answering the status: ", #seen, "; each saw: ", table.concat(seen, " / "))
+        for _, s in ipairs(sessions) do s:close() end
+        -- Over the node ceiling, and a command that cannot start.
+        local a, b = assert(t.session("/capped")), assert(t.session("/capped"))
+        local over = t.http("GET", "/capped/sse")
+        a:close() b:close()
+        local failed = t.http("GET", "/missing/sse")
+        ngx.say("refused: ", over, ", failed: ", failed)
+        assert(t.wait_all_gone("$TEST_NGINX_PID_DIR", 5))
+        local want = {
+            'mcp_bridge_sessions_started_total{route="mcp",transport="sse"} 2',
+            'mcp_bridge_sessions_ended_total{route="mcp",transport="sse",reason="client_closed"} 2',
+            'mcp_bridge_sessions_live{route="mcp"} 0',
+            'mcp_bridge_backends_live{route="capped"} 0',
+            'mcp_bridge_session_teardown_seconds_count{route="mcp"} 2',
+            'mcp_bridge_sessions_refused_total{route="capped",status="429"} 1',
+            'mcp_bridge_spawn_failures_total{route="missing"} 1',
+            'mcp_bridge_messages_total{route="mcp",direction="in"} 6',
+            'mcp_bridge_messages_total{route="mcp",direction="out"} 4',
+        }
+        local text
+        for _ = 1, 100 do
+            local _, _, body = t.http("GET", "/metrics")
+            text = body
+            local all = true
+            for _, line in ipairs(want) do
+                if not text:find(line, 1, true) then all = false end
+            end
+            if all then break end
+            ngx.sleep(0.05)
+        end
+        for _, line in ipairs(want) do
+            ngx.say(text:find(line, 1, true) and "" or "MISSING ", line)
+        end
+        ngx.say("help and type: ", text:find("# TYPE mcp_bridge_session_teardown_seconds histogram", 1, true) ~= nil)
+        local buckets = {}
+        for le in text:gmatch('mcp_bridge_session_teardown_seconds_bucket{route="mcp",le="([^"]+)"}') do
+            buckets[#buckets + 1] = le
+        end
+        ngx.say("buckets in order: ", table.concat(buckets, " "))
+    }
+}
+--- response_body
+workers answering the status: 2; each saw: 2 hosts, 2 sessions / 2 hosts, 2 sessions
+refused: 429, failed: 502
+mcp_bridge_sessions_started_total{route="mcp",transport="sse"} 2
+mcp_bridge_sessions_ended_total{route="mcp",transport="sse",reason="client_closed"} 2
+mcp_bridge_sessions_live{route="mcp"} 0
+mcp_bridge_backends_live{route="capped"} 0
+mcp_bridge_session_teardown_seconds_count{route="mcp"} 2
+mcp_bridge_sessions_refused_total{route="capped",status="429"} 1
+mcp_bridge_spawn_failures_total{route="missing"} 1
+mcp_bridge_messages_total{route="mcp",direction="in"} 6
+mcp_bridge_messages_total{route="mcp",direction="out"} 4
+help and type: true
+buckets in order: 0.001 0.005 0.01 0.05 0.1 0.5 1 2.5 5 10 +Inf
+--- no_error_log
+[error]
+[crit]

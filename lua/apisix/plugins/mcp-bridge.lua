@@ -9,6 +9,7 @@ local handler = require("apisix.plugins.mcp.bridge.handler")
 local worker = require("apisix.plugins.mcp.bridge.worker")
 
 local setmetatable = setmetatable
+local tostring = tostring
 
 local plugin_name = "mcp-bridge"
 
@@ -41,14 +42,21 @@ local routes = setmetatable({}, { __mode = "k" })
 
 local name_attribute = config.namer()
 
+-- A route's key names it in slot counts, bindings and metrics: its id, as
+-- APISIX's own metrics name routes (a plugin on a service or a global rule
+-- is named with its kind too).
+local function route_key(ctx)
+    local kind, id = ctx.conf_type or "route", tostring(ctx.conf_id or "?")
+    return kind == "route" and id or kind .. "#" .. id
+end
+
 function _M.access(conf, ctx)
     local route = routes[conf]
     if not route then
-        route = { key = (ctx.conf_type or "route") .. "#" .. (ctx.conf_id or "?"), conf = conf,
-                  name = name_attribute }
+        route = { key = route_key(ctx), conf = conf, name = name_attribute }
         routes[conf] = route
     end
-    return handler.handle(route)
+    return handler.handle(route, ctx.consumer_name)
 end
 
 function _M.log()

@@ -20,8 +20,10 @@ fn main() {
     let spec = r#"{"command":"sh","args":["-c","sleep 1000 & exec sleep 1001"],"env":{},"kill_grace_ms":2000,
         "max_message_bytes":4096,"stderr":"notify","keepalive_interval_ms":0,"session_home":false}"#;
     let mut conn = std::os::unix::net::UnixStream::connect(host.socket_path()).expect("connect");
+    let binding = b"\x00\x05test\n";
     let mut frame = vec![b'S'];
-    frame.extend_from_slice(&(spec.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&((binding.len() + spec.len()) as u32).to_be_bytes());
+    frame.extend_from_slice(binding);
     frame.extend_from_slice(spec.as_bytes());
     conn.write_all(&frame).expect("spawn");
     let mut header = [0u8; 5];

@@ -13,10 +13,15 @@
 //! | `M` Message | host → worker | one JSON-RPC message for the client |
 //! | `K` Keepalive | host → worker | empty; sent after `keepalive_interval_ms` of silence |
 //! | `X` Exit | host → worker | why the session ended; the host closes after it |
-//! | `D` Deliver | worker → host | session id (48 bytes) then one client message |
+//! | `D` Deliver | worker → host | session id (48 bytes), binding, then one client message |
 //! | `A` Ack | host → worker | one [`AckStatus`] byte, then a reason for the client |
 //! | `Q` Query | worker → host | empty; asks for statistics |
-//! | `T` Stats | host → worker | statistics (JSON) |
+//! | `T` Stats | host → worker | statistics (JSON), the live sessions included |
+//! | `E` End | worker → host | a session id, or the start of one (24 characters or more); Ack |
+//! | `W` Watch | worker → host | empty; makes the connection a stream of Event frames |
+//! | `V` Event | host → worker | one event (JSON, see [`crate::events`]) |
+//!
+//! Spawn and Deliver carry the session's binding (see [`crate::binding`]).
 
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -49,6 +54,9 @@ pub enum Kind {
     Ack,
     Query,
     Stats,
+    End,
+    Watch,
+    Event,
 }
 
 impl Kind {
@@ -65,6 +73,9 @@ impl Kind {
             Kind::Ack => b'A',
             Kind::Query => b'Q',
             Kind::Stats => b'T',
+            Kind::End => b'E',
+            Kind::Watch => b'W',
+            Kind::Event => b'V',
         }
     }
 
@@ -74,7 +85,7 @@ impl Kind {
         match self {
             Kind::Spawn => Some(1 << 20),
             Kind::Deliver => Some(DELIVER_OVERHEAD + MAX_MESSAGE_BYTES),
-            Kind::Query => Some(4 << 10),
+            Kind::Query | Kind::End | Kind::Watch => Some(4 << 10),
             _ => None,
         }
     }
@@ -92,6 +103,9 @@ impl Kind {
             b'A' => Kind::Ack,
             b'Q' => Kind::Query,
             b'T' => Kind::Stats,
+            b'E' => Kind::End,
+            b'W' => Kind::Watch,
+            b'V' => Kind::Event,
             _ => return None,
         })
     }
@@ -270,6 +284,10 @@ mod tests {
             Kind::Ack,
             Kind::Query,
             Kind::Stats,
+            Kind::End,
+            Kind::Watch,
+            Kind::Event,
+            Kind::Unavailable,
         ] {
             assert_eq!(Kind::from_byte(k.byte()), Some(k));
         }

@@ -1,13 +1,68 @@
 //! State shared by every session and connection of the host.
 
 use crate::backend;
+use crate::binding::Binding;
 use crate::escapees::Sweeper;
+use crate::events::Events;
 use crate::reaper::Reaper;
 use crate::sse::Inbox;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
-use tokio::sync::watch;
+use std::time::Instant;
+use tokio::sync::{watch, Notify};
+
+/// What the host knows of a live session, for the requests that reach it,
+/// the status report and the operator who ends it.
+pub struct SessionInfo {
+    pub id: String,
+    pub binding: Binding,
+    pub transport: &'static str,
+    pub pid: i32,
+    pub started: Instant,
+    pub last_activity: Cell<Instant>,
+    /// Notified when an operator ends the session.
+    pub end: Notify,
+}
+
+impl SessionInfo {
+    pub fn new(id: String, binding: Binding, transport: &'static str, pid: i32) -> Rc<SessionInfo> {
+        let now = Instant::now();
+        Rc::new(SessionInfo {
+            id,
+            binding,
+            transport,
+            pid,
+            started: now,
+            last_activity: Cell::new(now),
+            end: Notify::new(),
+        })
+    }
+
+    /// For the status report: no full id (it is the client's credential).
+    fn describe(&self) -> serde_json::Value {
+        let now = Instant::now();
+        serde_json::json!({
+            "id_prefix": &self.id[..self.id.len().min(SESSION_ID_PREFIX)],
+            "route": self.binding.route,
+            "consumer": self.binding.consumer,
+            "transport": self.transport,
+            "backend_pid": self.pid,
+            "age_s": (now - self.started).as_secs_f64(),
+            "idle_s": (now - self.last_activity.get()).as_secs_f64(),
+        })
+    }
+}
+
+/// How much of a session id the status report shows, and the shortest start
+/// of one that ends a session: the host token and 32 random bits.
+pub const SESSION_ID_PREFIX: usize = mcp_bridge_core::runtime::TOKEN_LEN + 8;
+
+/// A live session in the registry.
+pub(crate) struct Registered {
+    pub info: Rc<SessionInfo>,
+    pub inbox: Inbox,
+}
 
 /// The worker a host serves.
 #[derive(Clone, Copy, Debug)]
@@ -29,8 +84,9 @@ pub struct Host {
     pub defaults: backend::Defaults,
     pub reaper: Rc<Reaper>,
     pub sweeper: Rc<Sweeper>,
-    /// Client messages waiting for each SSE session's backend, by session id.
-    pub(crate) inboxes: RefCell<HashMap<String, Inbox>>,
+    pub events: Rc<Events>,
+    /// Live sessions by id.
+    pub(crate) sessions: RefCell<HashMap<String, Registered>>,
     /// Process groups of the live sessions (a group's id is its backend's pid).
     backends: RefCell<BTreeSet<i32>>,
     shutdown: watch::Sender<bool>,
@@ -54,7 +110,8 @@ impl Host {
             defaults,
             reaper,
             sweeper,
-            inboxes: RefCell::default(),
+            events: Events::new(),
+            sessions: RefCell::default(),
             backends: RefCell::default(),
             shutdown: watch::Sender::new(false),
             spawned: Cell::new(0),
@@ -127,9 +184,25 @@ impl Host {
         }
     }
 
+    /// Ends the live sessions whose id starts with `prefix` (at least
+    /// [`SESSION_ID_PREFIX`] characters). Returns how many.
+    pub fn end_sessions_matching(&self, prefix: &str) -> usize {
+        if prefix.len() < SESSION_ID_PREFIX {
+            return 0;
+        }
+        let sessions = self.sessions.borrow();
+        let matching: Vec<_> = sessions.values().filter(|r| r.info.id.starts_with(prefix)).collect();
+        for r in &matching {
+            r.info.end.notify_one();
+        }
+        matching.len()
+    }
+
     /// Statistics for the worker (and the tests).
     pub fn stats(&self) -> serde_json::Value {
         let (reaped, orphans) = self.reaper.counts();
+        let mut sessions: Vec<_> = self.sessions.borrow().values().map(|r| Rc::clone(&r.info)).collect();
+        sessions.sort_by_key(|s| s.started);
         serde_json::json!({
             "pid": std::process::id(),
             "token": self.token,
@@ -141,6 +214,8 @@ impl Host {
             "ended": self.ended.get(),
             "reaped": reaped,
             "orphans_reaped": orphans,
+            "events_dropped": self.events.dropped(),
+            "live": sessions.iter().map(|s| s.describe()).collect::<Vec<_>>(),
         })
     }
 }

@@ -11,7 +11,9 @@
 //! The wire format is described in [`frame`].
 
 pub mod backend;
+pub mod binding;
 pub mod escapees;
+pub mod events;
 pub mod frame;
 pub mod host;
 pub mod lines;

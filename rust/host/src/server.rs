@@ -1,7 +1,7 @@
 //! Accepting the worker's connections and running the host until its worker
 //! goes away.
 
-use crate::frame::{self, Kind};
+use crate::frame::{self, AckStatus, Kind};
 use crate::host::{Host, Worker};
 use crate::log;
 use crate::sse;
@@ -114,6 +114,8 @@ pub async fn serve(
             SHUTDOWN_LIMIT.as_secs()
         );
     }
+    // Every session's end was told: the watching worker may go.
+    host.events.close_all();
     if matches!(why, Stop::Control(Control::EndSessions)) {
         // Stay until the worker exits (see Host::end_sessions), or until a
         // signal says otherwise.
@@ -163,7 +165,12 @@ async fn serve_connection(host: Rc<Host>, mut stream: UnixStream) {
     };
     match first.0 {
         Kind::Spawn => sse::run(host, stream, first.1).await,
-        Kind::Deliver | Kind::Query => serve_requests(host, stream, first).await,
+        Kind::Watch => {
+            let events = Rc::clone(&host.events);
+            let (_reader, writer) = stream.into_split();
+            events.watch(writer).await
+        }
+        Kind::Deliver | Kind::Query | Kind::End => serve_requests(host, stream, first).await,
         other => log!(Warn, "unexpected {other:?} frame opening a connection"),
     }
 }
@@ -184,6 +191,18 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
                 frame::encode(Kind::Ack, &body)
             }
             Kind::Query => frame::encode(Kind::Stats, host.stats().to_string().as_bytes()),
+            Kind::End => {
+                let prefix = String::from_utf8_lossy(&payload);
+                let status = match host.end_sessions_matching(&prefix) {
+                    0 => AckStatus::UnknownSession,
+                    _ => AckStatus::Accepted,
+                };
+                frame::encode(Kind::Ack, &[status.byte()])
+            }
+            // A worker's connection pool handed this connection to a new
+            // session (a proxy in front of the pool may ignore pool names):
+            // it is the session's connection from now on.
+            Kind::Spawn => return sse::run(host, stream, payload).await,
             other => {
                 log!(Warn, "unexpected {other:?} frame on a request connection");
                 return;

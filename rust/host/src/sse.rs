@@ -9,8 +9,9 @@
 //! closed.
 
 use crate::backend::{self, Backend, SpawnError};
+use crate::binding::Binding;
 use crate::frame::{self, AckStatus, Kind, HEADER_LEN};
-use crate::host::Host;
+use crate::host::{Host, Registered, SessionInfo};
 use crate::lines::{Line, LineReader};
 use crate::log;
 use crate::message;
@@ -30,6 +31,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::{spawn_local, JoinHandle};
+
+/// The transport's name, in events and the status report.
+const TRANSPORT: &str = "sse";
 
 /// Random bytes in a session id, after the host token.
 const SESSION_RANDOM_BYTES: usize = 16;
@@ -67,20 +71,23 @@ const TAIL_LINE_BYTES: usize = 300;
 const LOGGED_STDERR_BYTES: usize = 4096;
 
 /// Queues a client message for a session's backend. `payload` is the
-/// session id followed by the message.
-pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
+/// session id, the binding of the request (see `binding`), then the message.
+pub fn deliver(host: &Host, payload: Vec<u8>) -> (AckStatus, String) {
     let unknown = || (AckStatus::UnknownSession, "session not found".to_string());
     if payload.len() < SESSION_ID_LEN {
         return unknown();
     }
     let Ok(id) = std::str::from_utf8(&payload[..SESSION_ID_LEN]) else { return unknown() };
-    let inboxes = host.inboxes.borrow();
-    let Some(inbox) = inboxes.get(id) else { return unknown() };
-    let len = payload.len() - SESSION_ID_LEN;
+    let Ok((binding, message)) = Binding::split(&payload[SESSION_ID_LEN..]) else { return unknown() };
+    let sessions = host.sessions.borrow();
+    // A session of another route or consumer looks exactly like none.
+    let Some(session) = sessions.get(id).filter(|s| s.info.binding == binding) else { return unknown() };
+    let inbox = &session.inbox;
+    let len = message.len();
     if len > inbox.max_message {
         return (AckStatus::TooLarge, format!("message of {len} bytes is over the limit of {}", inbox.max_message));
     }
-    let ids = match message::inspect(&payload[SESSION_ID_LEN..]) {
+    let ids = match message::inspect(message) {
         Ok(ids) => ids,
         Err(why) => return (AckStatus::InvalidJson, format!("message is {why}")),
     };
@@ -90,12 +97,15 @@ pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
     if inbox.pending.len() + ids.requests.len() > MAX_PENDING {
         return (AckStatus::Busy, format!("{MAX_PENDING} requests are already waiting for a response"));
     }
-    payload.drain(..SESSION_ID_LEN);
-    message::flatten_line_breaks(&mut payload);
-    payload.push(b'\n');
-    match inbox.offer(payload) {
+    let mut line = Vec::with_capacity(len + 1);
+    line.extend_from_slice(message);
+    message::flatten_line_breaks(&mut line);
+    line.push(b'\n');
+    match inbox.offer(line) {
         Offer::Queued => {
             inbox.pending.sent(ids.requests);
+            session.info.last_activity.set(Instant::now());
+            host.events.message_in(&binding.route, len);
             (AckStatus::Accepted, String::new())
         }
         Offer::Busy => (AckStatus::Busy, "the backend is not reading its input; try again later".into()),
@@ -110,7 +120,7 @@ enum Offer {
 }
 
 /// Client messages waiting for the backend's stdin, bounded in bytes.
-pub(crate) struct Inbox {
+pub struct Inbox {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     queued: Rc<Cell<usize>>,
     limit: usize,
@@ -205,9 +215,22 @@ enum End {
     OutputClosed,
     OversizedLine,
     HostShutdown,
+    ByOperator,
 }
 
 impl End {
+    /// The reason as one token, for metrics.
+    fn token(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::BackendExited => "backend_exited",
+            End::OutputClosed => "backend_closed_output",
+            End::OversizedLine => "oversized_line",
+            End::HostShutdown => "worker_shutdown",
+            End::ByOperator => "ended_by_operator",
+        }
+    }
+
     /// Whether the backend ended the session itself, which the log should
     /// explain: a server that starts and exits at once is otherwise a mystery.
     fn by_backend(self) -> bool {
@@ -266,6 +289,7 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
 /// A backend just started for a new session.
 struct Started {
     id: String,
+    binding: Binding,
     marker: String,
     spec: SpawnSpec,
     backend: Backend,
@@ -275,6 +299,7 @@ struct Started {
 
 fn start(host: &Host, request: &[u8]) -> Result<Started, SpawnError> {
     let invalid = |detail: String| SpawnError { reason: "the bridge sent an invalid spawn request", detail };
+    let (binding, request) = Binding::split(request).map_err(|e| invalid(format!("invalid spawn request: {e}")))?;
     let spec = SpawnSpec::parse(request).map_err(invalid)?;
     let random = random::hex(SESSION_RANDOM_BYTES).map_err(|e| invalid(format!("cannot make a session id: {e}")))?;
     let id = format!("{}{random}", host.token);
@@ -290,7 +315,7 @@ fn start(host: &Host, request: &[u8]) -> Result<Started, SpawnError> {
     })?;
     // Watch before yielding, so the exit cannot be reaped unwatched.
     let exit = host.reaper.watch(backend.pid);
-    Ok(Started { id, marker, spec, backend, exit, home })
+    Ok(Started { id, binding, marker, spec, backend, exit, home })
 }
 
 /// A fresh `HOME` (with a `tmp` directory for `TMPDIR`) for one session,
@@ -318,7 +343,7 @@ struct Outcome {
 /// A live session: its backend's tasks and what its end needs.
 struct Running {
     host: Rc<Host>,
-    id: String,
+    info: Rc<SessionInfo>,
     marker: String,
     spec: SpawnSpec,
     pid: i32,
@@ -339,9 +364,10 @@ impl Running {
     /// Registers the session, starts the tasks that move its data, and
     /// sends Ready.
     async fn begin(host: Rc<Host>, started: Started, writer: OwnedWriteHalf) -> Running {
-        let Started { id, marker, spec, backend, exit, home } = started;
+        let Started { id, binding, marker, spec, backend, exit, home } = started;
         let Backend { pid, stdin, stdout, stderr } = backend;
         host.backend_started(pid);
+        let info = SessionInfo::new(id.clone(), binding, TRANSPORT, pid);
         log!(Info, "session {pid}: started \"{}\" as process {pid}", spec.command);
 
         let writer: SharedWriter =
@@ -356,19 +382,24 @@ impl Running {
         let pending = Rc::new(Pending::default());
         let tail = Rc::new(StderrTail::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        host.inboxes.borrow_mut().insert(
-            id.clone(),
-            Inbox {
-                tx,
-                queued: Rc::clone(&queued),
-                limit: spec.inbox_limit(),
-                max_message: spec.max_message_bytes,
-                pending: Rc::clone(&pending),
-            },
-        );
+        let inbox = Inbox {
+            tx,
+            queued: Rc::clone(&queued),
+            limit: spec.inbox_limit(),
+            max_message: spec.max_message_bytes,
+            pending: Rc::clone(&pending),
+        };
+        host.sessions.borrow_mut().insert(id.clone(), Registered { info: Rc::clone(&info), inbox });
+        host.events.session_started(&info.binding, TRANSPORT, &id);
         let stdin = spawn_local(feed_stdin(stdin, rx, queued, pid));
-        let stdout =
-            spawn_local(pump_stdout(stdout, Rc::clone(&writer), Rc::clone(&pending), spec.max_message_bytes, pid));
+        let stdout = spawn_local(pump_stdout(
+            stdout,
+            Rc::clone(&writer),
+            Rc::clone(&pending),
+            Rc::clone(&host),
+            Rc::clone(&info),
+            spec.max_message_bytes,
+        ));
         let stderr = spawn_local(pump_stderr(
             stderr,
             Rc::clone(&writer),
@@ -380,7 +411,7 @@ impl Running {
         let keepalive = spec.keepalive_interval().map(|every| spawn_local(keep_alive(Rc::clone(&writer), every)));
         Running {
             host,
-            id,
+            info,
             marker,
             spec,
             pid,
@@ -406,8 +437,10 @@ impl Running {
             return Outcome { ended: End::ClientClosed, exit: None, stdout_done: false };
         }
         let mut shutdown = self.host.shutdown_watch();
+        let info = Rc::clone(&self.info);
         tokio::select! {
             _ = closed(&mut reader) => Outcome { ended: End::ClientClosed, exit: None, stdout_done: false },
+            _ = info.end.notified() => Outcome { ended: End::ByOperator, exit: None, stdout_done: false },
             status = &mut self.exit => Outcome { ended: End::BackendExited, exit: status.ok(), stdout_done: false },
             out = &mut self.stdout => {
                 let ended = match out {
@@ -433,7 +466,7 @@ impl Running {
     async fn end(mut self, outcome: Outcome) {
         let closed_at = Instant::now();
         // From here on the id is refused and queued input is dropped.
-        self.host.inboxes.borrow_mut().remove(&self.id);
+        self.host.sessions.borrow_mut().remove(&self.info.id);
         let mut ending = Ending::begin(self.pid, closed_at);
         // Closing stdin as well is the polite way to ask a stdio server to
         // stop; it comes after SIGTERM so the signal is never late.
@@ -448,6 +481,7 @@ impl Running {
         }
         ending.find_escaped(&self.host, &self.marker).await;
         let teardown = ending.finish(&self.host, &self.marker, self.spec.kill_grace()).await;
+        let teardown_took = closed_at.elapsed();
         let exit = outcome.exit.or_else(|| self.exit.try_recv().ok());
         if !client_gone {
             self.drain(outcome.stdout_done).await;
@@ -467,6 +501,8 @@ impl Running {
                 self.tail.describe()
             );
         }
+        let info = &self.info;
+        self.host.events.session_ended(&info.binding, TRANSPORT, &info.id, outcome.ended.token(), teardown_took);
         if !client_gone {
             let last = send_last_frames(&self.writer, self.pending.take(), &why);
             let _ = tokio::time::timeout(EXIT_WRITE_LIMIT, last).await;
@@ -553,9 +589,11 @@ async fn pump_stdout(
     out: pipe::Receiver,
     writer: SharedWriter,
     pending: Rc<Pending>,
+    host: Rc<Host>,
+    info: Rc<SessionInfo>,
     max: usize,
-    pid: i32,
 ) -> StdoutEnd {
+    let pid = info.pid;
     let mut lines = LineReader::with_capacity(out, max, STDOUT_BUFFER);
     let mut frame = Vec::new();
     loop {
@@ -597,6 +635,7 @@ async fn pump_stdout(
         if writer.send(&frame).await.is_err() {
             return StdoutEnd::WriteFailed;
         }
+        host.events.message_out(&info.binding.route, frame.len() - HEADER_LEN);
         if frame.capacity() > 4 * STDOUT_BUFFER {
             // Do not keep a multi-megabyte buffer per idle session.
             frame = Vec::new();
@@ -659,6 +698,7 @@ fn describe(ended: End, exit: Option<Exit>, max: usize) -> String {
         End::OutputClosed => format!("backend closed its output; backend {status}"),
         End::OversizedLine => format!("backend wrote a line over max_message_bytes ({max}); backend {status}"),
         End::HostShutdown => format!("worker shutting down; backend {status}"),
+        End::ByOperator => format!("ended by an operator; backend {status}"),
     }
 }
 

@@ -554,3 +554,91 @@ fn frame_headers_alone_neither_allocate_nor_pass_their_kinds_limit() {
     // The host still serves.
     assert_eq!(host.stats()["sessions"], 0);
 }
+
+#[test]
+fn a_session_answers_only_requests_of_its_own_route_and_consumer() {
+    let host = TestHost::start("binding");
+    let mut s = spawn_as(host.connect(), "route#1", "alice", &sh("exec cat", "")).expect("spawn");
+    let _guard = KillOnDrop(vec![s.pid]);
+    let mut d = Delivery::new(&host);
+    let (status, why) = d.send_as(&s.id, "route#2", "alice", b"{}");
+    assert_eq!((status, why.as_str()), (b'1', "session not found"), "another route");
+    assert_eq!(d.send_as(&s.id, "route#1", "bob", b"{}").0, b'1', "another consumer");
+    assert_eq!(d.send_as(&s.id, "route#1", "", b"{}").0, b'1', "no consumer");
+    assert_eq!(d.send_as(&s.id, "route#1", "alice", b"{\"ok\":1}").0, b'0');
+    assert_eq!(s.message(), r#"{"ok":1}"#);
+}
+
+#[test]
+fn a_pooled_request_connection_handed_to_a_new_session_becomes_its_connection() {
+    let host = TestHost::start("reuse");
+    let first = host.spawn(&sh("exec cat", "")).expect("spawn");
+    let mut d = Delivery::new(&host);
+    assert_eq!(d.send(&first.id, b"{}").0, b'0');
+    // The same connection now opens a session, as a proxy that pools
+    // connections by path alone would hand it over.
+    let mut second = spawn_on(d.conn, &sh("exec cat", "")).expect("a session on a reused connection");
+    let _guard = KillOnDrop(vec![first.pid, second.pid]);
+    let mut d = Delivery::new(&host);
+    assert_eq!(d.send(&second.id, b"{\"second\":1}").0, b'0');
+    assert_eq!(second.message(), r#"{"second":1}"#);
+}
+
+#[test]
+fn an_operator_ends_one_session_by_the_start_of_its_id_and_the_status_lists_the_rest() {
+    let host = TestHost::start("operator");
+    let mut doomed = spawn_as(host.connect(), "route#7", "carol", &sh("exec cat", "")).expect("spawn");
+    let other = host.spawn(&sh("exec cat", "")).expect("spawn");
+    let _guard = KillOnDrop(vec![doomed.pid, other.pid]);
+    let live = host.stats()["live"].clone();
+    let listed: Vec<_> = live.as_array().expect("list").iter().map(|s| s["backend_pid"].as_i64().unwrap_or(0)).collect();
+    assert_eq!(listed, [doomed.pid as i64, other.pid as i64]);
+    let entry = &live[0];
+    assert_eq!(entry["id_prefix"].as_str(), Some(&doomed.id[..24]), "the id is shown only in part");
+    assert_eq!((entry["route"].as_str(), entry["consumer"].as_str()), (Some("route#7"), Some("carol")));
+    assert_eq!(entry["transport"], "sse");
+    let end = |prefix: &str| {
+        let mut conn = host.connect();
+        write_frame(&mut conn, b'E', prefix.as_bytes());
+        read_frame(&mut conn).expect("ack").1[0]
+    };
+    assert_eq!(end(&doomed.id[..12]), b'1', "too short a prefix ends nothing");
+    assert_eq!(end(&format!("{}ffffffff", &doomed.id[..16])), b'1');
+    assert_eq!(end(&doomed.id[..24]), b'0');
+    match doomed.frame() {
+        Some((b'X', why)) => assert!(why.contains("ended by an operator"), "{why}"),
+        other => panic!("expected an exit frame, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(5), || !exists(doomed.pid)));
+    assert!(exists(other.pid), "the other session lives on");
+    assert_eq!(host.stats()["sessions"], 1);
+}
+
+#[test]
+fn a_watching_worker_hears_of_sessions_and_their_traffic() {
+    let host = TestHost::start("events");
+    let mut watch = host.connect();
+    write_frame(&mut watch, b'W', b"");
+    // Let the host register the watcher before anything happens.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut s = spawn_as(host.connect(), "route#3", "dave", &sh("exec cat", "")).expect("spawn");
+    let mut d = Delivery::new(&host);
+    assert_eq!(d.send_as(&s.id, "route#3", "dave", b"{\"n\":12345}").0, b'0');
+    assert_eq!(s.message(), r#"{"n":12345}"#);
+    let pid = s.pid;
+    let conn = s.conn.try_clone().expect("clone");
+    drop(conn);
+    s.conn.shutdown(std::net::Shutdown::Both).expect("close");
+    assert!(wait_until(Duration::from_secs(5), || !exists(pid)));
+    let mut events: Vec<Vec<String>> = Vec::new();
+    while events.len() < 3 {
+        let (kind, payload) = read_frame(&mut watch).expect("an event");
+        assert_eq!(kind, b'V');
+        events.push(String::from_utf8(payload).expect("utf8").split('\t').map(String::from).collect());
+    }
+    assert_eq!(events[0], ["started", "route#3", "dave", "sse", &s.id]);
+    assert_eq!(events[1], ["traffic", "route#3", "1", "11", "1", "11"], "counts go out before the end");
+    assert_eq!(events[2][..6], ["ended", "route#3", "dave", "sse", &s.id, "client_closed"]);
+    let teardown_ms: f64 = events[2][6].parse().expect("milliseconds");
+    assert!(teardown_ms >= 0.0);
+}

@@ -23,11 +23,12 @@ fn configure(_: &Lua, opts: LuaTable) -> LuaResult<bool> {
 }
 
 /// `host_socket()`: path of this worker's host socket, starting the host if
-/// it is not running. `nil, err` if it cannot be started.
-fn host_socket(_: &Lua, (): ()) -> LuaResult<(Option<String>, Option<String>)> {
+/// it is not running; the third value is true when this call started it.
+/// `nil, err` if it cannot be started.
+fn host_socket(_: &Lua, (): ()) -> LuaResult<(Option<String>, Option<String>, bool)> {
     Ok(match worker::host_socket() {
-        Ok(path) => (Some(path), None),
-        Err(e) => (None, Some(e)),
+        Ok((path, started)) => (Some(path), None, started),
+        Err(e) => (None, Some(e), false),
     })
 }
 

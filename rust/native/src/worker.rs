@@ -95,7 +95,9 @@ pub fn configure(
     Ok(())
 }
 
-pub fn host_socket() -> Result<String, String> {
+/// The path of this worker's host socket, and whether this call started
+/// the host.
+pub fn host_socket() -> Result<(String, bool), String> {
     let mut guard = STATE.lock();
     let state = guard.current();
     if state.exiting {
@@ -103,7 +105,7 @@ pub fn host_socket() -> Result<String, String> {
     }
     if let Some(host) = &state.host {
         if host.is_alive() {
-            return Ok(host.socket_path().to_string_lossy().into_owned());
+            return Ok((host.socket_path().to_string_lossy().into_owned(), false));
         }
         // Sessions of the dead host saw their connections close; a fresh
         // host takes the new ones.
@@ -113,7 +115,7 @@ pub fn host_socket() -> Result<String, String> {
     let path = host.socket_path().to_string_lossy().into_owned();
     state.host = Some(host);
     state.hosts_started += 1;
-    Ok(path)
+    Ok((path, true))
 }
 
 pub fn socket_path(token: &str) -> Option<String> {

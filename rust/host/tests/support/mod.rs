@@ -113,13 +113,30 @@ impl Delivery {
     }
 
     pub fn send(&mut self, id: &str, message: &[u8]) -> (u8, String) {
+        self.send_as(id, TEST_ROUTE, "", message)
+    }
+
+    /// Delivers as a request of `route` and `consumer`.
+    pub fn send_as(&mut self, id: &str, route: &str, consumer: &str, message: &[u8]) -> (u8, String) {
         let mut payload = id.as_bytes().to_vec();
+        payload.extend_from_slice(&binding(route, consumer));
         payload.extend_from_slice(message);
         write_frame(&mut self.conn, b'D', &payload);
         let (kind, reply) = read_frame(&mut self.conn).expect("ack");
         assert_eq!(kind, b'A');
         (reply[0], String::from_utf8_lossy(&reply[1..]).into_owned())
     }
+}
+
+/// The route every test session belongs to unless a test says otherwise.
+pub const TEST_ROUTE: &str = "test";
+
+/// The wire form of a binding (route and consumer; see the host's binding.rs).
+pub fn binding(route: &str, consumer: &str) -> Vec<u8> {
+    let text = format!("{route}\n{consumer}");
+    let mut out = (text.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out
 }
 
 pub fn write_frame(conn: &mut UnixStream, kind: u8, payload: &[u8]) {
@@ -140,8 +157,15 @@ pub fn read_frame(conn: &mut UnixStream) -> Option<(u8, Vec<u8>)> {
 
 /// Sends a Spawn frame on `conn`: the session, or the Failed reason, or
 /// "unavailable: <reason>".
-pub fn spawn_on(mut conn: UnixStream, spec: &str) -> Result<Session, String> {
-    write_frame(&mut conn, b'S', spec.as_bytes());
+pub fn spawn_on(conn: UnixStream, spec: &str) -> Result<Session, String> {
+    spawn_as(conn, TEST_ROUTE, "", spec)
+}
+
+/// Like [`spawn_on`], for a session of `route` and `consumer`.
+pub fn spawn_as(mut conn: UnixStream, route: &str, consumer: &str, spec: &str) -> Result<Session, String> {
+    let mut payload = binding(route, consumer);
+    payload.extend_from_slice(spec.as_bytes());
+    write_frame(&mut conn, b'S', &payload);
     let (kind, payload) = read_frame(&mut conn).expect("reply to spawn");
     let text = String::from_utf8(payload).expect("utf8");
     match kind {

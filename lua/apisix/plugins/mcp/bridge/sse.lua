@@ -8,6 +8,7 @@
 -- (the host sends a keepalive frame after each silent interval), and a
 -- client abort ends the request at once through ngx.on_abort.
 local config = require("apisix.plugins.mcp.bridge.config")
+local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local native = require("apisix.plugins.mcp.bridge.native")
 local refusal_log = require("apisix.plugins.mcp.bridge.refusal")
 local respond = require("apisix.plugins.mcp.bridge.respond")
@@ -159,7 +160,7 @@ local HOST_RETRY_DELAYS = { 0, 0.01, 0.05 }
 -- Asks this worker's host to start a backend for `conf`. Returns
 -- { sock =, id =, pid = } for the new session; or nil, an HTTP status and a
 -- message for the client.
-local function start_backend(conf, attempt)
+local function start_backend(conf, binding, attempt)
     attempt = attempt or 1
     local path, err = worker.host_socket()
     if not path then
@@ -172,10 +173,11 @@ local function start_backend(conf, attempt)
     sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, SPAWN_TIMEOUT_MS)
     local ok
     -- A session's connection must be a fresh one: never a pooled delivery
-    -- connection (this pool name is never given to setkeepalive).
-    ok, err = sock:connect("unix:" .. path, { pool = SESSION_POOL_PREFIX .. path })
+    -- connection (this pool name is never given to setkeepalive). The
+    -- options go third: APISIX's wrapper of connect drops them second.
+    ok, err = sock:connect("unix:" .. path, nil, { pool = SESSION_POOL_PREFIX .. path })
     if ok then
-        ok, err = wire.send(sock, wire.SPAWN, config.spawn_request(conf))
+        ok, err = wire.send(sock, wire.SPAWN, binding, config.spawn_request(conf))
     end
     local kind, payload
     if ok then
@@ -191,7 +193,7 @@ local function start_backend(conf, attempt)
             if delay > 0 then
                 ngx_sleep(delay)
             end
-            return start_backend(conf, attempt + 1)
+            return start_backend(conf, binding, attempt + 1)
         end
         ngx_log(ngx.ERR, "mcp-bridge: host at ", path, ": ", err)
         return nil, 503, UNAVAILABLE
@@ -217,7 +219,7 @@ local function start_backend(conf, attempt)
 end
 
 -- GET {base_uri}/sse
-function _M.open(route)
+function _M.open(route, binding)
     local conf = route.conf
     -- ngx_lua holds an HTTP/1.0 response back until it is complete
     -- (lua_http10_buffering), so a stream would pile up in memory instead.
@@ -235,20 +237,24 @@ function _M.open(route)
                     .. ")"
             local message = "too many sessions: at most " .. ceiling
             refusal_log.log(route.key, 429, message)
+            metrics.refused(route.key, 429)
             return respond.error(429, message, { ["Retry-After"] = RETRY_AFTER_SECONDS })
         end
         refusal_log.log(route.key, 503, UNAVAILABLE)
+        metrics.refused(route.key, 503)
         return respond.error(503, UNAVAILABLE, { ["Retry-After"] = RETRY_AFTER_SECONDS })
     end
     watch_client_abort()
 
-    local session, status, message = start_backend(conf)
+    local session, status, message = start_backend(conf, binding)
     if not session then
         session_limit.release(slot)
         if status == 503 then
             refusal_log.log(route.key, 503, message)
+            metrics.refused(route.key, 503)
             return respond.error(status, message, { ["Retry-After"] = RETRY_AFTER_SECONDS })
         end
+        metrics.spawn_failed(route.key)
         return respond.error(status, message)
     end
     local sock, pid = session.sock, session.pid
@@ -329,7 +335,7 @@ local function is_session_id(s)
 end
 
 -- POST {base_uri}/message?sessionId=<id>
-function _M.deliver(route)
+function _M.deliver(route, binding)
     local conf = route.conf
     local args, err = req.get_uri_args(MAX_URI_ARGS)
     if err == "truncated" then
@@ -363,12 +369,12 @@ function _M.deliver(route)
 
     local sock = ngx_socket_tcp()
     sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, ACK_TIMEOUT_MS)
-    local ok = sock:connect("unix:" .. path, { pool = DELIVERY_POOL_PREFIX .. path })
+    local ok = sock:connect("unix:" .. path, nil, { pool = DELIVERY_POOL_PREFIX .. path })
     if not ok then
         -- The host of that session is gone, and the session with it.
         return respond.error(404, "session not found")
     end
-    ok, err = wire.send(sock, wire.DELIVER, session_id, body)
+    ok, err = wire.send(sock, wire.DELIVER, session_id, binding, body)
     local kind, payload
     if ok then
         kind, payload = wire.receive(sock)

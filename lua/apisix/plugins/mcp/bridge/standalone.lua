@@ -8,6 +8,7 @@
 --   }
 local config = require("apisix.plugins.mcp.bridge.config")
 local handler = require("apisix.plugins.mcp.bridge.handler")
+local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local status = require("apisix.plugins.mcp.bridge.status")
 local worker = require("apisix.plugins.mcp.bridge.worker")
@@ -56,6 +57,21 @@ function _M.status()
     ngx.header["Content-Type"] = "application/json"
     ngx.header["Cache-Control"] = "no-store"
     ngx.say(status.json())
+end
+
+-- The metrics (see metrics.lua) in Prometheus' text format, to loopback
+-- clients only.
+function _M.metrics()
+    if not status.from_loopback() then
+        return respond.error(403, "the metrics are served to loopback clients only")
+    end
+    local text, err = metrics.text()
+    if not text then
+        return respond.error(500, "metrics are not kept: " .. err)
+    end
+    ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.print(text)
 end
 
 function _M.serve(name)

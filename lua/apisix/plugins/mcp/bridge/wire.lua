@@ -12,7 +12,8 @@ local sub = string.sub
 local _M = {
     SPAWN = "S", READY = "R", FAILED = "F", UNAVAILABLE = "U", MESSAGE = "M", KEEPALIVE = "K",
     EXIT = "X",
-    DELIVER = "D", ACK = "A", QUERY = "Q", STATS = "T",
+    DELIVER = "D", ACK = "A", QUERY = "Q", STATS = "T", END = "E",
+    WATCH = "W", EVENT = "V",
 }
 
 local HEADER_LEN = 5
@@ -27,10 +28,19 @@ local function payload_len(hdr)
     return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
--- Sends one frame; `...` are payload pieces, sent without concatenating.
-function _M.send(sock, kind, a, b)
-    local len = #(a or "") + #(b or "")
-    return sock:send({ header(kind, len), a or "", b or "" })
+-- Sends one frame; `a`, `b`, `c` are payload pieces, sent without
+-- concatenating.
+function _M.send(sock, kind, a, b, c)
+    local len = #(a or "") + #(b or "") + #(c or "")
+    return sock:send({ header(kind, len), a or "", b or "", c or "" })
+end
+
+-- The binding of a request (see rust/host/src/binding.rs): which route and
+-- consumer a session belongs to, as Spawn and Deliver payloads start.
+function _M.binding(route_key, consumer)
+    local text = route_key .. "\n" .. (consumer or "")
+    local len = #text
+    return char(band(rshift(len, 8), 0xff), band(len, 0xff)) .. text
 end
 
 -- Reads one frame. Returns kind, payload or nil, err (the socket's error:

@@ -4,6 +4,7 @@
 -- worker_shutdown_timeout.
 local native = require("apisix.plugins.mcp.bridge.native")
 local node_slots = require("apisix.plugins.mcp.node_slots")
+local watcher = require("apisix.plugins.mcp.bridge.watcher")
 
 local ngx = ngx
 local ngx_log = ngx.log
@@ -98,11 +99,16 @@ end
 
 _M.configure = configure
 
--- Path of this worker's host socket, starting the host if needed.
+-- Path of this worker's host socket, starting the host if needed (and
+-- listening to its events then).
 function _M.host_socket()
     configure()
     watch()
-    return native.host_socket()
+    local path, err, started = native.host_socket()
+    if started then
+        watcher.start(path)
+    end
+    return path, err
 end
 
 return _M
