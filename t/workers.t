@@ -447,3 +447,56 @@ buckets in order: 0.001 0.005 0.01 0.05 0.1 0.5 1 2.5 5 10 +Inf
 --- no_error_log
 [error]
 [crit]
+
+
+
+=== TEST 9: an operator lists every worker's sessions and ends one by the start of its id
+--- config
+location = /t {
+    content_by_lua_block {
+        local control = require("apisix.plugins.mcp.bridge.control")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        t.use_port($TEST_NGINX_RAND_PORT_1)
+        local sessions, workers = {}, {}
+        while #sessions < 2 do
+            local s = assert(t.session("/mcp"))
+            local w = s.headers["x-worker"]
+            if workers[w] then s:close() else workers[w] = true sessions[#sessions + 1] = s end
+        end
+        local listed = control.sessions()
+        local by_prefix = {}
+        for _, e in ipairs(listed) do by_prefix[e.id_prefix] = e end
+        local doomed, other = sessions[1], sessions[2]
+        local entry = by_prefix[doomed.id:sub(1, 24)]
+        ngx.say("listed: ", #listed, ", full ids shown: ", listed[1].id_prefix == doomed.id)
+        ngx.say("entry: ", entry.route, " ", entry.transport, " consumer '", entry.consumer,
+                "' on worker ", tostring(entry.worker_pid == tonumber(doomed.headers["x-worker"])))
+        local ended = control.end_session(doomed.id:sub(1, 24))
+        ngx.say("ended: ", tostring(ended))
+        local _, err = doomed:next_message()
+        ngx.say("its stream: ", err)
+        ngx.say("the other still answers: ", (select(1, other:initialize())) ~= nil)
+        local _, code, why = control.end_session(doomed.id:sub(1, 10))
+        ngx.say("too short: ", code, " ", why)
+        _, code = control.end_session(doomed.id:sub(1, 24))
+        ngx.say("again: ", code)
+        _, code = control.end_session(string.rep("0", 24))
+        ngx.say("no such host: ", code)
+        other:close()
+        ngx.say("all gone: ", (t.wait_all_gone("$TEST_NGINX_PID_DIR", 5)))
+    }
+}
+--- response_body
+listed: 2, full ids shown: false
+entry: mcp sse consumer '' on worker true
+ended: true
+its stream: eof
+the other still answers: true
+too short: 400 give the first 24 or more characters of a session id (lowercase hex), as the list shows them
+again: 404
+no such host: 404
+all gone: true
+--- no_error_log
+[error]
+[crit]

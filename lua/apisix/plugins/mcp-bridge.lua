@@ -5,10 +5,13 @@
 -- apisix/plugins/mcp/bridge/; this file is the APISIX shim.
 local plugin = require("apisix.plugin")
 local config = require("apisix.plugins.mcp.bridge.config")
+local control = require("apisix.plugins.mcp.bridge.control")
 local handler = require("apisix.plugins.mcp.bridge.handler")
 local worker = require("apisix.plugins.mcp.bridge.worker")
 
+local ngx = ngx
 local setmetatable = setmetatable
+local sub = string.sub
 local tostring = tostring
 
 local plugin_name = "mcp-bridge"
@@ -61,6 +64,31 @@ end
 
 function _M.log()
     handler.log()
+end
+
+-- APISIX's control API (127.0.0.1:9090 by default):
+--   GET    /v1/plugin/mcp-bridge/sessions            every worker's live sessions
+--   DELETE /v1/plugin/mcp-bridge/sessions/<id start>  ends that session
+local SESSIONS_URI = "/v1/plugin/mcp-bridge/sessions"
+
+local function list_sessions()
+    return 200, { sessions = control.sessions() }
+end
+
+local function end_session()
+    local prefix = sub(ngx.var.uri, #SESSIONS_URI + 2)
+    local ok, status, err = control.end_session(prefix)
+    if not ok then
+        return status, { error_msg = err }
+    end
+    return 200, { ended = prefix }
+end
+
+function _M.control_api()
+    return {
+        { methods = { "GET" }, uris = { SESSIONS_URI }, handler = list_sessions },
+        { methods = { "DELETE" }, uris = { SESSIONS_URI .. "/*" }, handler = end_session },
+    }
 end
 
 return _M
