@@ -316,8 +316,34 @@ location = /t {
             sock:close()
             return line or ("no response: " .. err)
         end
+        -- Chunked, without end: the answer comes while the client still
+        -- sends, once the chunks counted pass the limit (4 MiB).
+        local function chunked_forever()
+            local sock = ngx.socket.tcp()
+            sock:settimeouts(2000, 10000, 10000)
+            assert(sock:connect("127.0.0.1", ngx.var.server_port))
+            assert(sock:send("POST " .. path .. " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             .. "Transfer-Encoding: chunked\r\n\r\n"))
+            local sent, answered_at = 0, nil
+            local reading = ngx.thread.spawn(function()
+                local line = sock:receive("*l")
+                answered_at = sent
+                return line
+            end)
+            local chunk = "10000\r\n" .. string.rep("x", 65536) .. "\r\n"
+            while sent < 64 * 1048576 and not answered_at do
+                if not sock:send(chunk) then break end
+                sent = sent + 65536
+            end
+            local _, line = ngx.thread.wait(reading)
+            sock:close()
+            return line, answered_at
+        end
         ngx.say("10 MiB sent whole: ", raw(10485760, 10485760))
         ngx.say("10 MiB declared, 64 KiB sent: ", raw(10485760, 65536))
+        local line, answered_at = chunked_forever()
+        ngx.say("chunked without end: ", line, "; answered before 64 MiB were sent: ",
+                answered_at ~= nil and answered_at < 64 * 1048576)
         ngx.say("the session still works: ", (s:tool("echo", { text = "yes" })))
         s:close()
     }
@@ -325,6 +351,7 @@ location = /t {
 --- response_body
 10 MiB sent whole: HTTP/1.1 413 Request Entity Too Large
 10 MiB declared, 64 KiB sent: HTTP/1.1 413 Request Entity Too Large
+chunked without end: HTTP/1.1 413 Payload Too Large; answered before 64 MiB were sent: true
 the session still works: yes
 
 

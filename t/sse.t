@@ -137,12 +137,13 @@ Content-Type: application/json
 
 
 
-=== TEST 4: a body over max_message_bytes gets 413, declared or chunked; one at the limit passes
+=== TEST 4: a body over max_message_bytes gets 413, declared or chunked; one at the limit passes, chunked too
 --- config
 location = /t {
     content_by_lua_block {
         local t = require("mcptest")
         local s = assert(t.session("/small"))
+        assert(s:initialize())
         -- {"pad":"xxx..."} of exactly 1024 bytes
         local at_limit = '{"pad":"' .. string.rep("x", 1024 - 10) .. '"}'
         local over = '{"pad":"' .. string.rep("x", 1025 - 10) .. '"}'
@@ -150,15 +151,36 @@ location = /t {
         ngx.say(#at_limit, ": ", status)
         status, _, body = t.http("POST", s.endpoint, over)
         ngx.say(#over, ": ", status, " ", body)
-        -- chunked: no Content-Length to refuse early
-        local sock = ngx.socket.tcp()
-        assert(sock:connect("127.0.0.1", tonumber(ngx.var.server_port)))
-        assert(sock:send("POST " .. s.endpoint .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                         .. "Transfer-Encoding: chunked\r\n\r\n"
-                         .. string.format("%x", #over) .. "\r\n" .. over .. "\r\n0\r\n\r\n"))
-        local line = sock:receive("*l")
-        ngx.say("chunked: ", line)
-        sock:close()
+        -- chunked: no Content-Length to refuse early; counted as it comes
+        local function chunked(chunks, tail)
+            local sock = ngx.socket.tcp()
+            assert(sock:connect("127.0.0.1", tonumber(ngx.var.server_port)))
+            local parts = { "POST " .. s.endpoint .. " HTTP/1.1\r\nHost: x\r\n"
+                            .. "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" }
+            for _, c in ipairs(chunks) do
+                parts[#parts + 1] = string.format("%x", #c) .. ";ext=1\r\n" .. c .. "\r\n"
+            end
+            parts[#parts + 1] = tail or "0\r\n\r\n"
+            assert(sock:send(table.concat(parts)))
+            local line = sock:receive("*l")
+            local headers = {}
+            repeat
+                local h = sock:receive("*l")
+                local k, v = (h or ""):match("^([^:]+):%s*(.*)$")
+                if k then headers[k:lower()] = v end
+            until not h or h == ""
+            local content = sock:receive(tonumber(headers["content-length"] or 0))
+            sock:close()
+            return line .. " " .. (content or ""):gsub("\n$", "")
+        end
+        ngx.say("chunked over: ", chunked({ over:sub(1, 500), over:sub(501) }))
+        local call = '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":'
+                     .. '{"name":"echo","arguments":{"text":"in pieces"}}}'
+        ngx.say("chunked in pieces: ", chunked({ call:sub(1, 10), call:sub(11, 40), call:sub(41) }))
+        local reply
+        repeat reply = assert(s:next_message()) until reply.id == 7
+        ngx.say("echoed: ", reply.id, " ", reply.result.content[1].text)
+        ngx.say("chunked malformed: ", chunked({ call }, "zz\r\n\r\n"))
         s:close()
     }
 }
@@ -166,7 +188,10 @@ location = /t {
 1024: 202
 1025: 413 {"error":"request body is larger than max_message_bytes (1024)"}
 
-chunked: HTTP/1.1 413 Request Entity Too Large
+chunked over: HTTP/1.1 413 Payload Too Large {"error":"request body is larger than max_message_bytes (1024)"}
+chunked in pieces: HTTP/1.1 202 Accepted 
+echoed: 7 in pieces
+chunked malformed: HTTP/1.1 400 Bad Request {"error":"the chunked request body is malformed"}
 
 
 

@@ -7,6 +7,7 @@
 -- the backend. Nothing here polls: the stream waits on the host socket
 -- (the host sends a keepalive frame after each silent interval), and a
 -- client abort ends the request at once through ngx.on_abort.
+local request_body = require("apisix.plugins.mcp.bridge.body")
 local config = require("apisix.plugins.mcp.bridge.config")
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local native = require("apisix.plugins.mcp.bridge.native")
@@ -19,7 +20,6 @@ local worker = require("apisix.plugins.mcp.bridge.worker")
 local new_semaphore = require("ngx.semaphore").new
 
 local find = string.find
-local io_open = io.open
 local match = string.match
 local ngx = ngx
 local ngx_exit = ngx.exit
@@ -34,7 +34,6 @@ local req = ngx.req
 local sub = string.sub
 local thread_kill = ngx.thread.kill
 local thread_spawn = ngx.thread.spawn
-local tonumber = tonumber
 local type = type
 
 local _M = {}
@@ -296,40 +295,6 @@ local ACK_STATUS = {
     ["4"] = 413,
 }
 
-local function read_body(max)
-    local declared = tonumber(ngx.var.http_content_length)
-    if declared and declared > max then
-        return nil, 413
-    end
-    req.read_body()
-    local body = req.get_body_data()
-    if not body then
-        -- nginx spilled the body to a temporary file (client_body_buffer_size
-        -- below the body's size; the standalone gateway sets it to
-        -- max_message_bytes so this does not happen there). The file was
-        -- just written, so this read is served from the page cache.
-        local file = req.get_body_file()
-        local f = file and io_open(file, "rb")
-        if f then
-            -- A chunked body has no declared size: look before reading.
-            if f:seek("end") > max then
-                f:close()
-                return nil, 413
-            end
-            f:seek("set")
-            body = f:read("*a")
-            f:close()
-        end
-    end
-    if not body or body == "" then
-        return nil, 400
-    end
-    if #body > max then
-        return nil, 413
-    end
-    return body
-end
-
 local function is_session_id(s)
     return #s == SESSION_ID_LEN and not find(s, "[^0-9a-f]")
 end
@@ -357,14 +322,14 @@ function _M.deliver(route, binding)
         return respond.error(404, "session not found")
     end
 
-    local body, status = read_body(conf.max_message_bytes)
+    local body, status, why = request_body.read(conf.max_message_bytes)
     if not body then
         if status == 413 then
-            req.discard_body()
-            return respond.error(413, "request body is larger than max_message_bytes ("
+            return respond.error(413, "request body is larger than "
+                                      .. route.name("max_message_bytes") .. " ("
                                       .. conf.max_message_bytes .. ")")
         end
-        return respond.error(400, "request body is empty; expected a JSON-RPC message")
+        return respond.error(400, why)
     end
 
     local sock = ngx_socket_tcp()
