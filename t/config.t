@@ -198,7 +198,7 @@ mcp-bridge: a route needs a name
 
 
 
-=== TEST 6: the APISIX plugin exposes the schema and checks with the same rules
+=== TEST 6: the APISIX plugin exposes the schema and checks with the same rules, and refuses a lua module with the body filter's bug
 --- config
 location = /t {
     content_by_lua_block {
@@ -207,6 +207,9 @@ location = /t {
             plugin_attr = function(name) return { runtime_dir = nil, seen = name } end,
         }
         local plugin = require("apisix.plugins.mcp-bridge")
+        -- APISIX master's own runtime first (Debian's module is older).
+        local real = ngx.config.ngx_lua_version
+        ngx.config.ngx_lua_version = 10031
         ngx.say(plugin.name, " ", plugin.priority, " ", plugin.schema.required[1])
         ngx.say(plugin.schema.properties.max_sessions.default)
         local conf = { command = "srv", args = { "a" } }
@@ -215,6 +218,16 @@ location = /t {
         ngx.say(tostring(ok), " ", err)
         ok, err = plugin.check_schema({ base_uri = "/x" })
         ngx.say(tostring(ok), " ", err)
+        -- A lua module with the body filter's bug refuses routes, unless the
+        -- build is said to carry the fix.
+        ngx.config.ngx_lua_version = 10028
+        ok, err = plugin.check_schema({ command = "srv" })
+        ngx.say(tostring(ok), " ", err)
+        package.loaded["apisix.plugin"].plugin_attr = function()
+            return { lua_module_has_body_filter_fix = true }
+        end
+        ngx.say(tostring(plugin.check_schema({ command = "srv" })))
+        ngx.config.ngx_lua_version = real
     }
 }
 --- response_body
@@ -223,6 +236,8 @@ mcp-bridge 510 command
 true 100 true
 false max_sessions must be at least 1, got -1
 false command is required
+false mcp-bridge needs lua-nginx-module 0.10.29 or newer (OpenResty 1.29 or apisix-runtime 1.3 and later); this nginx has 0.10.28, whose body filter breaks event streams to slow clients. If it carries the fix (lua-nginx-module commit 0581262), set plugin_attr.mcp-bridge.lua_module_has_body_filter_fix: true
+true
 
 
 

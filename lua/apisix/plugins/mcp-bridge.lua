@@ -7,8 +7,11 @@ local plugin = require("apisix.plugin")
 local config = require("apisix.plugins.mcp.bridge.config")
 local control = require("apisix.plugins.mcp.bridge.control")
 local handler = require("apisix.plugins.mcp.bridge.handler")
+local respond = require("apisix.plugins.mcp.bridge.respond")
 local worker = require("apisix.plugins.mcp.bridge.worker")
 
+local floor = math.floor
+local format = string.format
 local ngx = ngx
 local setmetatable = setmetatable
 local sub = string.sub
@@ -23,18 +26,52 @@ local _M = {
     schema = config.schema,
 }
 
+-- lua-nginx-module before 0.10.29 loses track of the request's phase when a
+-- write to a slow client completes while a body filter is set, as APISIX
+-- always sets one; the next call of a stream then fails ("API disabled in
+-- the context of body_filter_by_lua*") and the stream dies mid-way. Fixed
+-- by its commit 0581262 (OpenResty 1.29, apisix-runtime 1.3). Sessions are
+-- refused on an older module, unless plugin_attr says the build has the fix.
+local MIN_LUA_MODULE = 10029
+
+local function lua_module_refusal()
+    local version = ngx.config.ngx_lua_version or 0
+    if version >= MIN_LUA_MODULE then
+        return nil
+    end
+    local attr = plugin.plugin_attr(plugin_name) or {}
+    if attr.lua_module_has_body_filter_fix then
+        return nil
+    end
+    return format("mcp-bridge needs lua-nginx-module 0.10.29 or newer (OpenResty 1.29 or "
+                  .. "apisix-runtime 1.3 and later); this nginx has %d.%d.%d, whose body "
+                  .. "filter breaks event streams to slow clients. If it carries the fix "
+                  .. "(lua-nginx-module commit 0581262), set plugin_attr.mcp-bridge."
+                  .. "lua_module_has_body_filter_fix: true", floor(version / 1000000),
+                  floor(version / 1000) % 1000, version % 1000)
+end
+
 function _M.check_schema(conf)
+    local refusal = lua_module_refusal()
+    if refusal then
+        return false, refusal
+    end
     return config.check(conf)
 end
 
--- plugin_attr (both optional):
+-- plugin_attr (all optional):
 --   mcp-bridge:
 --     runtime_dir: /var/run/mcp-bridge   # parent of the hosts' private directories
 --     host_program: /usr/local/apisix/mcp-bridge-host
+--     lua_module_has_body_filter_fix: true   # see lua_module_refusal()
 -- Settings apply at once, so every worker finds every host; the host starts,
 -- and worker shutdown is watched, on the first session. A starting worker
 -- takes back node slots of workers that died.
 function _M.init()
+    local refusal = lua_module_refusal()
+    if refusal then
+        ngx.log(ngx.ERR, refusal)
+    end
     worker.set(plugin.plugin_attr(plugin_name))
     worker.configure()
     worker.started()
@@ -54,6 +91,10 @@ local function route_key(ctx)
 end
 
 function _M.access(conf, ctx)
+    local refusal = lua_module_refusal()
+    if refusal then
+        return respond.error(503, refusal)
+    end
     local route = routes[conf]
     if not route then
         route = { key = route_key(ctx), conf = conf, name = name_attribute }

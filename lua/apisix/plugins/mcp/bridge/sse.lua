@@ -20,6 +20,7 @@ local worker = require("apisix.plugins.mcp.bridge.worker")
 local new_semaphore = require("ngx.semaphore").new
 
 local find = string.find
+local get_phase = ngx.get_phase
 local match = string.match
 local ngx = ngx
 local ngx_exit = ngx.exit
@@ -129,6 +130,7 @@ end
 -- times out means the host is stuck. Returns why the session ended and
 -- whether that deserves a warning.
 local function stream(sock, writes)
+    local phase = get_phase()
     while true do
         local kind, payload = wire.receive(sock)
         local ok, err
@@ -145,6 +147,12 @@ local function stream(sock, writes)
         end
         if not ok then
             return "client write failed: " .. (err or "unknown")
+        end
+        if get_phase() ~= phase then
+            -- See lua_module_refusal() in mcp-bridge.lua: nothing more can
+            -- be written; say why rather than fail on the next call.
+            return "the lua module lost the request's phase (" .. get_phase() .. ") after a "
+                   .. "write to a slow client: it needs the fix of lua-nginx-module 0.10.29", true
         end
     end
 end
