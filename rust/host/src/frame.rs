@@ -19,7 +19,9 @@
 //! | `T` Stats | host → worker | statistics (JSON), the live sessions included |
 //! | `E` End | worker → host | a session id, or the start of one (24 characters or more); Ack |
 //! | `W` Watch | worker → host | empty; makes the connection a stream of Event frames |
-//! | `V` Event | host → worker | one event (JSON, see [`crate::events`]) |
+//! | `V` Event | host → worker | one event (see [`crate::events`]) |
+//! | `P` Request | worker → host | a request to the Streamable HTTP endpoint (see [`crate::http`]) |
+//! | `H` Head | host → worker | status and body type of the reply; Message, Keepalive and Exit frames follow |
 //!
 //! Spawn and Deliver carry the session's binding (see [`crate::binding`]).
 
@@ -57,6 +59,8 @@ pub enum Kind {
     End,
     Watch,
     Event,
+    Request,
+    Head,
 }
 
 impl Kind {
@@ -76,6 +80,8 @@ impl Kind {
             Kind::End => b'E',
             Kind::Watch => b'W',
             Kind::Event => b'V',
+            Kind::Request => b'P',
+            Kind::Head => b'H',
         }
     }
 
@@ -84,7 +90,7 @@ impl Kind {
     pub fn inbound_limit(self) -> Option<usize> {
         match self {
             Kind::Spawn => Some(1 << 20),
-            Kind::Deliver => Some(DELIVER_OVERHEAD + MAX_MESSAGE_BYTES),
+            Kind::Deliver | Kind::Request => Some(DELIVER_OVERHEAD + MAX_MESSAGE_BYTES),
             Kind::Query | Kind::End | Kind::Watch => Some(4 << 10),
             _ => None,
         }
@@ -106,6 +112,8 @@ impl Kind {
             b'E' => Kind::End,
             b'W' => Kind::Watch,
             b'V' => Kind::Event,
+            b'P' => Kind::Request,
+            b'H' => Kind::Head,
             _ => return None,
         })
     }
@@ -288,6 +296,8 @@ mod tests {
             Kind::Watch,
             Kind::Event,
             Kind::Unavailable,
+            Kind::Request,
+            Kind::Head,
         ] {
             assert_eq!(Kind::from_byte(k.byte()), Some(k));
         }

@@ -12,12 +12,15 @@
 
 pub mod backend;
 pub mod binding;
+pub mod child;
 pub mod escapees;
 pub mod events;
 pub mod frame;
 pub mod host;
+pub mod http;
 pub mod lines;
 pub mod log;
+pub mod mcp;
 pub mod message;
 pub mod reaper;
 pub mod rundir;

@@ -10,6 +10,7 @@
 
 use crate::backend::{self, Backend, SpawnError};
 use crate::binding::Binding;
+use crate::child::{private_home, StderrTail};
 use crate::frame::{self, AckStatus, Kind, HEADER_LEN};
 use crate::host::{Host, Registered, SessionInfo};
 use crate::lines::{Line, LineReader};
@@ -21,7 +22,7 @@ use crate::spec::{SpawnSpec, StderrMode};
 use crate::teardown::{Ending, Teardown};
 use mcp_bridge_core::random;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -61,11 +62,6 @@ const MAX_PENDING: usize = 10_000;
 /// small, since a longer line only costs more reads.
 const STDOUT_BUFFER: usize = 16 * 1024;
 const STDERR_BUFFER: usize = 1024;
-
-/// The last stderr lines kept for the log of a backend that ends on its
-/// own, and how much of each.
-const TAIL_LINES: usize = 5;
-const TAIL_LINE_BYTES: usize = 300;
 
 /// How much of a stderr line goes to the log with `stderr: log`.
 const LOGGED_STDERR_BYTES: usize = 4096;
@@ -184,29 +180,6 @@ impl Pending {
     }
 }
 
-/// The last few stderr lines of a backend, for the log when it ends on its own.
-#[derive(Default)]
-struct StderrTail(RefCell<VecDeque<String>>);
-
-impl StderrTail {
-    fn push(&self, line: &[u8]) {
-        let mut lines = self.0.borrow_mut();
-        if lines.len() == TAIL_LINES {
-            lines.pop_front();
-        }
-        lines.push_back(message::printable(line, TAIL_LINE_BYTES));
-    }
-
-    fn describe(&self) -> String {
-        let lines = self.0.borrow();
-        if lines.is_empty() {
-            return "it wrote nothing to stderr".into();
-        }
-        let quoted: Vec<String> = lines.iter().map(|l| format!("\"{l}\"")).collect();
-        format!("its last stderr lines: {}", quoted.join(", "))
-    }
-}
-
 /// Why a session ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
@@ -316,21 +289,6 @@ fn start(host: &Host, request: &[u8]) -> Result<Started, SpawnError> {
     // Watch before yielding, so the exit cannot be reaped unwatched.
     let exit = host.reaper.watch(backend.pid);
     Ok(Started { id, binding, marker, spec, backend, exit, home })
-}
-
-/// A fresh `HOME` (with a `tmp` directory for `TMPDIR`) for one session,
-/// in the host's private directory.
-fn private_home(host: &Host) -> Result<PathBuf, SpawnError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let home = host.defaults.dir.join(format!("session-{}", host.next_session_number()));
-    let made = std::fs::DirBuilder::new().mode(0o700).create(&home).and_then(|()| {
-        std::fs::DirBuilder::new().mode(0o700).create(home.join("tmp"))?;
-        Ok(home.clone())
-    });
-    made.map_err(|e| SpawnError {
-        reason: "the MCP server could not be started",
-        detail: format!("cannot create the session home {}: {e}", home.display()),
-    })
 }
 
 /// How the wait for a session's end came out.
@@ -699,23 +657,5 @@ fn describe(ended: End, exit: Option<Exit>, max: usize) -> String {
         End::OversizedLine => format!("backend wrote a line over max_message_bytes ({max}); backend {status}"),
         End::HostShutdown => format!("worker shutting down; backend {status}"),
         End::ByOperator => format!("ended by an operator; backend {status}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_stderr_tail_keeps_the_last_lines_printable() {
-        let tail = StderrTail::default();
-        assert_eq!(tail.describe(), "it wrote nothing to stderr");
-        for i in 0..7 {
-            tail.push(format!("line {i}\x1b[0m").as_bytes());
-        }
-        let text = tail.describe();
-        assert!(text.starts_with("its last stderr lines: \"line 2\\x1b[0m\""), "{text}");
-        assert!(text.ends_with("\"line 6\\x1b[0m\""), "{text}");
-        assert!(!text.contains('\x1b'));
     }
 }

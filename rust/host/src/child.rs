@@ -1,0 +1,311 @@
+//! A backend the host keeps for a Streamable HTTP session or for its warm
+//! pool: unlike an SSE session's, its life is not one connection's, so the
+//! host holds its stdin queue and reads its output as messages until it
+//! decides (or the backend decides) that it ends.
+
+use crate::backend::{self, Backend, SpawnError};
+use crate::host::Host;
+use crate::lines::{Line, LineReader};
+use crate::log;
+use crate::message;
+use crate::reaper::Exit;
+use crate::rundir;
+use crate::spec::SpawnSpec;
+use crate::teardown::{Ending, Teardown};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{spawn_local, JoinHandle};
+
+/// Read buffers per backend (a longer line only costs more reads).
+const STDOUT_BUFFER: usize = 16 * 1024;
+const STDERR_BUFFER: usize = 1024;
+
+/// Lines read ahead of their owner: beyond this the backend waits, which is
+/// the back-pressure of a slow client.
+const OUTPUT_QUEUE: usize = 32;
+
+/// The last stderr lines kept for the log, and how much of each.
+const TAIL_LINES: usize = 5;
+const TAIL_LINE_BYTES: usize = 300;
+
+/// How much of a stderr line goes to the log with `stderr: log`.
+const LOGGED_STDERR_BYTES: usize = 4096;
+
+/// What a backend produced.
+pub enum Output {
+    /// One line of stdout (a JSON-RPC message, not yet checked).
+    Message(Vec<u8>),
+    /// One line of stderr, when the route wants them as notifications.
+    Stderr(Vec<u8>),
+    /// Its stdout ended: closed, or a line over `max_message_bytes`.
+    Closed { too_long: bool },
+}
+
+/// Why a queued write to stdin was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The backend is not reading fast enough.
+    Busy,
+    /// Its stdin is closed.
+    Closed,
+}
+
+/// The last few stderr lines of a backend, for the log when it ends on its own.
+#[derive(Default)]
+pub struct StderrTail(RefCell<VecDeque<String>>);
+
+impl StderrTail {
+    pub fn push(&self, line: &[u8]) {
+        let mut lines = self.0.borrow_mut();
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(message::printable(line, TAIL_LINE_BYTES));
+    }
+
+    pub fn describe(&self) -> String {
+        let lines = self.0.borrow();
+        if lines.is_empty() {
+            return "it wrote nothing to stderr".into();
+        }
+        let quoted: Vec<String> = lines.iter().map(|l| format!("\"{l}\"")).collect();
+        format!("its last stderr lines: {}", quoted.join(", "))
+    }
+}
+
+pub struct Child {
+    pub pid: i32,
+    pub marker: String,
+    pub spec: SpawnSpec,
+    pub started: Instant,
+    pub tail: Rc<StderrTail>,
+    stdin: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Rc<Cell<usize>>,
+    output: mpsc::Receiver<Output>,
+    exit: oneshot::Receiver<Exit>,
+    exited: Option<Exit>,
+    tasks: Vec<JoinHandle<()>>,
+    home: Option<PathBuf>,
+}
+
+impl Child {
+    /// Starts a backend for `spec`, with a private home if it asks for one.
+    pub fn spawn(host: &Host, spec: SpawnSpec) -> Result<Child, SpawnError> {
+        let marker = host.sweeper.new_marker();
+        let home = match spec.session_home {
+            true => Some(private_home(host)?),
+            false => None,
+        };
+        let backend = backend::spawn(&spec, &host.defaults, &marker, home.as_deref()).inspect_err(|_| {
+            if let Some(home) = &home {
+                rundir::remove(home);
+            }
+        })?;
+        // Watch before yielding, so the exit cannot be reaped unwatched.
+        let exit = host.reaper.watch(backend.pid);
+        let Backend { pid, stdin, stdout, stderr } = backend;
+        host.backend_started(pid);
+        let tail = Rc::new(StderrTail::default());
+        let queued = Rc::new(Cell::new(0));
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        let (out_tx, output) = mpsc::channel(OUTPUT_QUEUE);
+        let tasks = vec![
+            spawn_local(feed_stdin(stdin, stdin_rx, Rc::clone(&queued), pid)),
+            spawn_local(read_stdout(stdout, out_tx.clone(), spec.max_message_bytes, pid)),
+            spawn_local(read_stderr(stderr, out_tx, Rc::clone(&tail), spec.clone(), pid)),
+        ];
+        Ok(Child {
+            pid,
+            marker,
+            spec,
+            started: Instant::now(),
+            tail,
+            stdin: stdin_tx,
+            queued,
+            output,
+            exit,
+            exited: None,
+            tasks,
+            home,
+        })
+    }
+
+    /// Queues one message for stdin (a newline is added). A message that
+    /// fits `max_message_bytes` always goes into an empty queue.
+    pub fn send(&self, mut line: Vec<u8>) -> Result<(), Refused> {
+        message::flatten_line_breaks(&mut line);
+        line.push(b'\n');
+        let queued = self.queued.get();
+        if queued > 0 && queued + line.len() > self.spec.inbox_limit() {
+            return Err(Refused::Busy);
+        }
+        let len = line.len();
+        self.queued.set(queued + len);
+        if self.stdin.send(line).is_err() {
+            self.queued.set(queued);
+            return Err(Refused::Closed);
+        }
+        Ok(())
+    }
+
+    /// The next thing the backend produced; `Closed` once stdout ended (and
+    /// for ever after).
+    pub async fn next(&mut self) -> Output {
+        self.output.recv().await.unwrap_or(Output::Closed { too_long: false })
+    }
+
+    /// Resolves when the backend process exits.
+    pub async fn wait_exit(&mut self) -> Option<Exit> {
+        if self.exited.is_none() {
+            self.exited = (&mut self.exit).await.ok();
+        }
+        self.exited
+    }
+
+    /// How it exited, if it has (without waiting).
+    pub fn exit_status(&mut self) -> Option<Exit> {
+        if self.exited.is_none() {
+            self.exited = self.exit.try_recv().ok();
+        }
+        self.exited
+    }
+
+    /// Ends the backend's processes (see `teardown`). `since` is when the
+    /// end was decided. Returns what happened and how long it took.
+    pub async fn end(mut self, host: &Host, since: Instant) -> (Teardown, Duration, Option<Exit>) {
+        let mut ending = Ending::begin(self.pid, since);
+        // Closing stdin too, after the SIGTERM, so the signal is never late.
+        for task in &self.tasks {
+            task.abort();
+        }
+        ending.find_escaped(host, &self.marker).await;
+        let teardown = ending.finish(host, &self.marker, self.spec.kill_grace()).await;
+        let took = since.elapsed();
+        host.backend_ended(self.pid);
+        if let Some(home) = &self.home {
+            rundir::remove(home);
+        }
+        let exit = self.exit_status();
+        (teardown, took, exit)
+    }
+}
+
+/// A fresh `HOME` (with a `tmp` directory for `TMPDIR`) for one session,
+/// in the host's private directory.
+pub fn private_home(host: &Host) -> Result<PathBuf, SpawnError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let home = host.defaults.dir.join(format!("session-{}", host.next_session_number()));
+    let made = std::fs::DirBuilder::new().mode(0o700).create(&home).and_then(|()| {
+        std::fs::DirBuilder::new().mode(0o700).create(home.join("tmp"))?;
+        Ok(home.clone())
+    });
+    made.map_err(|e| SpawnError {
+        reason: "the MCP server could not be started",
+        detail: format!("cannot create the session home {}: {e}", home.display()),
+    })
+}
+
+async fn feed_stdin(
+    mut stdin: pipe::Sender,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Rc<Cell<usize>>,
+    pid: i32,
+) {
+    while let Some(message) = rx.recv().await {
+        let written = stdin.write_all(&message).await;
+        queued.set(queued.get().saturating_sub(message.len()));
+        if let Err(e) = written {
+            log!(Info, "backend {pid} stopped taking input: {e}");
+            return;
+        }
+    }
+}
+
+async fn read_stdout(out: pipe::Receiver, tx: mpsc::Sender<Output>, max: usize, pid: i32) {
+    let mut lines = LineReader::with_capacity(out, max, STDOUT_BUFFER);
+    loop {
+        let mut line = Vec::new();
+        let end = match lines.read_into(&mut line).await {
+            Ok(Line::Complete) => None,
+            Ok(Line::Eof) => Some(false),
+            Ok(Line::TooLong) => {
+                log!(Warn, "backend {pid} wrote an output line over max_message_bytes ({max})");
+                Some(true)
+            }
+            Err(e) => {
+                log!(Info, "backend {pid}: reading its output: {e}");
+                Some(false)
+            }
+        };
+        if let Some(too_long) = end {
+            let _ = tx.send(Output::Closed { too_long }).await;
+            return;
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if tx.send(Output::Message(line)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_stderr(err: pipe::Receiver, tx: mpsc::Sender<Output>, tail: Rc<StderrTail>, spec: SpawnSpec, pid: i32) {
+    let max = spec.max_message_bytes;
+    let mut lines = LineReader::with_capacity(err, max, STDERR_BUFFER);
+    loop {
+        let mut line = Vec::new();
+        match lines.read_into(&mut line).await {
+            Ok(Line::Complete) => {}
+            Ok(Line::Eof) | Err(_) => return,
+            Ok(Line::TooLong) => {
+                log!(Warn, "backend {pid}: skipped a stderr line over max_message_bytes ({max})");
+                if lines.skip_line().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        tail.push(&line);
+        match spec.stderr {
+            crate::spec::StderrMode::Log => {
+                log!(Warn, "backend {pid} stderr: {}", message::printable(&line, LOGGED_STDERR_BYTES))
+            }
+            crate::spec::StderrMode::Notify => {
+                if tx.send(Output::Stderr(line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stderr_tail_keeps_the_last_lines_printable() {
+        let tail = StderrTail::default();
+        assert_eq!(tail.describe(), "it wrote nothing to stderr");
+        for i in 0..7 {
+            tail.push(format!("line {i}\x1b[0m").as_bytes());
+        }
+        let text = tail.describe();
+        assert!(text.starts_with("its last stderr lines: \"line 2\\x1b[0m\""), "{text}");
+        assert!(text.ends_with("\"line 6\\x1b[0m\""), "{text}");
+        assert!(!text.contains('\x1b'));
+    }
+}

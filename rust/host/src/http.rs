@@ -1,0 +1,185 @@
+//! A request to the Streamable HTTP endpoint as the worker passes it on
+//! (a Request frame), and the reply the host writes back on the same
+//! connection: a Head frame, then the body as Message frames (one JSON
+//! document, or one SSE event each), Keepalive frames while a stream is
+//! silent, and an Exit frame at its end. The connection is then free for the
+//! worker's next request.
+//!
+//! A Request payload: the binding (see `binding`), then the request's
+//! headers as a JSON object and the route's spawn request (JSON, or empty),
+//! each preceded by its length as a big-endian `u32`, then the body.
+//!
+//! A Head payload: `<status> <body type> <session id or -> [<retry after>]`,
+//! the body type being `json`, `sse` or `none`.
+
+use crate::binding::Binding;
+use crate::frame::{self, Kind};
+use serde::Deserialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// The headers of a request that matter here, as the worker read them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Headers {
+    /// `POST`, `GET` or `DELETE`.
+    pub method: String,
+    /// `Mcp-Session-Id`, empty when absent.
+    pub session: String,
+    /// `MCP-Protocol-Version`, empty when absent.
+    pub version: String,
+    /// `Mcp-Method` and `Mcp-Name`; `None` when absent.
+    pub mcp_method: Option<String>,
+    pub mcp_name: Option<String>,
+    /// `Accept`.
+    pub accept: String,
+}
+
+#[derive(Debug)]
+pub struct Request {
+    pub binding: Binding,
+    pub headers: Headers,
+    /// The route's spawn request, for a request that may start a backend.
+    pub spec: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+fn take_block<'a>(payload: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+    let [a, b, c, d, rest @ ..] = payload else { return Err(format!("no {what}")) };
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    if rest.len() < len {
+        return Err(format!("{what} cut short"));
+    }
+    Ok(rest.split_at(len))
+}
+
+impl Request {
+    pub fn parse(payload: &[u8]) -> Result<Request, String> {
+        let (binding, rest) = Binding::split(payload)?;
+        let (headers, rest) = take_block(rest, "headers")?;
+        let headers: Headers = serde_json::from_slice(headers).map_err(|e| format!("headers: {e}"))?;
+        let (spec, body) = take_block(rest, "spawn request")?;
+        Ok(Request { binding, headers, spec: spec.to_vec(), body: body.to_vec() })
+    }
+}
+
+/// How a reply's body travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    None,
+    Json,
+    Sse,
+}
+
+impl Body {
+    fn token(self) -> &'static str {
+        match self {
+            Body::None => "none",
+            Body::Json => "json",
+            Body::Sse => "sse",
+        }
+    }
+}
+
+/// Writes a reply on the worker's connection.
+pub struct Reply<W> {
+    out: W,
+    started: Option<Body>,
+}
+
+impl<W: AsyncWrite + Unpin> Reply<W> {
+    pub fn new(out: W) -> Reply<W> {
+        Reply { out, started: None }
+    }
+
+    /// How the body goes, once the head is out.
+    pub fn body(&self) -> Option<Body> {
+        self.started
+    }
+
+    pub async fn head(&mut self, status: u16, body: Body, session: Option<&str>) -> std::io::Result<()> {
+        self.head_with(status, body, session, None).await
+    }
+
+    pub async fn head_with(
+        &mut self,
+        status: u16,
+        body: Body,
+        session: Option<&str>,
+        retry_after: Option<u32>,
+    ) -> std::io::Result<()> {
+        let mut text = format!("{status} {} {}", body.token(), session.unwrap_or("-"));
+        if let Some(seconds) = retry_after {
+            text.push_str(&format!(" {seconds}"));
+        }
+        self.started = Some(body);
+        frame::write(&mut self.out, Kind::Head, text.as_bytes()).await
+    }
+
+    pub async fn message(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        frame::write(&mut self.out, Kind::Message, payload).await
+    }
+
+    pub async fn keepalive(&mut self) -> std::io::Result<()> {
+        frame::write(&mut self.out, Kind::Keepalive, b"").await
+    }
+
+    pub async fn end(&mut self) -> std::io::Result<()> {
+        frame::write(&mut self.out, Kind::Exit, b"").await?;
+        self.out.flush().await
+    }
+
+    /// A whole reply: `status` with one JSON document.
+    pub async fn json(&mut self, status: u16, session: Option<&str>, payload: &[u8]) -> std::io::Result<()> {
+        self.head(status, Body::Json, session).await?;
+        self.message(payload).await?;
+        self.end().await
+    }
+
+    /// A whole reply without a body.
+    pub async fn empty(&mut self, status: u16, session: Option<&str>) -> std::io::Result<()> {
+        self.head(status, Body::None, session).await?;
+        self.end().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &str, spec: &str, body: &str) -> Vec<u8> {
+        let mut out = Binding { route: "r".into(), consumer: "c".into() }.encode();
+        for block in [headers, spec] {
+            out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+            out.extend_from_slice(block.as_bytes());
+        }
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+
+    #[test]
+    fn requests_parse_and_bad_ones_are_named() {
+        let r = Request::parse(&request(r#"{"method":"POST","version":"2025-11-25","later":1}"#, "{}", "{\"a\":1}"))
+            .expect("parse");
+        assert_eq!((r.headers.method.as_str(), r.headers.version.as_str()), ("POST", "2025-11-25"));
+        assert_eq!(r.headers.mcp_method, None);
+        assert_eq!((r.spec.as_slice(), r.body.as_slice()), (&b"{}"[..], &b"{\"a\":1}"[..]));
+        assert_eq!(r.binding.consumer, "c");
+        let mut cut = request("{}", "", "");
+        cut.truncate(cut.len() - 2);
+        assert!(Request::parse(&cut).is_err());
+        assert!(Request::parse(&request("nope", "", "")).unwrap_err().contains("headers"));
+    }
+
+    #[tokio::test]
+    async fn replies_are_frames() {
+        let mut buf = Vec::new();
+        let mut reply = Reply::new(&mut buf);
+        reply.head_with(503, Body::Json, None, Some(1)).await.expect("head");
+        reply.message(b"{}").await.expect("message");
+        reply.end().await.expect("end");
+        assert_eq!(&buf[..5], &[b'H', 0, 0, 0, 12]);
+        assert_eq!(&buf[5..17], b"503 json - 1");
+        assert_eq!(buf[17], b'M');
+        assert_eq!(buf[buf.len() - 5], b'X');
+    }
+}
