@@ -18,7 +18,8 @@ fn main() {
         LaunchConfig { program: program.clone(), layout: Layout::new(Some(dir.clone())), log_level: "info".into() };
     let host = Host::launch(&config).expect("launch host");
     let spec = r#"{"command":"sh","args":["-c","sleep 1000 & exec sleep 1001"],"env":{},"kill_grace_ms":2000,
-        "max_message_bytes":4096,"stderr":"notify","keepalive_interval_ms":0,"session_home":false}"#;
+        "max_message_bytes":4096,"stderr":"notify","keepalive_interval_ms":0,"session_home":false,
+        "session_idle_timeout_ms":60000,"session_max_lifetime_ms":60000}"#;
     let mut conn = std::os::unix::net::UnixStream::connect(host.socket_path()).expect("connect");
     let binding = b"\x00\x05test\n";
     let mut frame = vec![b'S'];

@@ -61,7 +61,15 @@ pub const SESSION_ID_PREFIX: usize = mcp_bridge_core::runtime::TOKEN_LEN + 8;
 /// A live session in the registry.
 pub(crate) struct Registered {
     pub info: Rc<SessionInfo>,
-    pub inbox: Inbox,
+    pub kind: Transport,
+}
+
+/// What reaches a session, by transport.
+pub(crate) enum Transport {
+    /// HTTP+SSE: client messages queued for the backend's stdin.
+    Sse(Inbox),
+    /// Streamable HTTP: the session's task, which routes every message.
+    Streamable(crate::streamable::Handle),
 }
 
 /// The worker a host serves.

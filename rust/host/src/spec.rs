@@ -32,6 +32,11 @@ pub struct SpawnSpec {
     pub keepalive_interval_ms: u64,
     /// A private `HOME` and `TMPDIR` per session, removed when it ends.
     pub session_home: bool,
+    /// A Streamable HTTP session ends after this long without a request or
+    /// a completed response (an open GET stream does not count).
+    pub session_idle_timeout_ms: u64,
+    /// ... and after this long in any case.
+    pub session_max_lifetime_ms: u64,
 }
 
 impl SpawnSpec {
@@ -57,6 +62,14 @@ impl SpawnSpec {
         Duration::from_millis(self.kill_grace_ms)
     }
 
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_idle_timeout_ms)
+    }
+
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_millis(self.session_max_lifetime_ms)
+    }
+
     /// Bytes of client messages that may wait for the backend to read them.
     /// A message that fits `max_message_bytes` is always admitted into an
     /// empty queue.
@@ -70,7 +83,8 @@ mod tests {
     use super::*;
 
     const FULL: &str = r#"{"command":"cat","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,
-        "stderr":"notify","keepalive_interval_ms":15000,"session_home":false}"#;
+        "stderr":"notify","keepalive_interval_ms":15000,"session_home":false,
+        "session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000}"#;
 
     #[test]
     fn a_whole_request_parses() {

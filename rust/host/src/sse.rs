@@ -12,7 +12,7 @@ use crate::backend::{self, Backend, SpawnError};
 use crate::binding::Binding;
 use crate::child::{private_home, StderrTail};
 use crate::frame::{self, AckStatus, Kind, HEADER_LEN};
-use crate::host::{Host, Registered, SessionInfo};
+use crate::host::{Host, Registered, SessionInfo, Transport};
 use crate::lines::{Line, LineReader};
 use crate::log;
 use crate::message;
@@ -76,9 +76,10 @@ pub fn deliver(host: &Host, payload: Vec<u8>) -> (AckStatus, String) {
     let Ok(id) = std::str::from_utf8(&payload[..SESSION_ID_LEN]) else { return unknown() };
     let Ok((binding, message)) = Binding::split(&payload[SESSION_ID_LEN..]) else { return unknown() };
     let sessions = host.sessions.borrow();
-    // A session of another route or consumer looks exactly like none.
+    // A session of another route or consumer, or of the other transport,
+    // looks exactly like none.
     let Some(session) = sessions.get(id).filter(|s| s.info.binding == binding) else { return unknown() };
-    let inbox = &session.inbox;
+    let Transport::Sse(inbox) = &session.kind else { return unknown() };
     let len = message.len();
     if len > inbox.max_message {
         return (AckStatus::TooLarge, format!("message of {len} bytes is over the limit of {}", inbox.max_message));
@@ -347,7 +348,7 @@ impl Running {
             max_message: spec.max_message_bytes,
             pending: Rc::clone(&pending),
         };
-        host.sessions.borrow_mut().insert(id.clone(), Registered { info: Rc::clone(&info), inbox });
+        host.sessions.borrow_mut().insert(id.clone(), Registered { info: Rc::clone(&info), kind: Transport::Sse(inbox) });
         host.events.session_started(&info.binding, TRANSPORT, &id);
         let stdin = spawn_local(feed_stdin(stdin, rx, queued, pid));
         let stdout = spawn_local(pump_stdout(

@@ -185,7 +185,7 @@ pub fn spec(command: &str, args: &[&str], extra: &str) -> String {
     let mut spec = serde_json::json!({
         "command": command, "args": args, "env": {}, "kill_grace_ms": 2000,
         "max_message_bytes": 4 << 20, "stderr": "notify", "keepalive_interval_ms": 15000,
-        "session_home": false,
+        "session_home": false, "session_idle_timeout_ms": 1800000, "session_max_lifetime_ms": 86400000,
     });
     if !extra.is_empty() {
         let more: serde_json::Value = serde_json::from_str(extra).expect("extra json");

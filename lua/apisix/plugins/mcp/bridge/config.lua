@@ -61,6 +61,14 @@ _M.schema = {
         session_home = { type = "boolean", default = false,
                          description = "give each session a private HOME and TMPDIR, "
                                        .. "removed when it ends" },
+        session_idle_timeout_ms = { type = "integer", minimum = 1000, maximum = 604800000,
+                                    default = 1800000,
+                                    description = "a Streamable HTTP session without a request "
+                                                  .. "this long ends" },
+        session_max_lifetime_ms = { type = "integer", minimum = 1000, maximum = 2592000000,
+                                    default = 86400000,
+                                    description = "a Streamable HTTP session ends this long "
+                                                  .. "after it started" },
     },
     required = { "command" },
 }
@@ -263,6 +271,8 @@ function _M.spawn_request(conf)
         ',"stderr":', json.string(conf.stderr),
         ',"keepalive_interval_ms":', json.integer(conf.keepalive_interval_ms),
         ',"session_home":', conf.session_home and "true" or "false",
+        ',"session_idle_timeout_ms":', json.integer(conf.session_idle_timeout_ms),
+        ',"session_max_lifetime_ms":', json.integer(conf.session_max_lifetime_ms),
     }
     if conf.cwd then
         parts[#parts + 1] = ',"cwd":'

@@ -1,0 +1,722 @@
+//! Sessions of the Streamable HTTP transport, revisions 2025-03-26 to
+//! 2025-11-25: one backend per session, which outlives any one HTTP
+//! request, so a task of the host owns it and routes every message.
+//!
+//! - A POST of `initialize` without a session id starts a backend; the
+//!   session exists once the backend's initialize result has come back.
+//! - A client request is forwarded under an id of the bridge's own (some
+//!   clients send `id: 1` every time) and answered on its own POST: as one
+//!   JSON document if the response is the first thing for it, else as an
+//!   event stream of what relates to it, ending with the response.
+//! - What the backend sends on its own goes on exactly one stream: the
+//!   request's it relates to (progress), the only request in flight, the
+//!   standalone (GET) stream, the oldest request in flight, or a bounded
+//!   queue that the next GET drains.
+//! - A session ends on DELETE, after its idle or absolute lifetime, when its
+//!   backend ends, when an operator ends it, or when the host shuts down;
+//!   then its id is unknown (404) and its processes are ended.
+
+use crate::backend::SpawnError;
+use crate::child::{Child, Output, Refused};
+use crate::host::{Host, Registered, SessionInfo, Transport};
+use crate::http::{Body, Reply, Request};
+use crate::log;
+use crate::mcp::{self, code, Shape};
+use crate::message;
+use crate::spec::SpawnSpec;
+use mcp_bridge_core::random;
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::spawn_local;
+
+/// The transport's name, in events and the status report.
+pub const TRANSPORT: &str = "streamable";
+
+/// Random bytes in a session id, after the host token.
+const SESSION_RANDOM_BYTES: usize = 16;
+
+/// How long a backend may take to answer `initialize`.
+const INITIALIZE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Messages that may wait for a stream's HTTP request to take them.
+const STREAM_QUEUE: usize = 16;
+
+/// Messages kept for the next GET when no stream can take them.
+const UNROUTED_MESSAGES: usize = 100;
+const UNROUTED_BYTES: usize = 1 << 20;
+
+/// Requests of one session that may wait for a response at once.
+const MAX_PENDING: usize = 10_000;
+
+/// What a stream carries to the HTTP request that holds it.
+pub enum Item {
+    /// A message related to the request (or, on the standalone stream, any).
+    Message(Vec<u8>),
+    /// The response; the stream ends with it.
+    Final(Vec<u8>),
+    /// The stream ends without a response (the session ended, or a newer
+    /// GET replaced this one).
+    End,
+}
+
+type Stream = mpsc::Sender<Item>;
+
+/// What the HTTP requests of a session ask of its task.
+enum Command {
+    Request { message: Value, client_id: Value, progress: Option<String>, stream: Stream },
+    Forward { message: Value, done: oneshot::Sender<Result<(), Refused>> },
+    Listen { stream: Stream },
+    Delete { done: oneshot::Sender<()> },
+}
+
+/// How the HTTP requests of a session reach its task.
+pub struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+    keepalive: Option<Duration>,
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Deleted,
+    Idle,
+    Lifetime,
+    BackendExited,
+    OutputClosed,
+    OversizedLine,
+    HostShutdown,
+    ByOperator,
+}
+
+impl End {
+    fn token(self) -> &'static str {
+        match self {
+            End::Deleted => "deleted",
+            End::Idle => "idle_timeout",
+            End::Lifetime => "max_lifetime",
+            End::BackendExited => "backend_exited",
+            End::OutputClosed => "backend_closed_output",
+            End::OversizedLine => "oversized_line",
+            End::HostShutdown => "worker_shutdown",
+            End::ByOperator => "ended_by_operator",
+        }
+    }
+
+    fn by_backend(self) -> bool {
+        matches!(self, End::BackendExited | End::OutputClosed | End::OversizedLine)
+    }
+}
+
+/// An answer the bridge gives itself: status and a JSON-RPC error.
+struct Refusal {
+    status: u16,
+    body: Vec<u8>,
+}
+
+fn refuse(status: u16, id: &Value, code: i64, message: &str) -> Refusal {
+    Refusal { status, body: mcp::error_bytes(id, code, message, None) }
+}
+
+fn session_not_found(id: &Value) -> Refusal {
+    refuse(404, id, code::SESSION_NOT_FOUND, "Session not found")
+}
+
+/// Serves a request of the sessionful leg on the worker's connection.
+/// Returns false when the connection cannot be used again.
+pub async fn serve<R, W>(host: &Rc<Host>, request: Request, parsed: Option<(Value, Shape)>, reader: &mut R, writer: W) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reply = Reply::new(writer);
+    let outcome = match request.headers.method.as_str() {
+        "POST" => post(host, &request, parsed, reader, &mut reply).await,
+        "GET" => get(host, &request, reader, &mut reply).await,
+        "DELETE" => delete(host, &request, &mut reply).await,
+        other => Err(refuse(405, &Value::Null, code::SERVER_ERROR, &format!("method {other} is not allowed"))),
+    };
+    match outcome {
+        Ok(reusable) => reusable,
+        Err(r) => reply.json(r.status, None, &r.body).await.is_ok(),
+    }
+}
+
+/// The live Streamable session `request` names, if its binding matches.
+fn find(host: &Host, request: &Request) -> Option<(Rc<SessionInfo>, mpsc::UnboundedSender<Command>, Option<Duration>)> {
+    let sessions = host.sessions.borrow();
+    let session = sessions.get(&request.headers.session).filter(|s| s.info.binding == request.binding)?;
+    match &session.kind {
+        Transport::Streamable(handle) => {
+            Some((Rc::clone(&session.info), handle.commands.clone(), handle.keepalive))
+        }
+        Transport::Sse(_) => None,
+    }
+}
+
+fn check_version(request: &Request, id: &Value) -> Result<(), Refusal> {
+    let v = &request.headers.version;
+    if v.is_empty() || mcp::LEGACY_VERSIONS.contains(&v.as_str()) {
+        return Ok(());
+    }
+    Err(refuse(400, id, code::SERVER_ERROR, &format!("unsupported MCP-Protocol-Version \"{v}\"")))
+}
+
+async fn post<R, W>(
+    host: &Rc<Host>,
+    request: &Request,
+    parsed: Option<(Value, Shape)>,
+    reader: &mut R,
+    reply: &mut Reply<W>,
+) -> Result<bool, Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (message, shape) = match parsed {
+        Some(p) => p,
+        None => mcp::parse(&request.body).map_err(|(c, why)| refuse(400, &Value::Null, c, &why))?,
+    };
+    if request.headers.session.is_empty() {
+        return match &shape {
+            Shape::Request { method, id } if method == "initialize" => {
+                check_version(request, id)?;
+                initialize(host, request, message, id.clone(), reader, reply).await
+            }
+            Shape::Request { id, .. } => {
+                Err(refuse(400, id, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"))
+            }
+            _ => Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required")),
+        };
+    }
+    let request_id = match &shape {
+        Shape::Request { id, .. } => id.clone(),
+        _ => Value::Null,
+    };
+    let Some((info, commands, keepalive)) = find(host, request) else { return Err(session_not_found(&request_id)) };
+    check_version(request, &request_id)?;
+    match shape {
+        Shape::Request { method, .. } if method == "initialize" => {
+            Err(refuse(400, &request_id, code::INVALID_REQUEST, "the session is already initialized"))
+        }
+        Shape::Request { id, .. } => {
+            info.last_activity.set(Instant::now());
+            let progress = progress_token(&message);
+            let (stream, items) = mpsc::channel(STREAM_QUEUE);
+            let command = Command::Request { message, client_id: id.clone(), progress, stream };
+            if commands.send(command).is_err() {
+                return Err(session_not_found(&id));
+            }
+            Ok(relay(items, reader, reply, keepalive, Some(&info.id)).await)
+        }
+        Shape::Notification { .. } | Shape::Response { .. } => {
+            info.last_activity.set(Instant::now());
+            let (done, outcome) = oneshot::channel();
+            if commands.send(Command::Forward { message, done }).is_err() {
+                return Err(session_not_found(&Value::Null));
+            }
+            match outcome.await {
+                Ok(Ok(())) => Ok(reply.empty(202, Some(&info.id)).await.is_ok()),
+                Ok(Err(Refused::Busy)) => Err(refuse(
+                    503,
+                    &Value::Null,
+                    code::SERVER_ERROR,
+                    "the MCP server is not reading its input; try again later",
+                )),
+                _ => Err(session_not_found(&Value::Null)),
+            }
+        }
+    }
+}
+
+fn progress_token(message: &Value) -> Option<String> {
+    mcp::meta(message).and_then(|m| m.get("progressToken")).map(Value::to_string)
+}
+
+/// Writes what a request's stream carries to the worker: one JSON document
+/// if the response comes first, else an event stream (also once the
+/// keepalive interval passes in silence). Returns whether the connection
+/// can be used again.
+async fn relay<R, W>(
+    mut items: mpsc::Receiver<Item>,
+    reader: &mut R,
+    reply: &mut Reply<W>,
+    keepalive: Option<Duration>,
+    session: Option<&str>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut closed_probe = [0u8; 1];
+    loop {
+        let silence = async {
+            match keepalive {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        let item = tokio::select! {
+            item = items.recv() => item.unwrap_or(Item::End),
+            // The worker sends nothing while a reply is under way: any
+            // read completing means it closed the connection.
+            _ = reader.read(&mut closed_probe) => return false,
+            _ = silence => {
+                let written = match reply.body() {
+                    None => reply.head(200, Body::Sse, session).await.and(reply.keepalive().await),
+                    Some(_) => reply.keepalive().await,
+                };
+                if written.is_err() {
+                    return false;
+                }
+                continue;
+            }
+        };
+        let written = match (item, reply.body()) {
+            (Item::Final(bytes), None) => return reply.json(200, session, &bytes).await.is_ok(),
+            (Item::Final(bytes), Some(_)) => {
+                return reply.message(&bytes).await.is_ok() && reply.end().await.is_ok();
+            }
+            (Item::End, None) => return reply.empty(200, session).await.is_ok(),
+            (Item::End, Some(_)) => return reply.end().await.is_ok(),
+            (Item::Message(bytes), None) => match reply.head(200, Body::Sse, session).await {
+                Ok(()) => reply.message(&bytes).await,
+                Err(e) => Err(e),
+            },
+            (Item::Message(bytes), Some(_)) => reply.message(&bytes).await,
+        };
+        if written.is_err() {
+            return false;
+        }
+    }
+}
+
+async fn get<R, W>(host: &Rc<Host>, request: &Request, reader: &mut R, reply: &mut Reply<W>) -> Result<bool, Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if request.headers.session.is_empty() {
+        return Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
+    }
+    let Some((info, commands, keepalive)) = find(host, request) else { return Err(session_not_found(&Value::Null)) };
+    check_version(request, &Value::Null)?;
+    let (stream, items) = mpsc::channel(STREAM_QUEUE);
+    if commands.send(Command::Listen { stream }).is_err() {
+        return Err(session_not_found(&Value::Null));
+    }
+    if reply.head(200, Body::Sse, Some(&info.id)).await.is_err() {
+        return Ok(false);
+    }
+    Ok(relay(items, reader, reply, keepalive, Some(&info.id)).await)
+}
+
+async fn delete<W: AsyncWrite + Unpin>(host: &Rc<Host>, request: &Request, reply: &mut Reply<W>) -> Result<bool, Refusal> {
+    if request.headers.session.is_empty() {
+        return Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
+    }
+    let Some((_, commands, _)) = find(host, request) else { return Err(session_not_found(&Value::Null)) };
+    let (done, deleted) = oneshot::channel();
+    if commands.send(Command::Delete { done }).is_err() {
+        return Err(session_not_found(&Value::Null));
+    }
+    // The session is out of the registry once this resolves.
+    let _ = deleted.await;
+    Ok(reply.empty(200, None).await.is_ok())
+}
+
+/// Starts a backend, has it answer the client's `initialize`, and makes
+/// the session if it did. Nothing is left of a backend that did not.
+async fn initialize<R, W>(
+    host: &Rc<Host>,
+    request: &Request,
+    mut message: Value,
+    client_id: Value,
+    reader: &mut R,
+    reply: &mut Reply<W>,
+) -> Result<bool, Refusal>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if host.shutting_down() {
+        return Ok(reply.head_with(503, Body::None, None, Some(1)).await.and(reply.end().await).is_ok());
+    }
+    let spec = SpawnSpec::parse(&request.spec)
+        .map_err(|e| refuse(500, &client_id, code::INTERNAL_ERROR, &format!("the bridge sent {e}")))?;
+    let keepalive = spec.keepalive_interval();
+    let mut child = match Child::spawn(host, spec) {
+        Ok(c) => c,
+        Err(SpawnError { reason, detail }) => {
+            log!(Warn, "cannot start the MCP server: {detail}");
+            let message = format!("{reason} (the gateway's error log says why)");
+            return Err(refuse(502, &client_id, code::SERVER_ERROR, &message));
+        }
+    };
+    let started = Instant::now();
+    message["id"] = json!(0);
+    let _ = child.send(message.to_string().into_bytes());
+    let mut early = Vec::new();
+    let mut closed_probe = [0u8; 1];
+    let answer = tokio::time::timeout(INITIALIZE_LIMIT, async {
+        loop {
+            tokio::select! {
+                out = child.next() => match out {
+                    Output::Message(line) => match mcp::parse(&line) {
+                        Ok((value, Shape::Response { id })) if id == json!(0) => return Some(value),
+                        Ok(_) => early.push(line),
+                        Err((_, why)) => log!(Warn, "backend {}: dropped an output line that is {why}", child.pid),
+                    },
+                    Output::Stderr(line) => early.push(message::stderr_notification(&line)),
+                    Output::Closed { .. } => return None,
+                },
+                _ = reader.read(&mut closed_probe) => return None,
+            }
+        }
+    })
+    .await;
+    let failure = match answer {
+        Ok(Some(mut response)) if response.get("result").is_some() => {
+            response["id"] = client_id.clone();
+            return Ok(begin(host, request, child, response, early, keepalive, reply).await);
+        }
+        Ok(Some(mut response)) => {
+            // The backend refused: its error goes to the client, and no session is made.
+            response["id"] = client_id.clone();
+            let body = response.to_string().into_bytes();
+            let (_, _, exit) = child.end(host, Instant::now()).await;
+            log!(Info, "the MCP server refused initialize ({}); no session", exit.map(|e| e.to_string()).unwrap_or_default());
+            return Ok(reply.json(200, None, &body).await.is_ok());
+        }
+        Ok(None) => "it ended before answering",
+        Err(_) => "it did not answer in time",
+    };
+    let tail = child.tail.describe();
+    let pid = child.pid;
+    let (_, _, exit) = child.end(host, Instant::now()).await;
+    let status = exit.map(|e| e.to_string()).unwrap_or_else(|| "ended".into());
+    log!(
+        Warn,
+        "backend {pid}: the MCP server did not answer initialize: {failure} ({status}, {} ms after it started); {tail}",
+        started.elapsed().as_millis()
+    );
+    Err(refuse(502, &client_id, code::SERVER_ERROR, &format!("the MCP server {failure}")))
+}
+
+/// Registers a session whose backend answered `initialize`, answers the
+/// client, and leaves the session to its task.
+async fn begin<W: AsyncWrite + Unpin>(
+    host: &Rc<Host>,
+    request: &Request,
+    child: Child,
+    response: Value,
+    early: Vec<Vec<u8>>,
+    keepalive: Option<Duration>,
+    reply: &mut Reply<W>,
+) -> bool {
+    let random = random::hex(SESSION_RANDOM_BYTES).unwrap_or_default();
+    let id = format!("{}{random}", host.token);
+    let info = SessionInfo::new(id.clone(), request.binding.clone(), TRANSPORT, child.pid);
+    let (commands, rx) = mpsc::unbounded_channel();
+    host.sessions
+        .borrow_mut()
+        .insert(id.clone(), Registered { info: Rc::clone(&info), kind: Transport::Streamable(Handle { commands, keepalive }) });
+    host.events.session_started(&info.binding, TRANSPORT, &id);
+    log!(Info, "session {}: started \"{}\" as process {}", child.pid, child.spec.command, child.pid);
+    let mut session = Session::new(Rc::clone(host), child, info);
+    for line in early {
+        session.unrouted.push(line);
+    }
+    spawn_local(session.run(rx));
+    reply.json(200, Some(&id), response.to_string().as_bytes()).await.is_ok()
+}
+
+/// A request of the client the backend has not answered yet.
+struct Pending {
+    client_id: Value,
+    stream: Option<Stream>,
+    progress: Option<String>,
+}
+
+/// Messages no stream could take, for the next GET.
+#[derive(Default)]
+struct Unrouted {
+    messages: VecDeque<Vec<u8>>,
+    bytes: usize,
+    dropped: u64,
+}
+
+impl Unrouted {
+    fn push(&mut self, message: Vec<u8>) {
+        if self.messages.len() >= UNROUTED_MESSAGES || self.bytes + message.len() > UNROUTED_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += message.len();
+        self.messages.push_back(message);
+    }
+}
+
+struct Session {
+    host: Rc<Host>,
+    child: Child,
+    info: Rc<SessionInfo>,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    /// Backend ids of pending requests, oldest first.
+    order: VecDeque<u64>,
+    progress: HashMap<String, u64>,
+    standalone: Option<Stream>,
+    unrouted: Unrouted,
+}
+
+impl Session {
+    fn new(host: Rc<Host>, child: Child, info: Rc<SessionInfo>) -> Session {
+        Session {
+            host,
+            child,
+            info,
+            next_id: 1,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            progress: HashMap::new(),
+            standalone: None,
+            unrouted: Unrouted::default(),
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let idle = self.child.spec.idle_timeout();
+        let lifetime = tokio::time::Instant::now() + self.child.spec.max_lifetime();
+        let mut shutdown = self.host.shutdown_watch();
+        let info = Rc::clone(&self.info);
+        let ended = loop {
+            let idle_until = tokio::time::Instant::from_std(self.info.last_activity.get() + idle);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Delete { done }) => {
+                        self.unregister();
+                        let _ = done.send(());
+                        break End::Deleted;
+                    }
+                    Some(command) => self.command(command).await,
+                    None => break End::HostShutdown,
+                },
+                out = self.child.next() => match out {
+                    Output::Message(line) => self.route(line).await,
+                    Output::Stderr(line) => self.unsolicited(message::stderr_notification(&line)).await,
+                    Output::Closed { too_long: true } => break End::OversizedLine,
+                    Output::Closed { too_long: false } => break End::OutputClosed,
+                },
+                _ = tokio::time::sleep_until(idle_until) => {
+                    if self.info.last_activity.get() + idle <= Instant::now() && self.pending.is_empty() {
+                        break End::Idle;
+                    }
+                    // Activity since, or a request still being answered: wait on.
+                    if !self.pending.is_empty() {
+                        self.info.last_activity.set(Instant::now());
+                    }
+                }
+                _ = tokio::time::sleep_until(lifetime) => break End::Lifetime,
+                _ = info.end.notified() => break End::ByOperator,
+                _ = shutdown.wait_for(|&down| down) => break End::HostShutdown,
+            }
+        };
+        self.end(ended).await;
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Request { mut message, client_id, progress, stream } => {
+                if self.pending.len() >= MAX_PENDING {
+                    let busy = mcp::error_bytes(&client_id, code::SERVER_ERROR, "too many requests awaiting a response", None);
+                    let _ = stream.send(Item::Final(busy)).await;
+                    return;
+                }
+                let backend_id = self.next_id;
+                self.next_id += 1;
+                message["id"] = json!(backend_id);
+                let bytes = message.to_string().into_bytes();
+                let len = bytes.len();
+                if let Err(refused) = self.child.send(bytes) {
+                    let why = match refused {
+                        Refused::Busy => "the MCP server is not reading its input; try again later",
+                        Refused::Closed => "the MCP server stopped reading its input",
+                    };
+                    let _ = stream.send(Item::Final(mcp::error_bytes(&client_id, code::SERVER_ERROR, why, None))).await;
+                    return;
+                }
+                self.host.events.message_in(&self.info.binding.route, len);
+                if let Some(token) = &progress {
+                    self.progress.insert(token.clone(), backend_id);
+                }
+                self.pending.insert(backend_id, Pending { client_id, stream: Some(stream), progress });
+                self.order.push_back(backend_id);
+            }
+            Command::Forward { message, done } => {
+                let bytes = message.to_string().into_bytes();
+                let len = bytes.len();
+                let outcome = self.child.send(bytes);
+                if outcome.is_ok() {
+                    self.host.events.message_in(&self.info.binding.route, len);
+                }
+                let _ = done.send(outcome);
+            }
+            Command::Listen { stream } => {
+                if let Some(old) = self.standalone.replace(stream.clone()) {
+                    let _ = old.send(Item::End).await;
+                }
+                while let Some(message) = self.unrouted.messages.pop_front() {
+                    self.unrouted.bytes -= message.len();
+                    if stream.send(Item::Message(message)).await.is_err() {
+                        self.standalone = None;
+                        break;
+                    }
+                }
+            }
+            Command::Delete { .. } => {}
+        }
+    }
+
+    /// Routes one line of the backend's output.
+    async fn route(&mut self, line: Vec<u8>) {
+        let (mut value, shape) = match mcp::parse(&line) {
+            Ok(parsed) => parsed,
+            Err((_, why)) => {
+                log!(Warn, "session {}: dropped a backend output line: {why}: {}", self.child.pid, message::excerpt(&line));
+                return;
+            }
+        };
+        self.host.events.message_out(&self.info.binding.route, line.len());
+        match shape {
+            Shape::Response { id } => {
+                let Some(backend_id) = id.as_u64() else { return };
+                let Some(pending) = self.pending.remove(&backend_id) else { return };
+                self.order.retain(|&b| b != backend_id);
+                if let Some(token) = &pending.progress {
+                    self.progress.remove(token);
+                }
+                self.info.last_activity.set(Instant::now());
+                value["id"] = pending.client_id;
+                if let Some(stream) = pending.stream {
+                    let _ = stream.send(Item::Final(value.to_string().into_bytes())).await;
+                }
+            }
+            Shape::Notification { method } if method == "notifications/progress" => {
+                let token = value.get("params").and_then(|p| p.get("progressToken")).map(Value::to_string);
+                match token.and_then(|t| self.progress.get(&t).copied()) {
+                    Some(backend_id) => self.to_request(backend_id, line).await,
+                    None => self.unsolicited(line).await,
+                }
+            }
+            _ => self.unsolicited(line).await,
+        }
+    }
+
+    /// Sends a message on a pending request's stream, or elsewhere if that
+    /// stream is gone.
+    async fn to_request(&mut self, backend_id: u64, line: Vec<u8>) {
+        let stream = self.pending.get(&backend_id).and_then(|p| p.stream.clone());
+        match stream {
+            Some(s) => {
+                if let Err(mpsc::error::SendError(item)) = s.send(Item::Message(line)).await {
+                    if let Some(p) = self.pending.get_mut(&backend_id) {
+                        p.stream = None;
+                    }
+                    if let Item::Message(line) = item {
+                        self.unsolicited(line).await;
+                    }
+                }
+            }
+            None => self.unsolicited(line).await,
+        }
+    }
+
+    /// A message the backend sent on its own: on exactly one stream.
+    async fn unsolicited(&mut self, mut line: Vec<u8>) {
+        loop {
+            let open: Vec<u64> = self.order.iter().copied().filter(|b| self.pending[b].stream.is_some()).collect();
+            let (target, pending_id) = if open.len() == 1 {
+                (self.pending[&open[0]].stream.clone(), Some(open[0]))
+            } else if self.standalone.is_some() {
+                (self.standalone.clone(), None)
+            } else if let Some(&oldest) = open.first() {
+                (self.pending[&oldest].stream.clone(), Some(oldest))
+            } else {
+                self.unrouted.push(line);
+                return;
+            };
+            let Some(stream) = target else { return };
+            match stream.send(Item::Message(line)).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(item)) => {
+                    // That stream's client is gone: forget it and try the next.
+                    match pending_id {
+                        Some(b) => {
+                            if let Some(p) = self.pending.get_mut(&b) {
+                                p.stream = None;
+                            }
+                        }
+                        None => self.standalone = None,
+                    }
+                    let Item::Message(back) = item else { return };
+                    line = back;
+                }
+            }
+        }
+    }
+
+    fn unregister(&self) {
+        self.host.sessions.borrow_mut().remove(&self.info.id);
+    }
+
+    async fn end(mut self, ended: End) {
+        let since = Instant::now();
+        self.unregister();
+        let exit = match ended {
+            End::BackendExited | End::OutputClosed => {
+                tokio::time::timeout(Duration::from_millis(100), self.child.wait_exit()).await.ok().flatten()
+            }
+            _ => None,
+        };
+        let ended = if exit.is_some() && ended == End::OutputClosed { End::BackendExited } else { ended };
+        let status = exit.map(|e| e.to_string()).unwrap_or_else(|| "ended".into());
+        let why = match ended {
+            End::Deleted => "the client deleted the session".to_string(),
+            End::Idle => "the session was idle too long".to_string(),
+            End::Lifetime => "the session reached its lifetime".to_string(),
+            End::BackendExited => format!("backend {status}"),
+            End::OutputClosed => "backend closed its output".to_string(),
+            End::OversizedLine => "backend wrote a line over max_message_bytes".to_string(),
+            End::HostShutdown => "worker shutting down".to_string(),
+            End::ByOperator => "ended by an operator".to_string(),
+        };
+        for backend_id in std::mem::take(&mut self.order) {
+            let Some(pending) = self.pending.remove(&backend_id) else { continue };
+            if let Some(stream) = pending.stream {
+                let error = message::no_response_error(&pending.client_id.to_string(), &why);
+                let _ = stream.try_send(Item::Final(error));
+            }
+        }
+        if let Some(stream) = self.standalone.take() {
+            let _ = stream.try_send(Item::End);
+        }
+        if ended.by_backend() {
+            log!(
+                Warn,
+                "session {}: the MCP server \"{}\" ended the session {} ms after it started: {why}; {}",
+                self.child.pid,
+                self.child.spec.command,
+                self.child.started.elapsed().as_millis(),
+                self.child.tail.describe()
+            );
+        }
+        let pid = self.child.pid;
+        let (teardown, took, _) = self.child.end(&self.host, since).await;
+        self.host.events.session_ended(&self.info.binding, TRANSPORT, &self.info.id, ended.token(), took);
+        log!(Info, "session {pid}: ended: {why}; {teardown}");
+    }
+}
