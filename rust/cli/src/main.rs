@@ -31,7 +31,8 @@ fn main() -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("mcp-bridge: {e}\n\n{USAGE}");
+            // The mistake, and where to look: the whole usage would bury it.
+            eprintln!("mcp-bridge: {e}\n(see mcp-bridge serve --help)");
             ExitCode::from(2)
         }
     }
@@ -106,12 +107,16 @@ fn serve(mut s: Serve) -> Result<i32, String> {
             s.listen,
             s.base_uri
         );
-        // Backends get kill_grace_ms after SIGTERM, then a margin for reaping.
-        let drain = Duration::from_millis(s.kill_grace_ms) + Duration::from_secs(5);
-        supervise::run(&nginx.binary, &prefix, probe, drain, || println!("{banner}"))
+        supervise::run(&nginx.binary, &prefix, probe, DRAIN, || println!("{banner}"))
     });
     if temporary {
         let _ = std::fs::remove_dir_all(&prefix);
     }
     result
 }
+
+/// How long hosts and backends get to end once nginx has exited: a host
+/// that shuts down gives its backends at most 500 ms between SIGTERM and
+/// SIGKILL whatever --kill-grace-ms says (docs/architecture.md, Shutdown),
+/// then a margin for reaping.
+const DRAIN: Duration = Duration::from_millis(500 + 5000);

@@ -1,7 +1,7 @@
 //! Finding Debian's nginx and its lua module, and writing a private prefix
 //! (nginx.conf, the Lua code, the route's configuration) to run it from.
 
-use crate::options::Serve;
+use crate::options::{Serve, DEFAULT_MAX_MESSAGE_BYTES};
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -83,31 +83,50 @@ pub fn lua_string(s: &str) -> String {
 }
 
 /// The Lua that defines the gateway's route (run by init_by_lua_file).
+/// Only the fields the user gave are written, so config.lua's defaults
+/// apply to the rest.
 pub fn route_lua(s: &Serve, command: &[String]) -> String {
-    let mut args = String::new();
-    for a in &command[1..] {
-        let _ = write!(args, "{}, ", lua_string(a));
+    let mut fields = String::new();
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(fields, "    {name} = {value},");
+    };
+    field("base_uri", lua_string(&s.base_uri));
+    field("command", lua_string(&command[0]));
+    if command.len() > 1 {
+        let args: Vec<String> = command[1..].iter().map(|a| lua_string(a)).collect();
+        field("args", format!("{{ {} }}", args.join(", ")));
     }
-    let mut env = String::new();
-    for (k, v) in &s.env {
-        let _ = write!(env, "[{}] = {}, ", lua_string(k), lua_string(v));
+    if !s.env.is_empty() {
+        let env: Vec<String> = s.env.iter().map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_string(v))).collect();
+        field("env", format!("{{ {} }}", env.join(", ")));
     }
-    let cwd = s.cwd.as_deref().map(|c| format!("    cwd = {},\n", lua_string(c))).unwrap_or_default();
-    let per_node = s.max_sessions_per_node.map(|n| format!("    max_sessions_per_node = {n},\n")).unwrap_or_default();
+    if let Some(cwd) = &s.cwd {
+        field("cwd", lua_string(cwd));
+    }
+    let numbers = [
+        ("max_sessions", s.max_sessions),
+        ("max_sessions_per_node", s.max_sessions_per_node),
+        ("kill_grace_ms", s.kill_grace_ms),
+        ("max_message_bytes", s.max_message_bytes),
+        ("keepalive_interval_ms", s.keepalive_interval_ms),
+        ("slow_client_timeout_ms", s.slow_client_timeout_ms),
+    ];
+    for (name, value) in numbers {
+        if let Some(n) = value {
+            field(name, n.to_string());
+        }
+    }
+    if let Some(stderr) = &s.stderr {
+        field("stderr", lua_string(stderr));
+    }
+    if s.session_home {
+        field("session_home", "true".into());
+    }
     format!(
         "-- Written by `mcp-bridge serve`.\n\
          local standalone = require(\"apisix.plugins.mcp.bridge.standalone\")\n\
-         standalone.define(\"gateway\", {{\n    base_uri = {},\n    command = {},\n    args = {{ {args}}},\n    \
-         env = {{ {env}}},\n{cwd}    max_sessions = {},\n    kill_grace_ms = {},\n    max_message_bytes = {},\n    \
-         keepalive_interval_ms = {},\n    stderr = {},\n    slow_client_timeout_ms = {},\n{per_node}}})\n",
-        lua_string(&s.base_uri),
-        lua_string(&command[0]),
-        s.max_sessions,
-        s.kill_grace_ms,
-        s.max_message_bytes,
-        s.keepalive_interval_ms,
-        lua_string(&s.stderr),
-        s.slow_client_timeout_ms,
+         -- names = \"cli\": messages name `mcp-bridge serve` options, not route fields.\n\
+         standalone.define(\"gateway\", {{\n{fields}}}, {{ names = \"cli\" }})\n"
     )
 }
 
@@ -119,8 +138,8 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
         let _ = writeln!(load, "load_module {};", m.display());
     }
     let standalone = "require(\"apisix.plugins.mcp.bridge.standalone\")";
-    let max = s.max_message_bytes;
-    let too_large = format!("{{\\\"error\\\":\\\"request body is larger than max_message_bytes ({max})\\\"}}");
+    let max = s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let too_large = format!("{{\\\"error\\\":\\\"request body is larger than --max-message-bytes ({max})\\\"}}");
     let status = match &s.status_uri {
         Some(uri) => format!(
             "\n        \
@@ -288,12 +307,22 @@ mod tests {
     }
 
     #[test]
-    fn the_route_carries_the_command_and_options() {
-        let s = Serve { env: vec![("K".into(), "v".into())], ..Serve::default() };
+    fn the_route_carries_the_command_and_only_the_options_given() {
+        let s = Serve { env: vec![("K".into(), "v".into())], max_sessions: Some(7), ..Serve::default() };
         let lua = route_lua(&s, &["npx".into(), "-y".into(), "pkg".into()]);
         assert!(lua.contains("command = \"npx\""), "{lua}");
-        assert!(lua.contains("args = { \"-y\", \"pkg\", }"), "{lua}");
-        assert!(lua.contains("env = { [\"K\"] = \"v\", }"), "{lua}");
-        assert!(lua.contains("max_sessions = 100"), "{lua}");
+        assert!(lua.contains("args = { \"-y\", \"pkg\" }"), "{lua}");
+        assert!(lua.contains("env = { [\"K\"] = \"v\" }"), "{lua}");
+        assert!(lua.contains("max_sessions = 7,"), "{lua}");
+        assert!(lua.contains("}, { names = \"cli\" })"), "{lua}");
+        // What was not given is left to config.lua's defaults.
+        let plain = route_lua(&Serve::default(), &["cat".into()]);
+        for field in
+            ["args", "env", "cwd", "kill_grace_ms", "max_message_bytes", "stderr", "session_home", "max_sessions"]
+        {
+            assert!(!plain.contains(&format!("    {field} =")), "{field} written: {plain}");
+        }
+        let home = route_lua(&Serve { session_home: true, ..Serve::default() }, &["cat".into()]);
+        assert!(home.contains("session_home = true,"), "{home}");
     }
 }

@@ -1,5 +1,11 @@
 //! Command line of `mcp-bridge`.
+//!
+//! Options that set a route field stay `None` unless given: only what the
+//! user gave is written into the route, so config.lua's schema, the one
+//! home of defaults, supplies the rest. The defaults shown in brackets below
+//! are held to that schema by tests/defaults.rs.
 
+use mcp_bridge_core::levels;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
@@ -23,6 +29,8 @@ options:
   --stderr notify|log           where backend stderr goes [notify]
   --env KEY=VALUE               extra backend environment (repeatable)
   --cwd DIR                     backend working directory
+  --session-home                a private HOME and TMPDIR per session,
+                                removed when it ends [off]
   --log-level LEVEL             nginx error log level [notice]
   --status-uri PATH             serve a JSON status report at PATH, to
                                 loopback clients only [off]
@@ -32,24 +40,33 @@ options:
   -V, --version                 the version
 ";
 
+/// The default of `--max-message-bytes` that config.lua applies when the
+/// option is not given; the gateway sizes nginx's body buffers with it.
+/// A test holds it to the usage text, which tests/defaults.rs holds to
+/// config.lua.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Serve {
     pub listen: String,
+    /// Not the route's default (""): the gateway serves under /mcp.
     pub base_uri: String,
     pub workers: u32,
-    pub max_sessions: u64,
-    pub max_sessions_per_node: Option<u64>,
-    pub slow_client_timeout_ms: u64,
     pub status_uri: Option<String>,
-    pub kill_grace_ms: u64,
-    pub max_message_bytes: u64,
-    pub keepalive_interval_ms: u64,
-    pub stderr: String,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<String>,
     pub log_level: String,
     pub nginx: Option<PathBuf>,
     pub prefix: Option<PathBuf>,
+    // Route fields: None (false) leaves config.lua's default.
+    pub max_sessions: Option<u64>,
+    pub max_sessions_per_node: Option<u64>,
+    pub slow_client_timeout_ms: Option<u64>,
+    pub kill_grace_ms: Option<u64>,
+    pub max_message_bytes: Option<u64>,
+    pub keepalive_interval_ms: Option<u64>,
+    pub stderr: Option<String>,
+    pub session_home: bool,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
     /// Empty: the bundled demo server.
     pub command: Vec<String>,
 }
@@ -60,19 +77,20 @@ impl Default for Serve {
             listen: "127.0.0.1:9080".into(),
             base_uri: "/mcp".into(),
             workers: 1,
-            max_sessions: 100,
-            max_sessions_per_node: None,
-            slow_client_timeout_ms: 30000,
             status_uri: None,
-            kill_grace_ms: 2000,
-            max_message_bytes: 4 << 20,
-            keepalive_interval_ms: 15000,
-            stderr: "notify".into(),
-            env: Vec::new(),
-            cwd: None,
             log_level: "notice".into(),
             nginx: None,
             prefix: None,
+            max_sessions: None,
+            max_sessions_per_node: None,
+            slow_client_timeout_ms: None,
+            kill_grace_ms: None,
+            max_message_bytes: None,
+            keepalive_interval_ms: None,
+            stderr: None,
+            session_home: false,
+            env: Vec::new(),
+            cwd: None,
             command: Vec::new(),
         }
     }
@@ -117,6 +135,13 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
         if !name.starts_with("--") {
             return Err(format!("unexpected argument \"{flag}\" (put the server's command after \"--\")"));
         }
+        if name == "--session-home" {
+            if inline.is_some() {
+                return Err("--session-home takes no value".into());
+            }
+            s.session_home = true;
+            continue;
+        }
         let mut value = || -> Result<String, String> {
             inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{name} needs a value"))
         };
@@ -124,14 +149,14 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
             "--listen" => s.listen = value()?,
             "--base-uri" => s.base_uri = value()?,
             "--workers" => s.workers = number(name, &value()?)?,
-            "--max-sessions" => s.max_sessions = number(name, &value()?)?,
+            "--max-sessions" => s.max_sessions = Some(number(name, &value()?)?),
             "--max-sessions-per-node" => s.max_sessions_per_node = Some(number(name, &value()?)?),
-            "--slow-client-timeout-ms" => s.slow_client_timeout_ms = number(name, &value()?)?,
+            "--slow-client-timeout-ms" => s.slow_client_timeout_ms = Some(number(name, &value()?)?),
             "--status-uri" => s.status_uri = Some(value()?),
-            "--kill-grace-ms" => s.kill_grace_ms = number(name, &value()?)?,
-            "--max-message-bytes" => s.max_message_bytes = number(name, &value()?)?,
-            "--keepalive-interval-ms" => s.keepalive_interval_ms = number(name, &value()?)?,
-            "--stderr" => s.stderr = value()?,
+            "--kill-grace-ms" => s.kill_grace_ms = Some(number(name, &value()?)?),
+            "--max-message-bytes" => s.max_message_bytes = Some(number(name, &value()?)?),
+            "--keepalive-interval-ms" => s.keepalive_interval_ms = Some(number(name, &value()?)?),
+            "--stderr" => s.stderr = Some(value()?),
             "--env" => {
                 let v = value()?;
                 let (k, val) = v.split_once('=').ok_or_else(|| format!("--env needs KEY=VALUE, got \"{v}\""))?;
@@ -153,9 +178,8 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
             return Err(format!("--status-uri must be a plain path such as /-/status, got \"{uri}\""));
         }
     }
-    const LEVELS: [&str; 8] = ["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"];
-    if !LEVELS.contains(&s.log_level.as_str()) {
-        return Err(format!("--log-level must be one of {}, got \"{}\"", LEVELS.join(", "), s.log_level));
+    if levels::severity(&s.log_level).is_none() {
+        return Err(format!("--log-level: {}", levels::unknown(&s.log_level)));
     }
     Ok(Action::Serve(Box::new(s)))
 }
@@ -168,8 +192,12 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
+    fn try_parse(s: &str) -> Result<Action, String> {
+        parse(&args(s))
+    }
+
     fn serve(s: &str) -> Serve {
-        match parse(&args(s)).expect("parse") {
+        match try_parse(s).expect("parse") {
             Action::Serve(s) => *s,
             other => panic!("{other:?}"),
         }
@@ -185,29 +213,51 @@ mod tests {
     }
 
     #[test]
+    fn route_fields_not_given_are_left_to_config_lua() {
+        let s = serve("serve");
+        assert_eq!(
+            (s.max_sessions, s.slow_client_timeout_ms, s.kill_grace_ms, s.max_message_bytes, s.keepalive_interval_ms),
+            (None, None, None, None, None)
+        );
+        assert_eq!((s.stderr, s.session_home), (None, false));
+    }
+
+    #[test]
     fn options_take_separate_or_inline_values() {
         let s = serve("serve --listen 0.0.0.0:8000 --workers=2 --max-sessions 5 --env A=1 --env B=x=y -- cat");
-        assert_eq!((s.listen.as_str(), s.workers, s.max_sessions), ("0.0.0.0:8000", 2, 5));
+        assert_eq!((s.listen.as_str(), s.workers, s.max_sessions), ("0.0.0.0:8000", 2, Some(5)));
         let s2 = serve("serve --max-sessions-per-node 7 --slow-client-timeout-ms 900 --status-uri /-/status");
-        assert_eq!((s2.max_sessions_per_node, s2.slow_client_timeout_ms), (Some(7), 900));
+        assert_eq!((s2.max_sessions_per_node, s2.slow_client_timeout_ms), (Some(7), Some(900)));
         assert_eq!(s2.status_uri.as_deref(), Some("/-/status"));
         assert_eq!(s.env, [("A".to_string(), "1".to_string()), ("B".to_string(), "x=y".to_string())]);
+        let s3 = serve("serve --session-home --stderr log");
+        assert!(s3.session_home);
+        assert_eq!(s3.stderr.as_deref(), Some("log"));
     }
 
     #[test]
     fn mistakes_are_named() {
-        assert!(parse(&args("serve --workers two")).unwrap_err().contains("--workers needs a whole number"));
-        assert!(parse(&args("serve --workers 0")).unwrap_err().contains("between 1 and 256"));
-        assert!(parse(&args("serve --bogus 1")).unwrap_err().contains("unknown option --bogus"));
-        assert!(parse(&args("serve cat")).unwrap_err().contains("after \"--\""));
-        assert!(parse(&args("serve --env nope")).unwrap_err().contains("KEY=VALUE"));
-        assert!(parse(&args("serve --listen")).unwrap_err().contains("needs a value"));
-        assert!(parse(&args("serve --")).unwrap_err().contains("nothing after"));
-        assert!(parse(&args("run")).unwrap_err().contains("unknown command"));
-        assert!(parse(&args("serve --log-level loud")).unwrap_err().contains("--log-level"));
-        assert!(parse(&args("serve --max-sessions-per-node x")).unwrap_err().contains("whole number"));
+        let err = |s: &str| try_parse(s).expect_err(s);
+        assert!(err("serve --workers two").contains("--workers needs a whole number"));
+        assert!(err("serve --workers 0").contains("between 1 and 256"));
+        assert!(err("serve --bogus 1").contains("unknown option --bogus"));
+        assert!(err("serve cat").contains("after \"--\""));
+        assert!(err("serve --listen").contains("needs a value"));
+        assert!(err("serve --").contains("nothing after"));
+        assert!(err("run").contains("unknown command"));
+        assert!(err("serve --log-level loud").contains("--log-level: unknown log level \"loud\" (one of debug,"));
+        assert!(err("serve --max-sessions-per-node x").contains("whole number"));
+        assert!(err("serve --session-home=yes").contains("takes no value"));
+        assert!(err("serve --env nope").contains("KEY=VALUE"));
         for bad in ["status", "/a b", "/a//b", "/a/../b", "/a;b", "/{x}"] {
             assert!(parse(&[String::from("serve"), String::from("--status-uri"), bad.into()]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_body_limit_default_is_the_one_the_usage_shows() {
+        assert!(USAGE.contains(&format!(
+            "--max-message-bytes N         largest message in either direction [{DEFAULT_MAX_MESSAGE_BYTES}]"
+        )));
     }
 }
