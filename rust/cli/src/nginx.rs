@@ -140,13 +140,11 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
     let standalone = "require(\"apisix.plugins.mcp.bridge.standalone\")";
     let max = s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
     let too_large = format!("{{\\\"error\\\":\\\"request body is larger than --max-message-bytes ({max})\\\"}}");
+    // No allow/deny: status() answers other clients itself, with a JSON 403.
     let status = match &s.status_uri {
         Some(uri) => format!(
             "\n        \
              location = {uri} {{\n            \
-                 allow 127.0.0.1;\n            \
-                 allow ::1;\n            \
-                 deny all;\n            \
                  content_by_lua_block {{ {standalone}.status() }}\n        \
              }}\n"
         ),
@@ -324,5 +322,14 @@ mod tests {
         }
         let home = route_lua(&Serve { session_home: true, ..Serve::default() }, &["cat".into()]);
         assert!(home.contains("session_home = true,"), "{home}");
+    }
+
+    #[test]
+    fn the_status_location_leaves_the_loopback_check_to_lua() {
+        let nginx = Nginx { binary: "/usr/sbin/nginx".into(), load_modules: Vec::new() };
+        let s = Serve { status_uri: Some("/-/status".into()), ..Serve::default() };
+        let conf = config(&s, &nginx, Path::new("/p"), Path::new("/lib"));
+        assert!(conf.contains("location = /-/status {"), "{conf}");
+        assert!(!conf.contains("allow ") && !conf.contains("deny "), "{conf}");
     }
 }
