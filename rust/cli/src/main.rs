@@ -52,25 +52,45 @@ fn listen_address(listen: &str) -> Result<(SocketAddr, SocketAddr), String> {
     Ok((addr, probe))
 }
 
-fn beside_me(name: &str) -> Result<PathBuf, String> {
+fn my_dir() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program's path: {e}"))?;
-    let dir = exe.parent().ok_or("this program has no directory")?;
-    Ok(dir.join(name))
+    Ok(exe.parent().ok_or("this program has no directory")?.to_path_buf())
+}
+
+/// What to do about a file missing beside this program: in a Cargo target
+/// directory (target/<profile>/, its parent holds CACHEDIR.TAG), the build
+/// command of that profile.
+fn build_hint(dir: &Path) -> String {
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let cargo = dir.parent().is_some_and(|t| t.join("CACHEDIR.TAG").exists());
+    match (cargo, profile) {
+        (true, "debug") => "build the workspace with `cargo build --workspace`".into(),
+        (true, "release") => "build the workspace with `cargo build --release --workspace`".into(),
+        (true, other) => format!("build the workspace with `cargo build --profile {other} --workspace`"),
+        (false, _) => format!("install it beside mcp-bridge in {}", dir.display()),
+    }
+}
+
+/// `name`, beside this program.
+fn beside_me(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    if path.exists() {
+        return Ok(path);
+    }
+    // A `cargo test` builds the native module (a cdylib) in deps/ and,
+    // unlike `cargo build`, leaves it there.
+    if name.ends_with(".so") && dir.join("deps").join(name).exists() {
+        return Ok(dir.join("deps").join(name));
+    }
+    Err(format!("{} is missing: {}", path.display(), build_hint(dir)))
 }
 
 fn serve(mut s: Serve) -> Result<i32, String> {
-    let native = beside_me("libmcp_bridge_native.so")?;
-    let host = beside_me(mcp_bridge_core::launcher::HOST_PROGRAM)?;
-    for needed in [&native, &host] {
-        if !needed.exists() {
-            return Err(format!("{} is missing: build the workspace with `cargo build --release`", needed.display()));
-        }
-    }
+    let bin = my_dir()?;
+    let native = beside_me(&bin, "libmcp_bridge_native.so")?;
+    let host = beside_me(&bin, mcp_bridge_core::launcher::HOST_PROGRAM)?;
     if s.command.is_empty() {
-        let demo = beside_me("mcp-fixture")?;
-        if !demo.exists() {
-            return Err(format!("no command given and the demo server {} is missing", demo.display()));
-        }
+        let demo = beside_me(&bin, "mcp-fixture").map_err(|e| format!("no command given, and the demo server {e}"))?;
         s.command = vec![demo.to_string_lossy().into_owned(), "--demo".into()];
     }
     // nginx and the hosts inherit it: two descriptors per session in a
@@ -98,7 +118,7 @@ fn serve(mut s: Serve) -> Result<i32, String> {
     };
     let libdir = native.parent().unwrap_or(Path::new(".")).to_path_buf();
     let config = nginx::config(&s, &nginx, &prefix, &libdir);
-    let route = nginx::route_lua(&s, &s.command);
+    let route = nginx::route_lua(&s, &s.command, &host);
     let result = nginx::write_prefix(&prefix, &config, &route).and_then(|()| {
         let banner = format!(
             "mcp-bridge: bridging `{}` with {} worker(s)\nmcp-bridge: SSE endpoint http://{}{}/sse (Ctrl-C to stop)",
@@ -120,3 +140,25 @@ fn serve(mut s: Serve) -> Result<i32, String> {
 /// SIGKILL whatever --kill-grace-ms says (docs/architecture.md, Shutdown),
 /// then a margin for reaping.
 const DRAIN: Duration = Duration::from_millis(500 + 5000);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_names_the_build_command_of_its_profile() {
+        let target = std::env::temp_dir().join(format!("mcp-bridge-hint-test-{}", std::process::id()));
+        std::fs::create_dir_all(target.join("debug")).expect("mkdir");
+        std::fs::write(target.join("CACHEDIR.TAG"), "").expect("tag");
+        let err = beside_me(&target.join("debug"), "mcp-bridge-host").expect_err("missing");
+        assert!(err.ends_with("debug/mcp-bridge-host is missing: build the workspace with `cargo build --workspace`"));
+        assert!(build_hint(&target.join("release")).contains("`cargo build --release --workspace`"));
+        assert!(build_hint(&target.join("fast")).contains("`cargo build --profile fast --workspace`"));
+        assert_eq!(build_hint(Path::new("/usr/local/bin")), "install it beside mcp-bridge in /usr/local/bin");
+        // Where a `cargo test` leaves the native module.
+        std::fs::create_dir_all(target.join("debug/deps")).expect("mkdir");
+        std::fs::write(target.join("debug/deps/libx.so"), "").expect("so");
+        assert_eq!(beside_me(&target.join("debug"), "libx.so"), Ok(target.join("debug/deps/libx.so")));
+        let _ = std::fs::remove_dir_all(&target);
+    }
+}

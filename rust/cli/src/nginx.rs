@@ -64,11 +64,22 @@ fn locate_with(explicit: Option<&Path>, module_dirs: &[&str]) -> Result<Nginx, S
     Err(format!("the nginx lua module is missing ({LUA_MODULE}): install it with `{APT_HINT}`"))
 }
 
-/// A Lua string literal for any bytes.
+/// A Lua string literal for any text.
 pub fn lua_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+    lua_bytes(s.as_bytes())
+}
+
+/// A Lua string literal for a path, whatever its bytes.
+fn lua_path(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    lua_bytes(p.as_os_str().as_bytes())
+}
+
+/// A Lua string literal for any bytes.
+fn lua_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
     out.push('"');
-    for b in s.bytes() {
+    for &b in bytes {
         match b {
             b'"' => out.push_str("\\\""),
             b'\\' => out.push_str("\\\\"),
@@ -84,8 +95,9 @@ pub fn lua_string(s: &str) -> String {
 
 /// The Lua that defines the gateway's route (run by init_by_lua_file).
 /// Only the fields the user gave are written, so config.lua's defaults
-/// apply to the rest.
-pub fn route_lua(s: &Serve, command: &[String]) -> String {
+/// apply to the rest. The host program is named, as the native module may
+/// not be beside it (see beside_me).
+pub fn route_lua(s: &Serve, command: &[String], host_program: &Path) -> String {
     let mut fields = String::new();
     let mut field = |name: &str, value: String| {
         let _ = writeln!(fields, "    {name} = {value},");
@@ -125,8 +137,10 @@ pub fn route_lua(s: &Serve, command: &[String]) -> String {
     format!(
         "-- Written by `mcp-bridge serve`.\n\
          local standalone = require(\"apisix.plugins.mcp.bridge.standalone\")\n\
+         standalone.settings({{ host_program = {} }})\n\
          -- names = \"cli\": messages name `mcp-bridge serve` options, not route fields.\n\
-         standalone.define(\"gateway\", {{\n{fields}}}, {{ names = \"cli\" }})\n"
+         standalone.define(\"gateway\", {{\n{fields}}}, {{ names = \"cli\" }})\n",
+        lua_path(host_program),
     )
 }
 
@@ -307,20 +321,21 @@ mod tests {
     #[test]
     fn the_route_carries_the_command_and_only_the_options_given() {
         let s = Serve { env: vec![("K".into(), "v".into())], max_sessions: Some(7), ..Serve::default() };
-        let lua = route_lua(&s, &["npx".into(), "-y".into(), "pkg".into()]);
+        let lua = route_lua(&s, &["npx".into(), "-y".into(), "pkg".into()], Path::new("/b/host"));
         assert!(lua.contains("command = \"npx\""), "{lua}");
         assert!(lua.contains("args = { \"-y\", \"pkg\" }"), "{lua}");
         assert!(lua.contains("env = { [\"K\"] = \"v\" }"), "{lua}");
         assert!(lua.contains("max_sessions = 7,"), "{lua}");
         assert!(lua.contains("}, { names = \"cli\" })"), "{lua}");
+        assert!(lua.contains("standalone.settings({ host_program = \"/b/host\" })"), "{lua}");
         // What was not given is left to config.lua's defaults.
-        let plain = route_lua(&Serve::default(), &["cat".into()]);
+        let plain = route_lua(&Serve::default(), &["cat".into()], Path::new("/b/host"));
         for field in
             ["args", "env", "cwd", "kill_grace_ms", "max_message_bytes", "stderr", "session_home", "max_sessions"]
         {
             assert!(!plain.contains(&format!("    {field} =")), "{field} written: {plain}");
         }
-        let home = route_lua(&Serve { session_home: true, ..Serve::default() }, &["cat".into()]);
+        let home = route_lua(&Serve { session_home: true, ..Serve::default() }, &["cat".into()], Path::new("/b/host"));
         assert!(home.contains("session_home = true,"), "{home}");
     }
 
