@@ -3,9 +3,11 @@
 //! of these tests (`cargo build --workspace`, or `--release`): the gateway
 //! runs the native module, host and fixture built beside it.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -387,6 +389,39 @@ fn live_backends(pid_dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// A host that exits before its worker is reaped by the worker, and nginx
+/// logs "unknown process": a race, so several rounds (each lost it about a
+/// quarter of the time while the host shared nginx's process group).
+const CTRL_C_ROUNDS: usize = 16;
+
+#[test]
+fn a_terminals_ctrl_c_leaves_no_unknown_process_and_no_backend() {
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    for round in 0..CTRL_C_ROUNDS {
+        let pid_dir = Scratch::new(&format!("terminal-pids-{round}"));
+        std::fs::set_permissions(&pid_dir.0, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let pids = pid_dir.0.to_string_lossy().into_owned();
+        // A terminal's foreground job: serve leads a process group, nginx
+        // and its workers are in it, and Ctrl-C sends SIGINT to the group.
+        let args = ["--workers", "2", "--log-level", "notice", "--", &fixture, "--pid-dir", &pids];
+        let mut gateway = Gateway::start(&args, |c| {
+            c.process_group(0);
+        });
+        let sessions: Vec<Session> = (0..2).map(|_| Session::open(gateway.port)).collect();
+        let backends = || std::fs::read_dir(&pid_dir.0).expect("pid dir").filter_map(Result::ok).count();
+        assert!(eventually(Duration::from_secs(5), || backends() >= 2), "backends started: {}", backends());
+
+        // SAFETY: signalling the process group this test created.
+        assert_eq!(unsafe { libc::kill(-gateway.pid(), libc::SIGINT) }, 0);
+        let status = gateway.wait();
+        assert!(status.success(), "gateway exited with {status}");
+        let log = gateway.log_text();
+        assert!(!log.contains("unknown process"), "round {round}: a host exited before its worker:\n{log}");
+        assert_eq!(live_backends(&pid_dir.0), Vec::<u32>::new(), "backends left after Ctrl-C");
+        drop(sessions);
+    }
+}
+
 #[test]
 fn an_oversized_body_gets_the_gateways_413_and_no_error_in_the_log() {
     let gateway = Gateway::start(&["--max-message-bytes", "65536"], |_| {});
@@ -413,12 +448,86 @@ fn an_oversized_body_gets_the_gateways_413_and_no_error_in_the_log() {
 }
 
 #[test]
+fn over_max_sessions_the_429_names_the_option() {
+    let gateway = Gateway::start(&["--max-sessions", "1"], |_| {});
+    let _held = Session::open(gateway.port);
+    let response = request(gateway.port, "GET /mcp/sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"");
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    let error: Value = serde_json::from_str(body_of(&response).trim()).expect("JSON error");
+    let message = error["error"].as_str().expect("error message");
+    assert!(message.contains("(--max-sessions)"), "{message}");
+}
+
+#[test]
 fn the_status_report_is_json_for_loopback_clients() {
     let gateway = Gateway::start(&["--status-uri", "/-/status", "--max-sessions-per-node", "3"], |_| {});
     let report = status_report(gateway.port);
     assert_eq!(report["node"]["keys_held"], 0, "{report}");
     assert!(report["worker"]["pid"].as_u64().is_some(), "{report}");
     assert_eq!(report["hosts"], json!([]), "no session, no host yet: {report}");
+}
+
+/// This machine's first address that is not loopback (`hostname -I`).
+fn non_loopback_address() -> Option<String> {
+    let out = Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .map(String::from)
+}
+
+#[test]
+fn the_status_report_refuses_other_machines_with_json() {
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let prefix_dir = Scratch::new("status-prefix");
+    let prefix = prefix_dir.0.join("prefix");
+    let prefix_arg = prefix.to_string_lossy().into_owned();
+    let gateway = Gateway::start(&["--listen", &listen, "--status-uri", "/-/status", "--prefix", &prefix_arg], |_| {});
+    // The loopback check is the Lua code's, answered in JSON, not nginx's
+    // allow/deny with its HTML page.
+    let conf = std::fs::read_to_string(prefix.join("conf/nginx.conf")).expect("nginx.conf");
+    assert!(conf.contains("location = /-/status") && !conf.contains("deny ") && !conf.contains("allow "), "{conf}");
+    assert_eq!(status_report(port)["hosts"], json!([]));
+    let Some(addr) = non_loopback_address() else {
+        eprintln!("no address other than loopback: the 403 itself is not tested");
+        return;
+    };
+    let response = request_to(&format!("{addr}:{port}"), "GET /-/status HTTP/1.0\r\n\r\n", b"");
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("content-type: application/json"), "{response}");
+    let error: Value = serde_json::from_str(body_of(&response).trim()).expect("a JSON 403");
+    assert!(error["error"].as_str().is_some_and(|e| e.contains("loopback")), "{error}");
+    drop(gateway);
+}
+
+#[test]
+fn the_status_report_lists_the_hosts_of_every_worker_whichever_answers() {
+    let gateway = Gateway::start(&["--workers", "2", "--status-uri", "/-/status"], |_| {});
+    // Connections spread over the workers (reuseport): open sessions until
+    // both workers hold one, so both have a host.
+    let workers_with_hosts = |report: &Value| -> HashSet<u64> {
+        report["hosts"].as_array().into_iter().flatten().filter_map(|h| h["worker"].as_u64()).collect()
+    };
+    let mut sessions = Vec::new();
+    while workers_with_hosts(&status_report(gateway.port)).len() < 2 {
+        assert!(sessions.len() < 40, "40 sessions and still one worker: {}", status_report(gateway.port));
+        sessions.push(Session::open(gateway.port));
+    }
+    let mut answered = HashSet::new();
+    for _ in 0..100 {
+        let report = status_report(gateway.port);
+        let hosts = report["hosts"].as_array().expect("hosts list");
+        assert_eq!(hosts.len(), 2, "{report}");
+        assert_eq!(workers_with_hosts(&report).len(), 2, "{report}");
+        let sessions_counted: u64 = hosts.iter().filter_map(|h| h["sessions"].as_u64()).sum();
+        assert_eq!(sessions_counted, sessions.len() as u64, "{report}");
+        answered.insert(report["worker"]["pid"].as_u64().expect("worker pid"));
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(answered.len(), 2, "only one worker ever answered");
 }
 
 #[test]
