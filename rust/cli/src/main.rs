@@ -5,16 +5,19 @@
 mod nginx;
 mod options;
 mod supervise;
+mod user;
 
 use options::{Action, Serve, USAGE};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use user::RunAs;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match options::parse(&args) {
+    match options::parse(&args, &|k| std::env::var_os(k)) {
         Ok(Action::Help) => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -85,6 +88,74 @@ fn beside_me(dir: &Path, name: &str) -> Result<PathBuf, String> {
     Err(format!("{} is missing: {}", path.display(), build_hint(dir)))
 }
 
+/// A --prefix of the user's, made absolute (the runtime directory must
+/// be) and created if missing, or a fresh temporary one; refused before
+/// anything is created if the hosts' sockets would not fit under it.
+/// Others may only pass through a prefix we create (to the parts the
+/// workers use), and only when the workers run as someone else.
+fn make_prefix(given: Option<&Path>, run_as: &RunAs) -> Result<(PathBuf, bool), String> {
+    let mode = if run_as.is_other_user() { 0o711 } else { 0o700 };
+    let set_mode = |dir: &Path| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
+    };
+    match given {
+        Some(p) => {
+            let p = std::path::absolute(p).map_err(|e| format!("--prefix {}: {e}", p.display()))?;
+            nginx::check_socket_room(&nginx::runtime_dir(&p), run_as.uid)
+                .map_err(|e| format!("--prefix {e}: choose a shorter one"))?;
+            if !p.exists() {
+                std::fs::create_dir_all(&p).map_err(|e| format!("cannot create --prefix {}: {e}", p.display()))?;
+                set_mode(&p)?;
+            }
+            Ok((p, false))
+        }
+        None => {
+            let tmp = std::path::absolute(std::env::temp_dir())
+                .map_err(|e| format!("the temporary directory {}: {e}", std::env::temp_dir().display()))?;
+            // The name mkdtemp makes is as long as its template.
+            let template = tmp.join("mcp-bridge-serve-XXXXXX");
+            nginx::check_socket_room(&nginx::runtime_dir(&template), run_as.uid)
+                .map_err(|e| format!("{e}: set TMPDIR or --prefix to a shorter directory"))?;
+            let dir = nix::unistd::mkdtemp(&template).map_err(|e| format!("cannot create a temporary prefix: {e}"))?;
+            set_mode(&dir)?;
+            Ok((dir, true))
+        }
+    }
+}
+
+/// What the workers' user must reach, unless it is us: its runtime
+/// directory (so every directory above it), the host program, and the
+/// backend's command and directory when they are absolute paths.
+fn check_reach(run_as: &RunAs, run: &Path, host: &Path, s: &Serve, temporary: bool) -> Result<(), String> {
+    let mut checks = vec![(run.to_path_buf(), user::WRITE_AND_SEARCH), (host.to_path_buf(), user::SEARCH)];
+    if s.command[0].starts_with('/') {
+        checks.push((PathBuf::from(&s.command[0]), user::SEARCH));
+    }
+    if let Some(cwd) = &s.cwd {
+        checks.push((PathBuf::from(cwd), user::SEARCH));
+    }
+    let Some(denied) = user::first_denied(run_as, &checks)? else { return Ok(()) };
+    let who = run_as.describe();
+    let why = match user::blocking_dir(run_as, &denied) {
+        Some(dir) => format!(" (it may not enter {})", dir.display()),
+        None => String::new(),
+    };
+    Err(if denied == run {
+        let fix = if temporary { "set TMPDIR or --prefix to a directory" } else { "choose a --prefix" };
+        format!(
+            "the workers' user {who} cannot reach {}{why}: {fix} that user can reach, or another --user",
+            run.display()
+        )
+    } else {
+        format!(
+            "the workers' user {who} cannot run or enter {}{why}: make it reachable by that user, or choose \
+             another --user",
+            denied.display()
+        )
+    })
+}
+
 fn serve(mut s: Serve) -> Result<i32, String> {
     let bin = my_dir()?;
     let native = beside_me(&bin, "libmcp_bridge_native.so")?;
@@ -107,28 +178,41 @@ fn serve(mut s: Serve) -> Result<i32, String> {
         Err(e) => return Err(format!("cannot listen on {}: {e}", s.listen)),
     }
     let nginx = nginx::locate(s.nginx.as_deref())?;
-
-    let (prefix, temporary) = match &s.prefix {
-        Some(p) => (p.clone(), false),
-        None => {
-            let template = std::env::temp_dir().join("mcp-bridge-serve-XXXXXX");
-            let dir = nix::unistd::mkdtemp(&template).map_err(|e| format!("cannot create a temporary prefix: {e}"))?;
-            (dir, true)
-        }
+    let run_as = user::resolve(s.user.as_deref())?;
+    // Backends find their command on the PATH of the shell that started
+    // us, as a user expects (the host's own default lacks ~/.local/bin,
+    // a venv's bin, ...), unless told otherwise.
+    let path_note = if s.env.iter().any(|(k, _)| k == "PATH") {
+        "the PATH of --env"
+    } else if let Ok(path) = std::env::var("PATH") {
+        s.env.push(("PATH".into(), path));
+        "your PATH"
+    } else {
+        "the default PATH"
     };
-    let libdir = native.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let config = nginx::config(&s, &nginx, &prefix, &libdir);
-    let route = nginx::route_lua(&s, &s.command, &host);
-    let result = nginx::write_prefix(&prefix, &config, &route).and_then(|()| {
+
+    let (prefix, temporary) = make_prefix(s.prefix.as_deref(), &run_as)?;
+    let result = (|| {
+        let run = nginx::runtime_dir(&prefix);
+        let libdir = native.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let config = nginx::config(&s, &nginx, &prefix, &libdir, run_as.directive.as_deref());
+        let placed = nginx::Placement { runtime_dir: &run, host_program: &host };
+        let route = nginx::route_lua(&s, &s.command, &placed);
+        nginx::write_prefix(&prefix, &config, &route, (run_as.uid, run_as.gid))?;
+        check_reach(&run_as, &run, &host, &s, temporary)?;
+        let change = if nix::unistd::Uid::effective().is_root() { "; --user to change" } else { "" };
         let banner = format!(
-            "mcp-bridge: bridging `{}` with {} worker(s)\nmcp-bridge: SSE endpoint http://{}{}/sse (Ctrl-C to stop)",
+            "mcp-bridge: bridging `{}` with {} worker(s)\n\
+             mcp-bridge: backends run as {} with {path_note}{change}\n\
+             mcp-bridge: SSE endpoint http://{}{}/sse (Ctrl-C to stop)",
             s.command.join(" "),
             s.workers,
+            run_as.describe(),
             s.listen,
             s.base_uri
         );
         supervise::run(&nginx.binary, &prefix, probe, DRAIN, || println!("{banner}"))
-    });
+    })();
     if temporary {
         let _ = std::fs::remove_dir_all(&prefix);
     }

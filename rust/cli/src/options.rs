@@ -6,6 +6,7 @@
 //! are held to that schema by tests/defaults.rs.
 
 use mcp_bridge_core::levels;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
@@ -14,6 +15,8 @@ usage: mcp-bridge serve [OPTIONS] [-- COMMAND [ARGS...]]
 Serves the stdio MCP server COMMAND over MCP's HTTP+SSE transport on a
 stock nginx with the lua module, one COMMAND process per client session.
 Without COMMAND, bridges the bundled demo server (mcp-fixture --demo).
+Backends run as --user, with the PATH of this command (unless given
+--env PATH=...), and find COMMAND on it.
 
 options:
   --listen ADDR                 address to listen on [127.0.0.1:9080]
@@ -28,14 +31,22 @@ options:
   --keepalive-interval-ms N     SSE keepalive interval [15000]
   --stderr notify|log           where backend stderr goes [notify]
   --env KEY=VALUE               extra backend environment (repeatable)
+  --env KEY                     the same, with the value of KEY in this
+                                command's environment, so a secret stays
+                                out of the command line (which `ps` shows).
+                                The values go into a file of the prefix
+                                only the user running serve may read
   --cwd DIR                     backend working directory
   --session-home                a private HOME and TMPDIR per session,
                                 removed when it ends [off]
+  --user USER                   user the workers and backends run as; other
+                                than yourself only when run as root [you]
   --log-level LEVEL             nginx error log level [notice]
   --status-uri PATH             serve a JSON status report at PATH, to
                                 loopback clients only [off]
   --nginx PATH                  nginx binary [nginx on PATH, or /usr/sbin/nginx]
-  --prefix DIR                  keep nginx's files in DIR [a temporary directory]
+  --prefix DIR                  keep nginx's files, the hosts' sockets and the
+                                backends' HOME in DIR [a temporary directory]
   -h, --help                    this help
   -V, --version                 the version
 ";
@@ -56,6 +67,8 @@ pub struct Serve {
     pub log_level: String,
     pub nginx: Option<PathBuf>,
     pub prefix: Option<PathBuf>,
+    /// None: the user running `serve`.
+    pub user: Option<String>,
     // Route fields: None (false) leaves config.lua's default.
     pub max_sessions: Option<u64>,
     pub max_sessions_per_node: Option<u64>,
@@ -81,6 +94,7 @@ impl Default for Serve {
             log_level: "notice".into(),
             nginx: None,
             prefix: None,
+            user: None,
             max_sessions: None,
             max_sessions_per_node: None,
             slow_client_timeout_ms: None,
@@ -107,7 +121,23 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
     value.parse().map_err(|_| format!("{flag} needs a whole number, got \"{value}\""))
 }
 
-pub fn parse(args: &[String]) -> Result<Action, String> {
+/// `--env KEY=VALUE`, or `--env KEY` with the value looked up by `getenv`.
+fn env_entry(v: &str, getenv: &dyn Fn(&str) -> Option<OsString>) -> Result<(String, String), String> {
+    if let Some((k, val)) = v.split_once('=') {
+        return Ok((k.to_string(), val.to_string()));
+    }
+    if v.is_empty() {
+        return Err("--env needs KEY=VALUE or KEY, got \"\"".into());
+    }
+    let val = getenv(v)
+        .ok_or_else(|| format!("--env {v}: {v} is not set in this environment (export it, or give --env {v}=VALUE)"))?;
+    let val = val.into_string().map_err(|_| format!("--env {v}: the value of {v} is not valid UTF-8"))?;
+    Ok((v.to_string(), val))
+}
+
+/// Parses the command line; `getenv` reads this process's environment
+/// (for `--env KEY`).
+pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Result<Action, String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("serve") => {}
@@ -157,12 +187,15 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
             "--max-message-bytes" => s.max_message_bytes = Some(number(name, &value()?)?),
             "--keepalive-interval-ms" => s.keepalive_interval_ms = Some(number(name, &value()?)?),
             "--stderr" => s.stderr = Some(value()?),
-            "--env" => {
-                let v = value()?;
-                let (k, val) = v.split_once('=').ok_or_else(|| format!("--env needs KEY=VALUE, got \"{v}\""))?;
-                s.env.push((k.to_string(), val.to_string()));
-            }
+            "--env" => s.env.push(env_entry(&value()?, getenv)?),
             "--cwd" => s.cwd = Some(value()?),
+            "--user" => {
+                let user = value()?;
+                if user.is_empty() {
+                    return Err("--user needs a user name".into());
+                }
+                s.user = Some(user);
+            }
             "--log-level" => s.log_level = value()?,
             "--nginx" => s.nginx = Some(PathBuf::from(value()?)),
             "--prefix" => s.prefix = Some(PathBuf::from(value()?)),
@@ -192,8 +225,12 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
     fn try_parse(s: &str) -> Result<Action, String> {
-        parse(&args(s))
+        parse(&args(s), &no_env)
     }
 
     fn serve(s: &str) -> Serve {
@@ -219,7 +256,7 @@ mod tests {
             (s.max_sessions, s.slow_client_timeout_ms, s.kill_grace_ms, s.max_message_bytes, s.keepalive_interval_ms),
             (None, None, None, None, None)
         );
-        assert_eq!((s.stderr, s.session_home), (None, false));
+        assert_eq!((s.stderr, s.session_home, s.user), (None, false, None));
     }
 
     #[test]
@@ -230,9 +267,20 @@ mod tests {
         assert_eq!((s2.max_sessions_per_node, s2.slow_client_timeout_ms), (Some(7), Some(900)));
         assert_eq!(s2.status_uri.as_deref(), Some("/-/status"));
         assert_eq!(s.env, [("A".to_string(), "1".to_string()), ("B".to_string(), "x=y".to_string())]);
-        let s3 = serve("serve --session-home --stderr log");
+        let s3 = serve("serve --session-home --user nobody --stderr log");
         assert!(s3.session_home);
-        assert_eq!(s3.stderr.as_deref(), Some("log"));
+        assert_eq!((s3.user.as_deref(), s3.stderr.as_deref()), (Some("nobody"), Some("log")));
+    }
+
+    #[test]
+    fn env_without_a_value_takes_it_from_the_environment() {
+        let getenv = |k: &str| (k == "TOKEN").then(|| OsString::from("s3cret"));
+        let Ok(Action::Serve(s)) = parse(&args("serve --env TOKEN --env A=1"), &getenv) else { panic!("parse") };
+        assert_eq!(s.env, [("TOKEN".to_string(), "s3cret".to_string()), ("A".to_string(), "1".to_string())]);
+        let err = parse(&args("serve --env MISSING"), &getenv).expect_err("unset");
+        assert!(err.contains("MISSING is not set in this environment"), "{err}");
+        let bytes = |_: &str| Some(std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]));
+        assert!(parse(&args("serve --env BIN"), &bytes).expect_err("not UTF-8").contains("not valid UTF-8"));
     }
 
     #[test]
@@ -248,9 +296,12 @@ mod tests {
         assert!(err("serve --log-level loud").contains("--log-level: unknown log level \"loud\" (one of debug,"));
         assert!(err("serve --max-sessions-per-node x").contains("whole number"));
         assert!(err("serve --session-home=yes").contains("takes no value"));
-        assert!(err("serve --env nope").contains("KEY=VALUE"));
+        assert!(parse(&[String::from("serve"), String::from("--env"), String::new()], &no_env).is_err());
         for bad in ["status", "/a b", "/a//b", "/a/../b", "/a;b", "/{x}"] {
-            assert!(parse(&[String::from("serve"), String::from("--status-uri"), bad.into()]).is_err(), "{bad}");
+            assert!(
+                parse(&[String::from("serve"), String::from("--status-uri"), bad.into()], &no_env).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -1,4 +1,5 @@
-//! `mcp-bridge serve` as a user runs it: errors they can act on, and a stop
+//! `mcp-bridge serve` as a user runs it: errors they can act on, backends
+//! that run as the user expects, secrets kept from other users, and a stop
 //! that leaves nothing behind. Needs the workspace built with the profile
 //! of these tests (`cargo build --workspace`, or `--release`): the gateway
 //! runs the native module, host and fixture built beside it.
@@ -60,6 +61,11 @@ fn free_port() -> u16 {
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(CLI).args(args).output().expect("run mcp-bridge");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// A directory of this test, removed with everything in it when dropped.
@@ -268,6 +274,7 @@ struct Session {
     stream: BufReader<TcpStream>,
     /// SSE text received and not yet parsed into events.
     pending: String,
+    port: u16,
     post_path: String,
 }
 
@@ -283,7 +290,7 @@ impl Session {
         }
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
-        let mut session = Session { stream, pending: String::new(), post_path: String::new() };
+        let mut session = Session { stream, pending: String::new(), port, post_path: String::new() };
         let (event, data) = session.event();
         assert_eq!(event, "endpoint");
         session.post_path = data;
@@ -318,6 +325,81 @@ impl Session {
             self.pending.push_str(&String::from_utf8_lossy(&chunk[..size]));
         }
     }
+
+    fn post(&self, message: &Value) {
+        let body = message.to_string();
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n",
+            self.post_path,
+            body.len()
+        );
+        let response = request(self.port, &head, body.as_bytes());
+        assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    }
+
+    /// A request, and its response's result.
+    fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.post(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        loop {
+            let (event, data) = self.event();
+            let message: Value = serde_json::from_str(&data).expect("JSON message");
+            if event == "message" && message["id"] == id {
+                assert!(message.get("error").is_none(), "{message}");
+                return message["result"].clone();
+            }
+        }
+    }
+
+    fn initialize(&mut self) {
+        let info = json!({"protocolVersion": "2024-11-05", "capabilities": {},
+                          "clientInfo": {"name": "cli-test", "version": "0"}});
+        self.call(1, "initialize", info);
+        self.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    }
+
+    /// Calls a tool of the fixture without arguments: its text.
+    fn tool(&mut self, id: u64, name: &str) -> String {
+        let result = self.call(id, "tools/call", json!({"name": name, "arguments": {}}));
+        result["content"][0]["text"].as_str().expect("text result").to_string()
+    }
+
+    /// The backend's environment and its process's uid.
+    fn backend_env_and_uid(&mut self) -> (Value, u32) {
+        self.initialize();
+        let env: Value = serde_json::from_str(&self.tool(2, "env")).expect("env JSON");
+        let ids: Value = serde_json::from_str(&self.tool(3, "pid")).expect("pid JSON");
+        let pid = ids["pid"].as_u64().expect("pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("backend status");
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse().ok())
+            .expect("Uid line");
+        (env, uid)
+    }
+}
+
+/// A random hex string (no dependency for it: /dev/urandom).
+fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => out.extend(files_under(&path)),
+            Ok(m) if m.is_file() => out.push(path),
+            _ => {}
+        }
+    }
+    out
 }
 
 #[test]
@@ -349,6 +431,9 @@ fn usage_mistakes_exit_2_with_a_pointer_to_the_help() {
     let (code, err) = run(&["serve", "--workers", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("--workers must be between 1 and 256") && !err.contains("usage:"), "{err}");
+    let (code, err) = run(&["serve", "--env", "MCP_BRIDGE_TEST_UNSET_VARIABLE"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("MCP_BRIDGE_TEST_UNSET_VARIABLE is not set in this environment"), "{err}");
     let (code, err) = run(&["serve", "--nginx", "/nonexistent/nginx", "--listen", "127.0.0.1:1", "--", "cat"]);
     assert_eq!(code, 1);
     assert!(err.contains("not an executable nginx"), "{err}");
@@ -531,6 +616,144 @@ fn the_status_report_lists_the_hosts_of_every_worker_whichever_answers() {
 }
 
 #[test]
+fn env_values_are_kept_from_other_users_and_reach_the_backend() {
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    let prefix_dir = Scratch::new("secrets");
+    let prefix = prefix_dir.0.join("prefix");
+    let (secret, from_env) = (random_hex(), random_hex());
+    let given = format!("SECRET_TOKEN={secret}");
+    let prefix_arg = prefix.to_string_lossy().into_owned();
+    let args = ["--prefix", &prefix_arg, "--env", &given, "--env", "FROM_ENV", "--", &fixture];
+    let gateway = Gateway::start(&args, |c| {
+        c.env("FROM_ENV", &from_env);
+    });
+    // --env KEY keeps the value off the command line, which `ps` shows.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", gateway.pid())).expect("cmdline");
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&from_env));
+
+    let mut holders = Vec::new();
+    for file in files_under(&prefix) {
+        let contents = String::from_utf8_lossy(&std::fs::read(&file).expect("read")).into_owned();
+        if !contents.contains(&secret) && !contents.contains(&from_env) {
+            continue;
+        }
+        let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o044, 0, "{} holds an --env value and has mode {:o}", file.display(), mode & 0o777);
+        if euid() == 0 {
+            let read = Command::new("runuser").args(["-u", "nobody", "--", "cat"]).arg(&file).output();
+            let read = read.expect("runuser");
+            assert!(!read.status.success(), "nobody could read {}", file.display());
+        }
+        holders.push(file);
+    }
+    assert!(holders.contains(&prefix.join("gateway.lua")), "the values were not found in {holders:?}");
+
+    let mut session = Session::open(gateway.port);
+    let (env, _) = session.backend_env_and_uid();
+    assert_eq!(env["SECRET_TOKEN"], secret.as_str(), "{env}");
+    assert_eq!(env["FROM_ENV"], from_env.as_str(), "{env}");
+}
+
+#[test]
+fn backends_run_as_the_caller_with_the_callers_path() {
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    let marker = Scratch::new("path-marker");
+    let path = format!("{}:{}", marker.0.display(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()));
+    let gateway = Gateway::start(&["--", &fixture], |c| {
+        c.env("PATH", &path);
+    });
+    let said = gateway.banner.join("\n");
+    assert!(said.contains("backends run as ") && said.contains(&format!("(uid {}) with your PATH", euid())), "{said}");
+    let mut session = Session::open(gateway.port);
+    let (env, uid) = session.backend_env_and_uid();
+    assert_eq!(uid, euid(), "the backend's uid");
+    assert_eq!(env["PATH"], path.as_str(), "{env}");
+}
+
+#[test]
+fn session_home_gives_each_session_a_home_of_its_own() {
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    let gateway = Gateway::start(&["--session-home", "--", &fixture], |_| {});
+    let homes: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let mut session = Session::open(gateway.port);
+            let (env, _) = session.backend_env_and_uid();
+            (env["HOME"].as_str().expect("HOME").to_string(), env["TMPDIR"].as_str().expect("TMPDIR").to_string())
+        })
+        .collect();
+    assert_ne!(homes[0].0, homes[1].0, "{homes:?}");
+    for (home, tmp) in &homes {
+        assert_eq!(Path::new(tmp), Path::new(home).join("tmp"), "{homes:?}");
+        // In the gateway's prefix, which goes when it stops.
+        assert!(Path::new(home).starts_with(&gateway.tmp.0), "{home}");
+    }
+}
+
+#[test]
+fn as_root_user_nobody_runs_backends_as_nobody_in_a_runtime_dir_of_its_own() {
+    if euid() != 0 {
+        eprintln!("skipped: --user for another user needs root");
+        return;
+    }
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    let prefix_dir = Scratch::new("nobody");
+    let prefix = prefix_dir.0.join("prefix");
+    let prefix_arg = prefix.to_string_lossy().into_owned();
+    let gateway = Gateway::start(&["--user", "nobody", "--prefix", &prefix_arg, "--", &fixture], |_| {});
+    assert!(gateway.banner.iter().any(|l| l.contains("backends run as nobody (uid 65534)")), "{:?}", gateway.banner);
+    let mut session = Session::open(gateway.port);
+    let (env, uid) = session.backend_env_and_uid();
+    assert_eq!(uid, 65534, "the backend's uid");
+    // Everything the workers make is in the prefix's runtime directory,
+    // which is theirs and private.
+    let run = prefix.join("run");
+    let meta = std::fs::metadata(&run).expect("runtime dir");
+    assert_eq!((std::os::unix::fs::MetadataExt::uid(&meta), meta.permissions().mode() & 0o777), (65534, 0o700));
+    let home = env["HOME"].as_str().expect("HOME");
+    assert!(Path::new(home).starts_with(&run), "HOME {home} outside {}", run.display());
+    let hosts: Vec<String> = std::fs::read_dir(&run)
+        .expect("run")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("mcp-bridge-65534.") && run.join(n).join("host.sock").exists())
+        .collect();
+    assert_eq!(hosts.len(), 1, "the host's socket is in the runtime dir: {hosts:?}");
+}
+
+#[test]
+fn as_root_a_prefix_the_workers_user_cannot_reach_is_refused() {
+    if euid() != 0 {
+        eprintln!("skipped: --user for another user needs root");
+        return;
+    }
+    workspace_built();
+    let closed = Scratch::new("closed");
+    std::fs::set_permissions(&closed.0, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let prefix = closed.0.join("prefix");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run(&["serve", "--listen", &addr, "--user", "nobody", "--prefix", &prefix.to_string_lossy()]);
+    assert_eq!(code, 1);
+    let expected = format!(
+        "the workers' user nobody (uid 65534) cannot reach {}/run (it may not enter {}): choose a --prefix",
+        prefix.display(),
+        closed.0.display()
+    );
+    assert!(err.contains(&expected), "{err}");
+}
+
+#[test]
+fn a_prefix_too_deep_for_the_hosts_sockets_is_refused_before_anything_is_made() {
+    workspace_built();
+    let scratch = Scratch::new("deep");
+    let deep = scratch.0.join("d".repeat(100));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run(&["serve", "--listen", &addr, "--prefix", &deep.to_string_lossy(), "--", "cat"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is too deep") && err.contains("choose a shorter one"), "{err}");
+    assert!(!deep.exists(), "the prefix was created anyway");
+}
+
+#[test]
 fn a_stopped_gateway_leaves_no_files_behind() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let mut gateway = Gateway::start(&[], |_| {});
@@ -538,6 +761,14 @@ fn a_stopped_gateway_leaves_no_files_behind() {
         let prefixes = gateway.tmp.entries();
         assert_eq!(prefixes.len(), 1, "{prefixes:?}");
         assert!(prefixes[0].starts_with("mcp-bridge-serve-"), "{prefixes:?}");
+        // The hosts' directories and the backends' HOME are in the prefix.
+        let run = gateway.tmp.0.join(&prefixes[0]).join("run");
+        let made: Vec<String> = std::fs::read_dir(&run)
+            .expect("runtime dir in the prefix")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(made.iter().any(|n| n.ends_with("-home")) && made.len() >= 2, "{made:?}");
         let status = gateway.stop(signal);
         assert!(status.success(), "exited with {status} on signal {signal}");
         assert_eq!(gateway.tmp.entries(), Vec::<String>::new(), "left behind after signal {signal}");
