@@ -1,9 +1,9 @@
 //! Finding Debian's nginx and its lua module, and writing a private prefix
 //! (nginx.conf, the Lua code, the route's configuration) to run it from.
 
-use crate::options::Serve;
+use crate::options::{Serve, DEFAULT_MAX_MESSAGE_BYTES};
 use std::fmt::Write as _;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -64,11 +64,22 @@ fn locate_with(explicit: Option<&Path>, module_dirs: &[&str]) -> Result<Nginx, S
     Err(format!("the nginx lua module is missing ({LUA_MODULE}): install it with `{APT_HINT}`"))
 }
 
-/// A Lua string literal for any bytes.
+/// A Lua string literal for any text.
 pub fn lua_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+    lua_bytes(s.as_bytes())
+}
+
+/// A Lua string literal for a path, whatever its bytes.
+fn lua_path(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    lua_bytes(p.as_os_str().as_bytes())
+}
+
+/// A Lua string literal for any bytes.
+fn lua_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
     out.push('"');
-    for b in s.bytes() {
+    for &b in bytes {
         match b {
             b'"' => out.push_str("\\\""),
             b'\\' => out.push_str("\\\\"),
@@ -82,52 +93,110 @@ pub fn lua_string(s: &str) -> String {
     out
 }
 
-/// The Lua that defines the gateway's route (run by init_by_lua_file).
-pub fn route_lua(s: &Serve, command: &[String]) -> String {
-    let mut args = String::new();
-    for a in &command[1..] {
-        let _ = write!(args, "{}, ", lua_string(a));
+/// Where the hosts keep their sockets and the backends' shared HOME: a
+/// directory of the prefix, so everything the gateway makes goes with it.
+pub fn runtime_dir(prefix: &Path) -> PathBuf {
+    prefix.join("run")
+}
+
+/// Room for a socket path in `sockaddr_un`, its terminating NUL excluded.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Whether the sockets of hosts of `uid` fit under `runtime_dir`. A worker
+/// binds its host's socket in the host's staging directory
+/// (`<runtime_dir>/.mcp-bridge-<uid>.<token>.new/host.sock`, see
+/// mcp_bridge_core::runtime and launcher), the longest path it uses.
+pub fn check_socket_room(runtime_dir: &Path, uid: u32) -> Result<(), String> {
+    use mcp_bridge_core::runtime::{SOCKET_NAME, TOKEN_LEN};
+    let socket = runtime_dir.join(format!(".mcp-bridge-{uid}.{}.new", "0".repeat(TOKEN_LEN))).join(SOCKET_NAME);
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "{} is too deep: the hosts' sockets would be {len} bytes long ({}), over the {MAX_SOCKET_PATH} a \
+             socket path may have",
+            runtime_dir.parent().unwrap_or(runtime_dir).display(),
+            socket.display()
+        ));
     }
-    let mut env = String::new();
-    for (k, v) in &s.env {
-        let _ = write!(env, "[{}] = {}, ", lua_string(k), lua_string(v));
+    Ok(())
+}
+
+/// What gateway.lua needs beside the options: where the hosts keep their
+/// files, and the host program.
+pub struct Placement<'a> {
+    pub runtime_dir: &'a Path,
+    pub host_program: &'a Path,
+}
+
+/// The Lua that defines the gateway's route (run by init_by_lua_file, in
+/// nginx's master only). Only the fields the user gave are written, so
+/// config.lua's defaults apply to the rest.
+pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
+    let mut fields = String::new();
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(fields, "    {name} = {value},");
+    };
+    field("base_uri", lua_string(&s.base_uri));
+    field("command", lua_string(&command[0]));
+    if command.len() > 1 {
+        let args: Vec<String> = command[1..].iter().map(|a| lua_string(a)).collect();
+        field("args", format!("{{ {} }}", args.join(", ")));
     }
-    let cwd = s.cwd.as_deref().map(|c| format!("    cwd = {},\n", lua_string(c))).unwrap_or_default();
-    let per_node = s.max_sessions_per_node.map(|n| format!("    max_sessions_per_node = {n},\n")).unwrap_or_default();
+    if !s.env.is_empty() {
+        let env: Vec<String> = s.env.iter().map(|(k, v)| format!("[{}] = {}", lua_string(k), lua_string(v))).collect();
+        field("env", format!("{{ {} }}", env.join(", ")));
+    }
+    if let Some(cwd) = &s.cwd {
+        field("cwd", lua_string(cwd));
+    }
+    let numbers = [
+        ("max_sessions", s.max_sessions),
+        ("max_sessions_per_node", s.max_sessions_per_node),
+        ("kill_grace_ms", s.kill_grace_ms),
+        ("max_message_bytes", s.max_message_bytes),
+        ("keepalive_interval_ms", s.keepalive_interval_ms),
+        ("slow_client_timeout_ms", s.slow_client_timeout_ms),
+    ];
+    for (name, value) in numbers {
+        if let Some(n) = value {
+            field(name, n.to_string());
+        }
+    }
+    if let Some(stderr) = &s.stderr {
+        field("stderr", lua_string(stderr));
+    }
+    if s.session_home {
+        field("session_home", "true".into());
+    }
     format!(
-        "-- Written by `mcp-bridge serve`.\n\
+        "-- Written by `mcp-bridge serve`. It holds the backends' --env values:\n\
+         -- only its owner (nginx's master reads it) may read it.\n\
          local standalone = require(\"apisix.plugins.mcp.bridge.standalone\")\n\
-         standalone.define(\"gateway\", {{\n    base_uri = {},\n    command = {},\n    args = {{ {args}}},\n    \
-         env = {{ {env}}},\n{cwd}    max_sessions = {},\n    kill_grace_ms = {},\n    max_message_bytes = {},\n    \
-         keepalive_interval_ms = {},\n    stderr = {},\n    slow_client_timeout_ms = {},\n{per_node}}})\n",
-        lua_string(&s.base_uri),
-        lua_string(&command[0]),
-        s.max_sessions,
-        s.kill_grace_ms,
-        s.max_message_bytes,
-        s.keepalive_interval_ms,
-        lua_string(&s.stderr),
-        s.slow_client_timeout_ms,
+         standalone.settings({{\n    runtime_dir = {},\n    host_program = {},\n}})\n\
+         -- names = \"cli\": messages name `mcp-bridge serve` options, not route fields.\n\
+         standalone.define(\"gateway\", {{\n{fields}}}, {{ names = \"cli\" }})\n",
+        lua_path(placed.runtime_dir),
+        lua_path(placed.host_program),
     )
 }
 
-/// nginx.conf for the gateway. `libdir` holds the native module.
-pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String {
+/// nginx.conf for the gateway. `libdir` holds the native module; `user` is
+/// nginx's `user` directive, if any.
+pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path, user: Option<&str>) -> String {
     let p = prefix.display();
     let mut load = String::new();
     for m in &nginx.load_modules {
         let _ = writeln!(load, "load_module {};", m.display());
     }
+    let user = user.map(|u| format!("{u}\n")).unwrap_or_default();
     let standalone = "require(\"apisix.plugins.mcp.bridge.standalone\")";
-    let max = s.max_message_bytes;
-    let too_large = format!("{{\\\"error\\\":\\\"request body is larger than max_message_bytes ({max})\\\"}}");
+    let max = s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let too_large = format!("{{\\\"error\\\":\\\"request body is larger than --max-message-bytes ({max})\\\"}}");
+    // No allow/deny: status() answers other clients itself, with a JSON 403.
     let status = match &s.status_uri {
         Some(uri) => format!(
             "\n        \
              location = {uri} {{\n            \
-                 allow 127.0.0.1;\n            \
-                 allow ::1;\n            \
-                 deny all;\n            \
                  content_by_lua_block {{ {standalone}.status() }}\n        \
              }}\n"
         ),
@@ -135,7 +204,7 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
     };
     format!(
         "# Written by `mcp-bridge serve`.\n\
-         {load}daemon off;\n\
+         {load}{user}daemon off;\n\
          master_process on;\n\
          worker_processes {workers};\n\
          pid {p}/nginx.pid;\n\
@@ -188,37 +257,74 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path) -> String 
     )
 }
 
-/// Writes the prefix: conf/nginx.conf, gateway.lua, lua/**, tmp/.
-pub fn write_prefix(prefix: &Path, config: &str, route: &str) -> Result<(), String> {
-    let io = |what: &Path, e: std::io::Error| format!("cannot write {}: {e}", what.display());
-    for dir in ["conf", "lua", "tmp", "logs"] {
-        let d = prefix.join(dir);
-        std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
-    }
-    let conf = prefix.join("conf/nginx.conf");
-    std::fs::write(&conf, config).map_err(|e| io(&conf, e))?;
-    let gateway = prefix.join("gateway.lua");
-    std::fs::write(&gateway, route).map_err(|e| io(&gateway, e))?;
-    for (path, contents) in LUA_FILES {
-        let target = prefix.join("lua").join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-        }
-        std::fs::write(&target, contents).map_err(|e| io(&target, e))?;
-    }
-    // Workers run as nobody when nginx starts as root: they must read it all.
-    chmod_tree(prefix).map_err(|e| io(prefix, e))
+fn io_error(what: &Path, e: std::io::Error) -> String {
+    format!("cannot write {}: {e}", what.display())
 }
 
-fn chmod_tree(dir: &Path) -> std::io::Result<()> {
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            chmod_tree(&path)?;
-        } else {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+/// Makes `dir` (if missing) and gives it `mode`. It must be a real
+/// directory of ours, not something another user prepared in a shared
+/// --prefix (a symbolic link to elsewhere, say).
+fn own_dir(dir: &Path, mode: u32, owners: &[u32]) -> Result<(), String> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(dir, e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io_error(dir, e))?;
+    if !meta.is_dir() || !owners.contains(&meta.uid()) {
+        return Err(format!("{} is not a directory of this user: remove it or choose another --prefix", dir.display()));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| io_error(dir, e))
+}
+
+/// Writes `contents` into a new file with exactly `mode`: whatever was
+/// there (a file another user can read, a link) is replaced, never
+/// written through.
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(path, e)),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    // The umask may have taken bits off: set them exactly.
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_error(path, e))?;
+    file.write_all(contents.as_bytes()).map_err(|e| io_error(path, e))
+}
+
+/// Writes the prefix: conf/nginx.conf and gateway.lua (read by nginx's
+/// master only, so its user's alone: gateway.lua holds the --env values),
+/// lua/** (code, readable by all), tmp/ (nginx makes its temporary
+/// directories there, for the workers' user), logs/ and the runtime
+/// directory, owned by the workers' user and private to it.
+pub fn write_prefix(prefix: &Path, config: &str, route: &str, workers: (u32, u32)) -> Result<(), String> {
+    let me = nix::unistd::Uid::effective();
+    for (dir, mode) in [("conf", 0o700), ("logs", 0o700), ("tmp", 0o711), ("lua", 0o755)] {
+        own_dir(&prefix.join(dir), mode, &[me.as_raw()])?;
+    }
+    write_file(&prefix.join("conf/nginx.conf"), config, 0o600)?;
+    write_file(&prefix.join("gateway.lua"), route, 0o600)?;
+    for (path, contents) in LUA_FILES {
+        let target = prefix.join("lua").join(path);
+        let lua = prefix.join("lua");
+        for dir in target.ancestors().skip(1).take_while(|d| *d != lua).collect::<Vec<_>>().into_iter().rev() {
+            own_dir(dir, 0o755, &[me.as_raw()])?;
         }
+        write_file(&target, contents, 0o644)?;
+    }
+    // The workers create the hosts' directories and the backends' HOME in
+    // it. A prefix used before may hold it already, owned by them.
+    let run = runtime_dir(prefix);
+    own_dir(&run, 0o700, &[me.as_raw(), workers.0])?;
+    if me.is_root() {
+        std::os::unix::fs::chown(&run, Some(workers.0), Some(workers.1)).map_err(|e| io_error(&run, e))?;
     }
     Ok(())
 }
@@ -287,13 +393,79 @@ mod tests {
         }
     }
 
+    fn placed() -> Placement<'static> {
+        Placement { runtime_dir: Path::new("/p/run"), host_program: Path::new("/b/host") }
+    }
+
     #[test]
-    fn the_route_carries_the_command_and_options() {
-        let s = Serve { env: vec![("K".into(), "v".into())], ..Serve::default() };
-        let lua = route_lua(&s, &["npx".into(), "-y".into(), "pkg".into()]);
+    fn the_route_carries_the_command_and_only_the_options_given() {
+        let s = Serve { env: vec![("K".into(), "v".into())], max_sessions: Some(7), ..Serve::default() };
+        let lua = route_lua(&s, &["npx".into(), "-y".into(), "pkg".into()], &placed());
         assert!(lua.contains("command = \"npx\""), "{lua}");
-        assert!(lua.contains("args = { \"-y\", \"pkg\", }"), "{lua}");
-        assert!(lua.contains("env = { [\"K\"] = \"v\", }"), "{lua}");
-        assert!(lua.contains("max_sessions = 100"), "{lua}");
+        assert!(lua.contains("args = { \"-y\", \"pkg\" }"), "{lua}");
+        assert!(lua.contains("env = { [\"K\"] = \"v\" }"), "{lua}");
+        assert!(lua.contains("max_sessions = 7,"), "{lua}");
+        assert!(lua.contains("runtime_dir = \"/p/run\""), "{lua}");
+        assert!(lua.contains("host_program = \"/b/host\""), "{lua}");
+        assert!(lua.contains("}, { names = \"cli\" })"), "{lua}");
+        // What was not given is left to config.lua's defaults.
+        let plain = route_lua(&Serve::default(), &["cat".into()], &placed());
+        for field in
+            ["args", "env", "cwd", "kill_grace_ms", "max_message_bytes", "stderr", "session_home", "max_sessions"]
+        {
+            assert!(!plain.contains(&format!("    {field} =")), "{field} written: {plain}");
+        }
+        let home = route_lua(&Serve { session_home: true, ..Serve::default() }, &["cat".into()], &placed());
+        assert!(home.contains("session_home = true,"), "{home}");
+    }
+
+    #[test]
+    fn the_status_location_leaves_the_loopback_check_to_lua() {
+        let nginx = Nginx { binary: "/usr/sbin/nginx".into(), load_modules: Vec::new() };
+        let s = Serve { status_uri: Some("/-/status".into()), ..Serve::default() };
+        let conf = config(&s, &nginx, Path::new("/p"), Path::new("/lib"), None);
+        assert!(conf.contains("location = /-/status {"), "{conf}");
+        assert!(!conf.contains("allow ") && !conf.contains("deny "), "{conf}");
+        assert!(!conf.contains("user "), "no user directive unless asked: {conf}");
+        let conf = config(&s, &nginx, Path::new("/p"), Path::new("/lib"), Some("user \"nobody\" \"nogroup\";"));
+        assert!(conf.contains("\nuser \"nobody\" \"nogroup\";\ndaemon off;"), "{conf}");
+    }
+
+    #[test]
+    fn a_prefix_too_deep_for_a_socket_path_is_refused_with_its_name() {
+        let deep = PathBuf::from(format!("/tmp/{}/run", "d".repeat(60)));
+        let err = check_socket_room(&deep, 65534).expect_err("too deep");
+        assert!(err.starts_with(&format!("/tmp/{} is too deep", "d".repeat(60))), "{err}");
+        assert!(err.contains("over the 107 a socket path may have"), "{err}");
+        assert!(check_socket_room(Path::new("/tmp/mcp-bridge-serve-abcdef/run"), 65534).is_ok());
+        // The boundary: the staging socket path at 107 bytes fits, at 108 not.
+        let suffix = "/run/.mcp-bridge-65534.0123456789abcdef.new/host.sock".len();
+        let at = |len: usize| PathBuf::from(format!("/{}", "p".repeat(len - suffix - 1))).join("run");
+        assert!(check_socket_room(&at(107), 65534).is_ok());
+        assert!(check_socket_room(&at(108), 65534).is_err());
+    }
+
+    #[test]
+    fn the_prefix_keeps_the_route_to_its_owner_and_replaces_what_was_there() {
+        let prefix = std::env::temp_dir().join(format!("mcp-bridge-prefix-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&prefix);
+        std::fs::create_dir_all(&prefix).expect("prefix");
+        // A file others can read, left from before, is replaced, not reused.
+        std::fs::write(prefix.join("gateway.lua"), "old").expect("old");
+        std::fs::set_permissions(prefix.join("gateway.lua"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let me = (nix::unistd::Uid::effective().as_raw(), nix::unistd::Gid::effective().as_raw());
+        write_prefix(&prefix, "conf", "secret", me).expect("write");
+        let mode = |p: &str| std::fs::metadata(prefix.join(p)).expect(p).permissions().mode() & 0o777;
+        assert_eq!(mode("gateway.lua"), 0o600);
+        assert_eq!(std::fs::read_to_string(prefix.join("gateway.lua")).expect("read"), "secret");
+        assert_eq!(mode("conf/nginx.conf"), 0o600);
+        assert_eq!(mode("run"), 0o700);
+        assert_eq!(mode("lua/apisix/plugins/mcp/bridge/standalone.lua"), 0o644);
+        // A link planted in a shared prefix is not followed.
+        std::fs::remove_dir(prefix.join("run")).expect("rmdir");
+        std::os::unix::fs::symlink("/", prefix.join("run")).expect("symlink");
+        let err = write_prefix(&prefix, "conf", "secret", me).expect_err("symlink");
+        assert!(err.contains("run is not a directory of this user"), "{err}");
+        let _ = std::fs::remove_dir_all(&prefix);
     }
 }

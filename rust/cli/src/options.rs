@@ -1,5 +1,12 @@
 //! Command line of `mcp-bridge`.
+//!
+//! Options that set a route field stay `None` unless given: only what the
+//! user gave is written into the route, so config.lua's schema, the one
+//! home of defaults, supplies the rest. The defaults shown in brackets below
+//! are held to that schema by tests/defaults.rs.
 
+use mcp_bridge_core::levels;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 pub const USAGE: &str = "\
@@ -8,6 +15,8 @@ usage: mcp-bridge serve [OPTIONS] [-- COMMAND [ARGS...]]
 Serves the stdio MCP server COMMAND over MCP's HTTP+SSE transport on a
 stock nginx with the lua module, one COMMAND process per client session.
 Without COMMAND, bridges the bundled demo server (mcp-fixture --demo).
+Backends run as --user, with the PATH of this command (unless given
+--env PATH=...), and find COMMAND on it.
 
 options:
   --listen ADDR                 address to listen on [127.0.0.1:9080]
@@ -22,34 +31,55 @@ options:
   --keepalive-interval-ms N     SSE keepalive interval [15000]
   --stderr notify|log           where backend stderr goes [notify]
   --env KEY=VALUE               extra backend environment (repeatable)
+  --env KEY                     the same, with the value of KEY in this
+                                command's environment, so a secret stays
+                                out of the command line (which `ps` shows).
+                                The values go into a file of the prefix
+                                only the user running serve may read
   --cwd DIR                     backend working directory
+  --session-home                a private HOME and TMPDIR per session,
+                                removed when it ends [off]
+  --user USER                   user the workers and backends run as; other
+                                than yourself only when run as root [you]
   --log-level LEVEL             nginx error log level [notice]
   --status-uri PATH             serve a JSON status report at PATH, to
                                 loopback clients only [off]
   --nginx PATH                  nginx binary [nginx on PATH, or /usr/sbin/nginx]
-  --prefix DIR                  keep nginx's files in DIR [a temporary directory]
+  --prefix DIR                  keep nginx's files, the hosts' sockets and the
+                                backends' HOME in DIR [a temporary directory]
   -h, --help                    this help
   -V, --version                 the version
 ";
 
+/// The default of `--max-message-bytes` that config.lua applies when the
+/// option is not given; the gateway sizes nginx's body buffers with it.
+/// A test holds it to the usage text, which tests/defaults.rs holds to
+/// config.lua.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 4 << 20;
+
 #[derive(Debug, Clone)]
 pub struct Serve {
     pub listen: String,
+    /// Not the route's default (""): the gateway serves under /mcp.
     pub base_uri: String,
     pub workers: u32,
-    pub max_sessions: u64,
-    pub max_sessions_per_node: Option<u64>,
-    pub slow_client_timeout_ms: u64,
     pub status_uri: Option<String>,
-    pub kill_grace_ms: u64,
-    pub max_message_bytes: u64,
-    pub keepalive_interval_ms: u64,
-    pub stderr: String,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<String>,
     pub log_level: String,
     pub nginx: Option<PathBuf>,
     pub prefix: Option<PathBuf>,
+    /// None: the user running `serve`.
+    pub user: Option<String>,
+    // Route fields: None (false) leaves config.lua's default.
+    pub max_sessions: Option<u64>,
+    pub max_sessions_per_node: Option<u64>,
+    pub slow_client_timeout_ms: Option<u64>,
+    pub kill_grace_ms: Option<u64>,
+    pub max_message_bytes: Option<u64>,
+    pub keepalive_interval_ms: Option<u64>,
+    pub stderr: Option<String>,
+    pub session_home: bool,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
     /// Empty: the bundled demo server.
     pub command: Vec<String>,
 }
@@ -60,19 +90,21 @@ impl Default for Serve {
             listen: "127.0.0.1:9080".into(),
             base_uri: "/mcp".into(),
             workers: 1,
-            max_sessions: 100,
-            max_sessions_per_node: None,
-            slow_client_timeout_ms: 30000,
             status_uri: None,
-            kill_grace_ms: 2000,
-            max_message_bytes: 4 << 20,
-            keepalive_interval_ms: 15000,
-            stderr: "notify".into(),
-            env: Vec::new(),
-            cwd: None,
             log_level: "notice".into(),
             nginx: None,
             prefix: None,
+            user: None,
+            max_sessions: None,
+            max_sessions_per_node: None,
+            slow_client_timeout_ms: None,
+            kill_grace_ms: None,
+            max_message_bytes: None,
+            keepalive_interval_ms: None,
+            stderr: None,
+            session_home: false,
+            env: Vec::new(),
+            cwd: None,
             command: Vec::new(),
         }
     }
@@ -89,7 +121,23 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
     value.parse().map_err(|_| format!("{flag} needs a whole number, got \"{value}\""))
 }
 
-pub fn parse(args: &[String]) -> Result<Action, String> {
+/// `--env KEY=VALUE`, or `--env KEY` with the value looked up by `getenv`.
+fn env_entry(v: &str, getenv: &dyn Fn(&str) -> Option<OsString>) -> Result<(String, String), String> {
+    if let Some((k, val)) = v.split_once('=') {
+        return Ok((k.to_string(), val.to_string()));
+    }
+    if v.is_empty() {
+        return Err("--env needs KEY=VALUE or KEY, got \"\"".into());
+    }
+    let val = getenv(v)
+        .ok_or_else(|| format!("--env {v}: {v} is not set in this environment (export it, or give --env {v}=VALUE)"))?;
+    let val = val.into_string().map_err(|_| format!("--env {v}: the value of {v} is not valid UTF-8"))?;
+    Ok((v.to_string(), val))
+}
+
+/// Parses the command line; `getenv` reads this process's environment
+/// (for `--env KEY`).
+pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Result<Action, String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("serve") => {}
@@ -117,6 +165,13 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
         if !name.starts_with("--") {
             return Err(format!("unexpected argument \"{flag}\" (put the server's command after \"--\")"));
         }
+        if name == "--session-home" {
+            if inline.is_some() {
+                return Err("--session-home takes no value".into());
+            }
+            s.session_home = true;
+            continue;
+        }
         let mut value = || -> Result<String, String> {
             inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{name} needs a value"))
         };
@@ -124,20 +179,23 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
             "--listen" => s.listen = value()?,
             "--base-uri" => s.base_uri = value()?,
             "--workers" => s.workers = number(name, &value()?)?,
-            "--max-sessions" => s.max_sessions = number(name, &value()?)?,
+            "--max-sessions" => s.max_sessions = Some(number(name, &value()?)?),
             "--max-sessions-per-node" => s.max_sessions_per_node = Some(number(name, &value()?)?),
-            "--slow-client-timeout-ms" => s.slow_client_timeout_ms = number(name, &value()?)?,
+            "--slow-client-timeout-ms" => s.slow_client_timeout_ms = Some(number(name, &value()?)?),
             "--status-uri" => s.status_uri = Some(value()?),
-            "--kill-grace-ms" => s.kill_grace_ms = number(name, &value()?)?,
-            "--max-message-bytes" => s.max_message_bytes = number(name, &value()?)?,
-            "--keepalive-interval-ms" => s.keepalive_interval_ms = number(name, &value()?)?,
-            "--stderr" => s.stderr = value()?,
-            "--env" => {
-                let v = value()?;
-                let (k, val) = v.split_once('=').ok_or_else(|| format!("--env needs KEY=VALUE, got \"{v}\""))?;
-                s.env.push((k.to_string(), val.to_string()));
-            }
+            "--kill-grace-ms" => s.kill_grace_ms = Some(number(name, &value()?)?),
+            "--max-message-bytes" => s.max_message_bytes = Some(number(name, &value()?)?),
+            "--keepalive-interval-ms" => s.keepalive_interval_ms = Some(number(name, &value()?)?),
+            "--stderr" => s.stderr = Some(value()?),
+            "--env" => s.env.push(env_entry(&value()?, getenv)?),
             "--cwd" => s.cwd = Some(value()?),
+            "--user" => {
+                let user = value()?;
+                if user.is_empty() {
+                    return Err("--user needs a user name".into());
+                }
+                s.user = Some(user);
+            }
             "--log-level" => s.log_level = value()?,
             "--nginx" => s.nginx = Some(PathBuf::from(value()?)),
             "--prefix" => s.prefix = Some(PathBuf::from(value()?)),
@@ -153,9 +211,8 @@ pub fn parse(args: &[String]) -> Result<Action, String> {
             return Err(format!("--status-uri must be a plain path such as /-/status, got \"{uri}\""));
         }
     }
-    const LEVELS: [&str; 8] = ["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"];
-    if !LEVELS.contains(&s.log_level.as_str()) {
-        return Err(format!("--log-level must be one of {}, got \"{}\"", LEVELS.join(", "), s.log_level));
+    if levels::severity(&s.log_level).is_none() {
+        return Err(format!("--log-level: {}", levels::unknown(&s.log_level)));
     }
     Ok(Action::Serve(Box::new(s)))
 }
@@ -168,8 +225,16 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
+    fn no_env(_: &str) -> Option<OsString> {
+        None
+    }
+
+    fn try_parse(s: &str) -> Result<Action, String> {
+        parse(&args(s), &no_env)
+    }
+
     fn serve(s: &str) -> Serve {
-        match parse(&args(s)).expect("parse") {
+        match try_parse(s).expect("parse") {
             Action::Serve(s) => *s,
             other => panic!("{other:?}"),
         }
@@ -185,29 +250,65 @@ mod tests {
     }
 
     #[test]
+    fn route_fields_not_given_are_left_to_config_lua() {
+        let s = serve("serve");
+        assert_eq!(
+            (s.max_sessions, s.slow_client_timeout_ms, s.kill_grace_ms, s.max_message_bytes, s.keepalive_interval_ms),
+            (None, None, None, None, None)
+        );
+        assert_eq!((s.stderr, s.session_home, s.user), (None, false, None));
+    }
+
+    #[test]
     fn options_take_separate_or_inline_values() {
         let s = serve("serve --listen 0.0.0.0:8000 --workers=2 --max-sessions 5 --env A=1 --env B=x=y -- cat");
-        assert_eq!((s.listen.as_str(), s.workers, s.max_sessions), ("0.0.0.0:8000", 2, 5));
+        assert_eq!((s.listen.as_str(), s.workers, s.max_sessions), ("0.0.0.0:8000", 2, Some(5)));
         let s2 = serve("serve --max-sessions-per-node 7 --slow-client-timeout-ms 900 --status-uri /-/status");
-        assert_eq!((s2.max_sessions_per_node, s2.slow_client_timeout_ms), (Some(7), 900));
+        assert_eq!((s2.max_sessions_per_node, s2.slow_client_timeout_ms), (Some(7), Some(900)));
         assert_eq!(s2.status_uri.as_deref(), Some("/-/status"));
         assert_eq!(s.env, [("A".to_string(), "1".to_string()), ("B".to_string(), "x=y".to_string())]);
+        let s3 = serve("serve --session-home --user nobody --stderr log");
+        assert!(s3.session_home);
+        assert_eq!((s3.user.as_deref(), s3.stderr.as_deref()), (Some("nobody"), Some("log")));
+    }
+
+    #[test]
+    fn env_without_a_value_takes_it_from_the_environment() {
+        let getenv = |k: &str| (k == "TOKEN").then(|| OsString::from("s3cret"));
+        let Ok(Action::Serve(s)) = parse(&args("serve --env TOKEN --env A=1"), &getenv) else { panic!("parse") };
+        assert_eq!(s.env, [("TOKEN".to_string(), "s3cret".to_string()), ("A".to_string(), "1".to_string())]);
+        let err = parse(&args("serve --env MISSING"), &getenv).expect_err("unset");
+        assert!(err.contains("MISSING is not set in this environment"), "{err}");
+        let bytes = |_: &str| Some(std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]));
+        assert!(parse(&args("serve --env BIN"), &bytes).expect_err("not UTF-8").contains("not valid UTF-8"));
     }
 
     #[test]
     fn mistakes_are_named() {
-        assert!(parse(&args("serve --workers two")).unwrap_err().contains("--workers needs a whole number"));
-        assert!(parse(&args("serve --workers 0")).unwrap_err().contains("between 1 and 256"));
-        assert!(parse(&args("serve --bogus 1")).unwrap_err().contains("unknown option --bogus"));
-        assert!(parse(&args("serve cat")).unwrap_err().contains("after \"--\""));
-        assert!(parse(&args("serve --env nope")).unwrap_err().contains("KEY=VALUE"));
-        assert!(parse(&args("serve --listen")).unwrap_err().contains("needs a value"));
-        assert!(parse(&args("serve --")).unwrap_err().contains("nothing after"));
-        assert!(parse(&args("run")).unwrap_err().contains("unknown command"));
-        assert!(parse(&args("serve --log-level loud")).unwrap_err().contains("--log-level"));
-        assert!(parse(&args("serve --max-sessions-per-node x")).unwrap_err().contains("whole number"));
+        let err = |s: &str| try_parse(s).expect_err(s);
+        assert!(err("serve --workers two").contains("--workers needs a whole number"));
+        assert!(err("serve --workers 0").contains("between 1 and 256"));
+        assert!(err("serve --bogus 1").contains("unknown option --bogus"));
+        assert!(err("serve cat").contains("after \"--\""));
+        assert!(err("serve --listen").contains("needs a value"));
+        assert!(err("serve --").contains("nothing after"));
+        assert!(err("run").contains("unknown command"));
+        assert!(err("serve --log-level loud").contains("--log-level: unknown log level \"loud\" (one of debug,"));
+        assert!(err("serve --max-sessions-per-node x").contains("whole number"));
+        assert!(err("serve --session-home=yes").contains("takes no value"));
+        assert!(parse(&[String::from("serve"), String::from("--env"), String::new()], &no_env).is_err());
         for bad in ["status", "/a b", "/a//b", "/a/../b", "/a;b", "/{x}"] {
-            assert!(parse(&[String::from("serve"), String::from("--status-uri"), bad.into()]).is_err(), "{bad}");
+            assert!(
+                parse(&[String::from("serve"), String::from("--status-uri"), bad.into()], &no_env).is_err(),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn the_body_limit_default_is_the_one_the_usage_shows() {
+        assert!(USAGE.contains(&format!(
+            "--max-message-bytes N         largest message in either direction [{DEFAULT_MAX_MESSAGE_BYTES}]"
+        )));
     }
 }

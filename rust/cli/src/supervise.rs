@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn a_bad_option_is_shown_as_one_line_and_other_lines_pass_through() {
         let log = "2026/01/01 [notice] 1#1: nginx/1.22.1\n\
-                   2026/01/01 [error] 2#2: init_by_lua_file error: /p/gateway.lua:3: mcp-bridge: invalid configuration of route \"gateway\": max_sessions must be at least 1, got 0\n\
+                   2026/01/01 [error] 2#2: init_by_lua_file error: /p/gateway.lua:3: mcp-bridge: invalid configuration: --max-sessions must be at least 1, got 0\n\
                    stack traceback:\n\t[C]: in function 'error'\n\t/p/gateway.lua:3: in main chunk\n\
                    2026/01/01 [notice] 1#1: exit\n";
         let mut out = Vec::new();
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "2026/01/01 [notice] 1#1: nginx/1.22.1\n\
-             mcp-bridge: invalid configuration of route \"gateway\": max_sessions must be at least 1, got 0\n\
+             mcp-bridge: invalid configuration: --max-sessions must be at least 1, got 0\n\
              2026/01/01 [notice] 1#1: exit\n"
         );
     }
