@@ -99,7 +99,8 @@ impl Layout {
     /// host sweeping stale directories never sees one half set up. Returns
     /// the token and that directory; [`Layout::publish`] moves it into place.
     pub fn create_host_dir(&self) -> io::Result<(String, PathBuf)> {
-        let probe = self.socket_path(&"0".repeat(TOKEN_LEN));
+        // The socket is bound in the staging directory, whose name is longer.
+        let probe = self.base.join(format!(".{}{}.new", self.prefix(), "0".repeat(TOKEN_LEN))).join(SOCKET_NAME);
         if probe.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -271,6 +272,16 @@ mod tests {
         let base = PathBuf::from(format!("/tmp/{}", "d".repeat(90)));
         let err = Layout::new(Some(base)).create_host_dir().expect_err("too long");
         assert!(err.to_string().contains("too long for a socket path"), "{err}");
+        // At the boundary: the staging socket path, the longest one bound,
+        // fits exactly with a base of `fits` bytes.
+        let uid = Layout::new(None).uid();
+        let tail = format!("/.mcp-bridge-{uid}.{}.new/{SOCKET_NAME}", "0".repeat(TOKEN_LEN)).len();
+        let fits = MAX_SOCKET_PATH - tail;
+        let base = |n: usize| PathBuf::from(format!("/tmp/{}", "e".repeat(n - 5)));
+        let (_, staging) = Layout::new(Some(base(fits))).create_host_dir().expect("a base that fits");
+        std::os::unix::net::UnixListener::bind(staging.join(SOCKET_NAME)).expect("its socket binds");
+        assert!(Layout::new(Some(base(fits + 1))).create_host_dir().is_err(), "one byte more does not fit");
+        let _ = fs::remove_dir_all(base(fits));
     }
 
     #[test]

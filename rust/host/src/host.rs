@@ -4,6 +4,7 @@ use crate::backend;
 use crate::binding::Binding;
 use crate::escapees::Sweeper;
 use crate::events::Events;
+use crate::pool::Pools;
 use crate::reaper::Reaper;
 use crate::sse::Inbox;
 use std::cell::{Cell, RefCell};
@@ -93,6 +94,8 @@ pub struct Host {
     pub reaper: Rc<Reaper>,
     pub sweeper: Rc<Sweeper>,
     pub events: Rc<Events>,
+    /// Backends serving stateless requests.
+    pub pools: Rc<Pools>,
     /// Live sessions by id.
     pub(crate) sessions: RefCell<HashMap<String, Registered>>,
     /// Process groups of the live sessions (a group's id is its backend's pid).
@@ -119,6 +122,7 @@ impl Host {
             reaper,
             sweeper,
             events: Events::new(),
+            pools: Pools::new(),
             sessions: RefCell::default(),
             backends: RefCell::default(),
             shutdown: watch::Sender::new(false),
@@ -216,7 +220,8 @@ impl Host {
             "token": self.token,
             "worker": self.worker.pid,
             "master": self.worker.master,
-            "sessions": self.live_sessions(),
+            "sessions": self.sessions.borrow().len(),
+            "pooled": self.pools.live(),
             "backends": self.backends.borrow().iter().collect::<Vec<_>>(),
             "spawned": self.spawned.get(),
             "ended": self.ended.get(),

@@ -15,7 +15,9 @@
 use crate::binding::Binding;
 use crate::frame::{self, Kind};
 use serde::Deserialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// The headers of a request that matter here, as the worker read them.
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +34,9 @@ pub struct Headers {
     pub mcp_name: Option<String>,
     /// `Accept`.
     pub accept: String,
+    /// Whether the worker took a session slot for this request (it does for
+    /// what looks like an `initialize`).
+    pub slot: bool,
 }
 
 #[derive(Debug)]
@@ -139,6 +144,76 @@ impl<W: AsyncWrite + Unpin> Reply<W> {
     pub async fn empty(&mut self, status: u16, session: Option<&str>) -> std::io::Result<()> {
         self.head(status, Body::None, session).await?;
         self.end().await
+    }
+}
+
+/// What a stream carries to the HTTP request that holds it.
+pub enum Item {
+    /// A message related to the request (or, on a standalone stream, any).
+    Message(Vec<u8>),
+    /// The response, with the HTTP status it gets if it is the first thing
+    /// sent; the stream ends with it.
+    Final(u16, Vec<u8>),
+    /// The stream ends without a response (its session ended, or a newer
+    /// stream replaced it).
+    End,
+}
+
+/// Writes what a request's stream carries to the worker: one JSON document
+/// if the response comes first, else an event stream (also once the
+/// keepalive interval passes in silence). Returns whether the connection
+/// can be used again.
+pub async fn relay<R, W>(
+    mut items: mpsc::Receiver<Item>,
+    reader: &mut R,
+    reply: &mut Reply<W>,
+    keepalive: Option<Duration>,
+    session: Option<&str>,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut closed_probe = [0u8; 1];
+    loop {
+        let silence = async {
+            match keepalive {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        let item = tokio::select! {
+            item = items.recv() => item.unwrap_or(Item::End),
+            // The worker sends nothing while a reply is under way: any
+            // read completing means it closed the connection.
+            _ = reader.read(&mut closed_probe) => return false,
+            _ = silence => {
+                let written = match reply.body() {
+                    None => reply.head(200, Body::Sse, session).await.and(reply.keepalive().await),
+                    Some(_) => reply.keepalive().await,
+                };
+                if written.is_err() {
+                    return false;
+                }
+                continue;
+            }
+        };
+        let written = match (item, reply.body()) {
+            (Item::Final(status, bytes), None) => return reply.json(status, session, &bytes).await.is_ok(),
+            (Item::Final(_, bytes), Some(_)) => {
+                return reply.message(&bytes).await.is_ok() && reply.end().await.is_ok();
+            }
+            (Item::End, None) => return reply.empty(200, session).await.is_ok(),
+            (Item::End, Some(_)) => return reply.end().await.is_ok(),
+            (Item::Message(bytes), None) => match reply.head(200, Body::Sse, session).await {
+                Ok(()) => reply.message(&bytes).await,
+                Err(e) => Err(e),
+            },
+            (Item::Message(bytes), Some(_)) => reply.message(&bytes).await,
+        };
+        if written.is_err() {
+            return false;
+        }
     }
 }
 

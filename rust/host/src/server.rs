@@ -4,7 +4,7 @@
 use crate::frame::{self, AckStatus, Kind};
 use crate::host::{Host, Worker};
 use crate::log;
-use crate::sse;
+use crate::{endpoint, sse};
 use mcp_bridge_core::{launcher, procfs, procs};
 use std::io;
 use std::path::PathBuf;
@@ -170,7 +170,7 @@ async fn serve_connection(host: Rc<Host>, mut stream: UnixStream) {
             let (_reader, writer) = stream.into_split();
             events.watch(writer).await
         }
-        Kind::Deliver | Kind::Query | Kind::End => serve_requests(host, stream, first).await,
+        Kind::Deliver | Kind::Query | Kind::End | Kind::Request => serve_requests(host, stream, first).await,
         other => log!(Warn, "unexpected {other:?} frame opening a connection"),
     }
 }
@@ -203,6 +203,13 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
             // session (a proxy in front of the pool may ignore pool names):
             // it is the session's connection from now on.
             Kind::Spawn => return sse::run(host, stream, payload).await,
+            Kind::Request => {
+                if !endpoint::serve(&host, &mut stream, &payload).await {
+                    return;
+                }
+                next = read_next(&mut stream).await;
+                continue;
+            }
             other => {
                 log!(Warn, "unexpected {other:?} frame on a request connection");
                 return;
@@ -212,13 +219,17 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
         if stream.write_all(&reply).await.is_err() {
             return;
         }
-        next = match frame::read(&mut stream).await {
-            Ok(f) => f,
-            Err(e) => {
-                log!(Info, "request connection: {e}");
-                None
-            }
-        };
+        next = read_next(&mut stream).await;
+    }
+}
+
+async fn read_next(stream: &mut UnixStream) -> Option<(Kind, Vec<u8>)> {
+    match frame::read(stream).await {
+        Ok(f) => f,
+        Err(e) => {
+            log!(Info, "request connection: {e}");
+            None
+        }
     }
 }
 

@@ -37,6 +37,16 @@ pub struct SpawnSpec {
     pub session_idle_timeout_ms: u64,
     /// ... and after this long in any case.
     pub session_max_lifetime_ms: u64,
+    /// The warm pool of backends serving stateless (2026-07-28) requests,
+    /// per route and consumer.
+    pub pool_min_idle: usize,
+    pub pool_max_per_key: usize,
+    pub pool_max_per_worker: usize,
+    pub pool_idle_timeout_ms: u64,
+    pub pool_max_requests: u64,
+    pub pool_max_age_ms: u64,
+    /// How long a request waits for a pooled backend before 503.
+    pub pool_wait_ms: u64,
 }
 
 impl SpawnSpec {
@@ -84,7 +94,9 @@ mod tests {
 
     const FULL: &str = r#"{"command":"cat","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,
         "stderr":"notify","keepalive_interval_ms":15000,"session_home":false,
-        "session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000}"#;
+        "session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"pool_min_idle":0,
+        "pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,
+        "pool_max_age_ms":3600000,"pool_wait_ms":5000}"#;
 
     #[test]
     fn a_whole_request_parses() {

@@ -348,7 +348,9 @@ impl Running {
             max_message: spec.max_message_bytes,
             pending: Rc::clone(&pending),
         };
-        host.sessions.borrow_mut().insert(id.clone(), Registered { info: Rc::clone(&info), kind: Transport::Sse(inbox) });
+        host.sessions
+            .borrow_mut()
+            .insert(id.clone(), Registered { info: Rc::clone(&info), kind: Transport::Sse(inbox) });
         host.events.session_started(&info.binding, TRANSPORT, &id);
         let stdin = spawn_local(feed_stdin(stdin, rx, queued, pid));
         let stdout = spawn_local(pump_stdout(

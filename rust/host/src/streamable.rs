@@ -19,7 +19,7 @@
 use crate::backend::SpawnError;
 use crate::child::{Child, Output, Refused};
 use crate::host::{Host, Registered, SessionInfo, Transport};
-use crate::http::{Body, Reply, Request};
+use crate::http::{relay, Body, Item, Reply, Request};
 use crate::log;
 use crate::mcp::{self, code, Shape};
 use crate::message;
@@ -49,19 +49,12 @@ const STREAM_QUEUE: usize = 16;
 const UNROUTED_MESSAGES: usize = 100;
 const UNROUTED_BYTES: usize = 1 << 20;
 
+/// The answer to an `initialize` that came without a session slot: the
+/// worker takes one and asks again.
+const NEED_SLOT: u16 = 428;
+
 /// Requests of one session that may wait for a response at once.
 const MAX_PENDING: usize = 10_000;
-
-/// What a stream carries to the HTTP request that holds it.
-pub enum Item {
-    /// A message related to the request (or, on the standalone stream, any).
-    Message(Vec<u8>),
-    /// The response; the stream ends with it.
-    Final(Vec<u8>),
-    /// The stream ends without a response (the session ended, or a newer
-    /// GET replaced this one).
-    End,
-}
 
 type Stream = mpsc::Sender<Item>;
 
@@ -127,7 +120,13 @@ fn session_not_found(id: &Value) -> Refusal {
 
 /// Serves a request of the sessionful leg on the worker's connection.
 /// Returns false when the connection cannot be used again.
-pub async fn serve<R, W>(host: &Rc<Host>, request: Request, parsed: Option<(Value, Shape)>, reader: &mut R, writer: W) -> bool
+pub async fn serve<R, W>(
+    host: &Rc<Host>,
+    request: Request,
+    parsed: Option<(Value, Shape)>,
+    reader: &mut R,
+    writer: W,
+) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -150,9 +149,7 @@ fn find(host: &Host, request: &Request) -> Option<(Rc<SessionInfo>, mpsc::Unboun
     let sessions = host.sessions.borrow();
     let session = sessions.get(&request.headers.session).filter(|s| s.info.binding == request.binding)?;
     match &session.kind {
-        Transport::Streamable(handle) => {
-            Some((Rc::clone(&session.info), handle.commands.clone(), handle.keepalive))
-        }
+        Transport::Streamable(handle) => Some((Rc::clone(&session.info), handle.commands.clone(), handle.keepalive)),
         Transport::Sse(_) => None,
     }
 }
@@ -184,6 +181,10 @@ where
         return match &shape {
             Shape::Request { method, id } if method == "initialize" => {
                 check_version(request, id)?;
+                if !request.headers.slot {
+                    // The worker takes a session slot first, then asks again.
+                    return Ok(reply.empty(NEED_SLOT, None).await.is_ok());
+                }
                 initialize(host, request, message, id.clone(), reader, reply).await
             }
             Shape::Request { id, .. } => {
@@ -236,64 +237,6 @@ fn progress_token(message: &Value) -> Option<String> {
     mcp::meta(message).and_then(|m| m.get("progressToken")).map(Value::to_string)
 }
 
-/// Writes what a request's stream carries to the worker: one JSON document
-/// if the response comes first, else an event stream (also once the
-/// keepalive interval passes in silence). Returns whether the connection
-/// can be used again.
-async fn relay<R, W>(
-    mut items: mpsc::Receiver<Item>,
-    reader: &mut R,
-    reply: &mut Reply<W>,
-    keepalive: Option<Duration>,
-    session: Option<&str>,
-) -> bool
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut closed_probe = [0u8; 1];
-    loop {
-        let silence = async {
-            match keepalive {
-                Some(every) => tokio::time::sleep(every).await,
-                None => std::future::pending().await,
-            }
-        };
-        let item = tokio::select! {
-            item = items.recv() => item.unwrap_or(Item::End),
-            // The worker sends nothing while a reply is under way: any
-            // read completing means it closed the connection.
-            _ = reader.read(&mut closed_probe) => return false,
-            _ = silence => {
-                let written = match reply.body() {
-                    None => reply.head(200, Body::Sse, session).await.and(reply.keepalive().await),
-                    Some(_) => reply.keepalive().await,
-                };
-                if written.is_err() {
-                    return false;
-                }
-                continue;
-            }
-        };
-        let written = match (item, reply.body()) {
-            (Item::Final(bytes), None) => return reply.json(200, session, &bytes).await.is_ok(),
-            (Item::Final(bytes), Some(_)) => {
-                return reply.message(&bytes).await.is_ok() && reply.end().await.is_ok();
-            }
-            (Item::End, None) => return reply.empty(200, session).await.is_ok(),
-            (Item::End, Some(_)) => return reply.end().await.is_ok(),
-            (Item::Message(bytes), None) => match reply.head(200, Body::Sse, session).await {
-                Ok(()) => reply.message(&bytes).await,
-                Err(e) => Err(e),
-            },
-            (Item::Message(bytes), Some(_)) => reply.message(&bytes).await,
-        };
-        if written.is_err() {
-            return false;
-        }
-    }
-}
-
 async fn get<R, W>(host: &Rc<Host>, request: &Request, reader: &mut R, reply: &mut Reply<W>) -> Result<bool, Refusal>
 where
     R: AsyncRead + Unpin,
@@ -314,7 +257,11 @@ where
     Ok(relay(items, reader, reply, keepalive, Some(&info.id)).await)
 }
 
-async fn delete<W: AsyncWrite + Unpin>(host: &Rc<Host>, request: &Request, reply: &mut Reply<W>) -> Result<bool, Refusal> {
+async fn delete<W: AsyncWrite + Unpin>(
+    host: &Rc<Host>,
+    request: &Request,
+    reply: &mut Reply<W>,
+) -> Result<bool, Refusal> {
     if request.headers.session.is_empty() {
         return Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
     }
@@ -388,7 +335,11 @@ where
             response["id"] = client_id.clone();
             let body = response.to_string().into_bytes();
             let (_, _, exit) = child.end(host, Instant::now()).await;
-            log!(Info, "the MCP server refused initialize ({}); no session", exit.map(|e| e.to_string()).unwrap_or_default());
+            log!(
+                Info,
+                "the MCP server refused initialize ({}); no session",
+                exit.map(|e| e.to_string()).unwrap_or_default()
+            );
             return Ok(reply.json(200, None, &body).await.is_ok());
         }
         Ok(None) => "it ended before answering",
@@ -421,9 +372,10 @@ async fn begin<W: AsyncWrite + Unpin>(
     let id = format!("{}{random}", host.token);
     let info = SessionInfo::new(id.clone(), request.binding.clone(), TRANSPORT, child.pid);
     let (commands, rx) = mpsc::unbounded_channel();
-    host.sessions
-        .borrow_mut()
-        .insert(id.clone(), Registered { info: Rc::clone(&info), kind: Transport::Streamable(Handle { commands, keepalive }) });
+    host.sessions.borrow_mut().insert(
+        id.clone(),
+        Registered { info: Rc::clone(&info), kind: Transport::Streamable(Handle { commands, keepalive }) },
+    );
     host.events.session_started(&info.binding, TRANSPORT, &id);
     log!(Info, "session {}: started \"{}\" as process {}", child.pid, child.spec.command, child.pid);
     let mut session = Session::new(Rc::clone(host), child, info);
@@ -532,8 +484,9 @@ impl Session {
         match command {
             Command::Request { mut message, client_id, progress, stream } => {
                 if self.pending.len() >= MAX_PENDING {
-                    let busy = mcp::error_bytes(&client_id, code::SERVER_ERROR, "too many requests awaiting a response", None);
-                    let _ = stream.send(Item::Final(busy)).await;
+                    let busy =
+                        mcp::error_bytes(&client_id, code::SERVER_ERROR, "too many requests awaiting a response", None);
+                    let _ = stream.send(Item::Final(200, busy)).await;
                     return;
                 }
                 let backend_id = self.next_id;
@@ -546,7 +499,9 @@ impl Session {
                         Refused::Busy => "the MCP server is not reading its input; try again later",
                         Refused::Closed => "the MCP server stopped reading its input",
                     };
-                    let _ = stream.send(Item::Final(mcp::error_bytes(&client_id, code::SERVER_ERROR, why, None))).await;
+                    let _ = stream
+                        .send(Item::Final(200, mcp::error_bytes(&client_id, code::SERVER_ERROR, why, None)))
+                        .await;
                     return;
                 }
                 self.host.events.message_in(&self.info.binding.route, len);
@@ -586,7 +541,12 @@ impl Session {
         let (mut value, shape) = match mcp::parse(&line) {
             Ok(parsed) => parsed,
             Err((_, why)) => {
-                log!(Warn, "session {}: dropped a backend output line: {why}: {}", self.child.pid, message::excerpt(&line));
+                log!(
+                    Warn,
+                    "session {}: dropped a backend output line: {why}: {}",
+                    self.child.pid,
+                    message::excerpt(&line)
+                );
                 return;
             }
         };
@@ -602,13 +562,13 @@ impl Session {
                 self.info.last_activity.set(Instant::now());
                 value["id"] = pending.client_id;
                 if let Some(stream) = pending.stream {
-                    let _ = stream.send(Item::Final(value.to_string().into_bytes())).await;
+                    let _ = stream.send(Item::Final(200, value.to_string().into_bytes())).await;
                 }
             }
             Shape::Notification { method } if method == "notifications/progress" => {
                 let token = value.get("params").and_then(|p| p.get("progressToken")).map(Value::to_string);
                 match token.and_then(|t| self.progress.get(&t).copied()) {
-                    Some(backend_id) => self.to_request(backend_id, line).await,
+                    Some(backend_id) => self.send_to_request(backend_id, line).await,
                     None => self.unsolicited(line).await,
                 }
             }
@@ -618,7 +578,7 @@ impl Session {
 
     /// Sends a message on a pending request's stream, or elsewhere if that
     /// stream is gone.
-    async fn to_request(&mut self, backend_id: u64, line: Vec<u8>) {
+    async fn send_to_request(&mut self, backend_id: u64, line: Vec<u8>) {
         let stream = self.pending.get(&backend_id).and_then(|p| p.stream.clone());
         match stream {
             Some(s) => {
@@ -698,7 +658,7 @@ impl Session {
             let Some(pending) = self.pending.remove(&backend_id) else { continue };
             if let Some(stream) = pending.stream {
                 let error = message::no_response_error(&pending.client_id.to_string(), &why);
-                let _ = stream.try_send(Item::Final(error));
+                let _ = stream.try_send(Item::Final(200, error));
             }
         }
         if let Some(stream) = self.standalone.take() {

@@ -591,7 +591,8 @@ fn an_operator_ends_one_session_by_the_start_of_its_id_and_the_status_lists_the_
     let other = host.spawn(&sh("exec cat", "")).expect("spawn");
     let _guard = KillOnDrop(vec![doomed.pid, other.pid]);
     let live = host.stats()["live"].clone();
-    let listed: Vec<_> = live.as_array().expect("list").iter().map(|s| s["backend_pid"].as_i64().unwrap_or(0)).collect();
+    let listed: Vec<_> =
+        live.as_array().expect("list").iter().map(|s| s["backend_pid"].as_i64().unwrap_or(0)).collect();
     assert_eq!(listed, [doomed.pid as i64, other.pid as i64]);
     let entry = &live[0];
     assert_eq!(entry["id_prefix"].as_str(), Some(&doomed.id[..24]), "the id is shown only in part");

@@ -1,7 +1,8 @@
 -- Loads the built module into a real LuaJIT and checks its Lua interface.
 -- Run by loader.rs with the module's directory as arg[1].
-local dir = assert(arg[1], "usage: luajit loader.lua <dir of libmcp_bridge_native.so> <runtime dir>")
+local dir = assert(arg[1], "usage: luajit loader.lua <dir of libmcp_bridge_native.so> <runtime dir> <host>")
 local runtime_dir = assert(arg[2])
+local host_program = assert(arg[3])
 package.cpath = dir .. "/lib?.so;" .. package.cpath
 
 local native = require("mcp_bridge_native")
@@ -28,7 +29,8 @@ assert(not pcall(native.configure, { runtime_dir = "relative" }), "relative runt
 assert(native.socket_path("../../etc/passwd") == nil, "tokens are checked")
 
 -- The host starts on first use, beside the module, and stops on shutdown.
-assert(native.configure({ runtime_dir = runtime_dir, log_level = "warn" }))
+assert(native.configure({ runtime_dir = runtime_dir, log_level = "warn",
+                          host_program = host_program }))
 local path, herr = native.host_socket()
 assert(path, herr)
 assert(path:sub(1, #runtime_dir) == runtime_dir, "socket in the configured runtime dir: " .. path)

@@ -20,21 +20,32 @@ fn running(pid: i32) -> bool {
     }
 }
 
+/// The build command for the profile these tests were built with.
+fn build_hint() -> &'static str {
+    if cfg!(debug_assertions) {
+        "cargo build --workspace"
+    } else {
+        "cargo build --release --workspace"
+    }
+}
+
 #[test]
 fn the_module_loads_in_luajit_and_behaves() {
-    let dir = target_dir();
-    let module = dir.join("libmcp_bridge_native.so");
-    assert!(module.exists(), "{} missing: build the workspace first (cargo build --release)", module.display());
-    assert!(
-        dir.join("mcp-bridge-host").exists(),
-        "mcp-bridge-host missing beside the module: build the workspace first (cargo build --release)"
-    );
+    let target = target_dir();
+    // `cargo test` leaves the library in deps/, `cargo build` beside the binaries.
+    let dir = [target.clone(), target.join("deps")]
+        .into_iter()
+        .find(|d| d.join("libmcp_bridge_native.so").exists())
+        .unwrap_or_else(|| panic!("libmcp_bridge_native.so missing in {}: run {}", target.display(), build_hint()));
+    let host = target.join("mcp-bridge-host");
+    assert!(host.exists(), "{} missing: run {}", host.display(), build_hint());
     let runtime_dir = std::env::temp_dir().join(format!("mcp-native-loader-{}", std::process::id()));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/loader.lua");
     let out = Command::new("luajit")
         .arg(script)
         .arg(&dir)
         .arg(&runtime_dir)
+        .arg(&host)
         .output()
         .expect("run luajit (Debian package luajit2)");
     assert!(

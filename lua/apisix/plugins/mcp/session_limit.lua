@@ -34,8 +34,9 @@ end
 -- Returns a slot guard; or false and "rejected" when `route` already holds
 -- `max` slots in this worker, or false and "node" when the node already
 -- holds `max_per_node` (optional). A missing or non-numeric ceiling admits
--- nothing.
-function _M.acquire(max, route, max_per_node)
+-- nothing. A `detached` slot is not the current request's: it outlives it,
+-- and only release(slot) frees it.
+function _M.acquire(max, route, max_per_node, detached)
     if not is_ceiling(max) or (max_per_node ~= nil and not is_ceiling(max_per_node)) then
         return false, "invalid ceiling"
     end
@@ -57,7 +58,9 @@ function _M.acquire(max, route, max_per_node)
         end
         node_counted[slot] = route
     end
-    ngx.ctx[CTX_KEY] = slot
+    if not detached then
+        ngx.ctx[CTX_KEY] = slot
+    end
     return slot
 end
 

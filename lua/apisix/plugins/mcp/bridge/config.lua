@@ -30,7 +30,8 @@ _M.schema = {
     type = "object",
     properties = {
         base_uri = { type = "string", default = "",
-                     description = "prefix of the /sse and /message endpoints" },
+                     description = "the Streamable HTTP endpoint, and prefix of the /sse and "
+                                   .. "/message endpoints" },
         command = { type = "string", minLength = 1,
                     description = "program to run, found on PATH, never through a shell" },
         args = { type = "array", items = { type = "string" }, default = {},
@@ -69,6 +70,35 @@ _M.schema = {
                                     default = 86400000,
                                     description = "a Streamable HTTP session ends this long "
                                                   .. "after it started" },
+        allowed_hosts = { type = "array", items = { type = "string" },
+                          description = "Host values a request may carry (\"name\" for any "
+                                        .. "port, or \"name:port\"); unset: any" },
+        allowed_origins = { type = "array", items = { type = "string" }, default = {},
+                            description = "Origin values a request may carry besides origins "
+                                          .. "on an allowed host; requests without Origin pass" },
+        pool_min_idle = { type = "integer", minimum = 0, maximum = 64, default = 0,
+                          description = "idle backends kept ready per route and consumer "
+                                        .. "for stateless (2026-07-28) requests" },
+        pool_max_per_key = { type = "integer", minimum = 1, maximum = 1024, default = 4,
+                             description = "backends serving stateless requests of one route "
+                                           .. "and consumer in one worker" },
+        pool_max_per_worker = { type = "integer", minimum = 1, maximum = 4096, default = 16,
+                                description = "backends serving stateless requests in one "
+                                              .. "worker, all routes and consumers together" },
+        pool_idle_timeout_ms = { type = "integer", minimum = 1000, maximum = 86400000,
+                                 default = 300000,
+                                 description = "an idle pooled backend this long ends" },
+        pool_max_requests = { type = "integer", minimum = 1, maximum = 100000000,
+                              default = 1000,
+                              description = "a pooled backend ends after serving this many "
+                                            .. "requests" },
+        pool_max_age_ms = { type = "integer", minimum = 1000, maximum = 604800000,
+                            default = 3600000,
+                            description = "a pooled backend ends this long after it started, "
+                                          .. "once idle" },
+        pool_wait_ms = { type = "integer", minimum = 0, maximum = 60000, default = 5000,
+                         description = "how long a stateless request waits for a pooled "
+                                       .. "backend before 503" },
     },
     required = { "command" },
 }
@@ -273,6 +303,13 @@ function _M.spawn_request(conf)
         ',"session_home":', conf.session_home and "true" or "false",
         ',"session_idle_timeout_ms":', json.integer(conf.session_idle_timeout_ms),
         ',"session_max_lifetime_ms":', json.integer(conf.session_max_lifetime_ms),
+        ',"pool_min_idle":', json.integer(conf.pool_min_idle),
+        ',"pool_max_per_key":', json.integer(conf.pool_max_per_key),
+        ',"pool_max_per_worker":', json.integer(conf.pool_max_per_worker),
+        ',"pool_idle_timeout_ms":', json.integer(conf.pool_idle_timeout_ms),
+        ',"pool_max_requests":', json.integer(conf.pool_max_requests),
+        ',"pool_max_age_ms":', json.integer(conf.pool_max_age_ms),
+        ',"pool_wait_ms":', json.integer(conf.pool_wait_ms),
     }
     if conf.cwd then
         parts[#parts + 1] = ',"cwd":'

@@ -1,8 +1,12 @@
--- Routes a request under a route's base_uri to the transport, and the log
--- phase to the slot release. Works in APISIX's access phase and in a plain
--- nginx content phase alike.
+-- Routes a request under a route's base_uri to its transport, after the
+-- Host and Origin checks (guard.lua): {base_uri} is the Streamable HTTP
+-- endpoint, {base_uri}/sse and {base_uri}/message the HTTP+SSE ones. The log
+-- phase releases a request's slot. Works in APISIX's access phase and in a
+-- plain nginx content phase alike.
+local guard = require("apisix.plugins.mcp.bridge.guard")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local sse = require("apisix.plugins.mcp.bridge.sse")
+local streamable = require("apisix.plugins.mcp.bridge.streamable")
 local wire = require("apisix.plugins.mcp.bridge.wire")
 
 local ngx = ngx
@@ -16,7 +20,18 @@ local _M = {}
 -- anyone: a session answers only requests of its own route and consumer.
 function _M.handle(route, consumer)
     local uri = ngx.var.uri
-    local base = route.conf.base_uri
+    local conf = route.conf
+    local base = conf.base_uri
+    local refusal = guard.check(conf)
+    if refusal then
+        if uri == base or (base == "" and uri == "/") then
+            return respond.rpc_error(403, -32000, refusal)
+        end
+        return respond.error(403, refusal)
+    end
+    if uri == base or (base == "" and uri == "/") then
+        return streamable.handle(route, wire.binding(route.key, consumer))
+    end
     local method = req_get_method()
     if uri == base .. "/sse" then
         if method ~= "GET" then
@@ -30,8 +45,8 @@ function _M.handle(route, consumer)
         end
         return sse.deliver(route, wire.binding(route.key, consumer))
     end
-    return respond.error(404, "not found: the MCP endpoints are " .. base .. "/sse and "
-                              .. base .. "/message")
+    return respond.error(404, "not found: the MCP endpoints are " .. (base == "" and "/" or base)
+                              .. ", " .. base .. "/sse and " .. base .. "/message")
 end
 
 function _M.log()

@@ -55,6 +55,27 @@ function _M.error(status, message, headers)
     return ngx_exit(status)
 end
 
+-- Ends the request with `status` and a JSON-RPC error without an id, as the
+-- Streamable HTTP endpoint answers what it refuses before a message.
+function _M.rpc_error(status, code, message, headers)
+    local content = '{"jsonrpc":"2.0","id":null,"error":{"code":' .. code .. ',"message":'
+                    .. json.string(message) .. "}}\n"
+    local raw = ngx.ctx[body.RAW_CTX_KEY]
+    local all = { ["Content-Type"] = "application/json", ["Cache-Control"] = "no-store" }
+    for k, v in pairs(headers or {}) do
+        all[k] = v
+    end
+    if raw then
+        return send_raw(raw, status, all, content)
+    end
+    ngx.status = status
+    for k, v in pairs(all) do
+        ngx_header[k] = v
+    end
+    ngx_print(content)
+    return ngx_exit(status)
+end
+
 -- Ends the request with `status` and no body.
 function _M.empty(status)
     local raw = ngx.ctx[body.RAW_CTX_KEY]

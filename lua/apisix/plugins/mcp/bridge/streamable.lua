@@ -1,0 +1,291 @@
+-- The Streamable HTTP endpoint of MCP, {base_uri} itself: POST, GET and
+-- DELETE, for sessionful clients (2025-03-26 to 2025-11-25) and stateless
+-- ones (2026-07-28) alike. This side checks the HTTP (method, media types,
+-- size, the session id's shape), finds the host (the session's, or this
+-- worker's for a request without one) and writes the reply the host
+-- decides (see rust/host/src/http.rs): one JSON document, or an event
+-- stream, or nothing.
+--
+-- A session belongs to the host, not to a request, so the slot its
+-- `initialize` took is kept here until the host tells this worker (see
+-- watcher.lua) that the session ended.
+local admission = require("apisix.plugins.mcp.bridge.admission")
+local config = require("apisix.plugins.mcp.bridge.config")
+local eventstream = require("apisix.plugins.mcp.bridge.eventstream")
+local hosts = require("apisix.plugins.mcp.bridge.hosts")
+local json = require("apisix.plugins.mcp.bridge.json")
+local metrics = require("apisix.plugins.mcp.bridge.metrics")
+local request_body = require("apisix.plugins.mcp.bridge.body")
+local respond = require("apisix.plugins.mcp.bridge.respond")
+local session_limit = require("apisix.plugins.mcp.session_limit")
+local watcher = require("apisix.plugins.mcp.bridge.watcher")
+local wire = require("apisix.plugins.mcp.bridge.wire")
+
+local bit = require("bit")
+
+local band = bit.band
+local char = string.char
+local find = string.find
+local lower = string.lower
+local match = string.match
+local ngx = ngx
+local ngx_exit = ngx.exit
+local ngx_header = ngx.header
+local ngx_print = ngx.print
+local pairs = pairs
+local req = ngx.req
+local rshift = bit.rshift
+local tonumber = tonumber
+
+local _M = {}
+
+local SERVER_ERROR = -32000
+local SESSION_NOT_FOUND = -32001
+local ALLOW = { Allow = "GET, POST, DELETE" }
+local RETRY_AFTER = { ["Retry-After"] = admission.RETRY_AFTER_SECONDS }
+-- Beyond two keepalive intervals, this much more silence means a stuck host.
+local HOST_SILENCE_MARGIN_MS = 5000
+-- The host's answer to an initialize that came without a slot.
+local NEED_SLOT = 428
+
+-- Slots of this worker's live Streamable sessions, by session id.
+local kept = {}
+-- Sessions whose end was told before their slot was kept (a race with
+-- the reply to initialize), by id.
+local ended_early, ended_early_count = {}, 0
+local ENDED_EARLY_MAX = 1000
+
+local function release(id)
+    local k = kept[id]
+    if not k then
+        return false
+    end
+    kept[id] = nil
+    session_limit.release(k.slot)
+    return true
+end
+
+watcher.on("ended", function(fields)
+    if fields[4] ~= "streamable" then
+        return
+    end
+    local id = fields[5]
+    if not release(id) then
+        if ended_early_count >= ENDED_EARLY_MAX then
+            ended_early, ended_early_count = {}, 0
+        end
+        ended_early[id] = true
+        ended_early_count = ended_early_count + 1
+    end
+end)
+
+watcher.on("host_gone", function(_, path)
+    for id, k in pairs(kept) do
+        if k.path == path then
+            release(id)
+        end
+    end
+end)
+
+local function keep(id, slot, path)
+    if ended_early[id] then
+        ended_early[id] = nil
+        ended_early_count = ended_early_count - 1
+        session_limit.release(slot)
+        return
+    end
+    kept[id] = { slot = slot, path = path }
+end
+
+-- Live Streamable sessions whose slot this worker keeps.
+function _M.kept()
+    local n = 0
+    for _ in pairs(kept) do
+        n = n + 1
+    end
+    return n
+end
+
+local function u32(n)
+    return char(band(rshift(n, 24), 0xff), band(rshift(n, 16), 0xff), band(rshift(n, 8), 0xff),
+                band(n, 0xff))
+end
+
+local function accepts(accept, media)
+    return find(accept, media, 1, true) or find(accept, "*/*", 1, true)
+end
+
+-- Writes the rest of a host's reply to the client: `head` is the Head
+-- frame's payload. Returns nothing; ends the request.
+local function relay_reply(route, sock, head)
+    local conf = route.conf
+    local status, body, session, retry = match(head, "^(%d+) (%a+) (%S+) ?(%d*)$")
+    status = tonumber(status)
+    if not status then
+        hosts.done(sock, false)
+        return respond.rpc_error(502, SERVER_ERROR, "the bridge gave an unreadable answer")
+    end
+    ngx.status = status
+    if session ~= "-" then
+        ngx_header["Mcp-Session-Id"] = session
+    end
+    if retry ~= "" then
+        ngx_header["Retry-After"] = retry
+    end
+    if body == "none" then
+        local kind = wire.receive(sock)
+        hosts.done(sock, kind == wire.EXIT)
+        ngx_header["Content-Length"] = 0
+        return ngx_exit(status)
+    end
+    if body == "json" then
+        local kind, payload = wire.receive(sock)
+        local whole = kind == wire.MESSAGE and wire.receive(sock) == wire.EXIT
+        hosts.done(sock, whole)
+        if kind ~= wire.MESSAGE then
+            return respond.rpc_error(502, SERVER_ERROR, "the bridge's answer was cut short")
+        end
+        ngx_header["Content-Type"] = "application/json"
+        ngx_header["Cache-Control"] = "no-store"
+        ngx_print(payload)
+        return ngx_exit(status)
+    end
+    ngx_header["Content-Type"] = "text/event-stream"
+    ngx_header["Cache-Control"] = "no-cache"
+    ngx_header["X-Accel-Buffering"] = "no"
+    sock:settimeouts(1000, 10000, 2 * conf.keepalive_interval_ms + HOST_SILENCE_MARGIN_MS)
+    local stream = eventstream.start(conf.slow_client_timeout_ms, "a stream of route " .. route.key)
+    local exit, why, noteworthy = stream:relay(sock)
+    stream:stop()
+    hosts.done(sock, exit ~= nil)
+    if noteworthy then
+        ngx.log(ngx.WARN, "mcp-bridge: a stream of route ", route.key, " ended: ", why)
+    end
+    return ngx_exit(ngx.HTTP_OK)
+end
+
+function _M.handle(route, binding)
+    local conf = route.conf
+    local method = req.get_method()
+    if method ~= "POST" and method ~= "GET" and method ~= "DELETE" then
+        return respond.rpc_error(405, SERVER_ERROR, "use POST, GET or DELETE on the MCP endpoint",
+                                 ALLOW)
+    end
+    local var = ngx.var
+    local session = var.http_mcp_session_id or ""
+    if session ~= "" and not hosts.is_session_id(session) then
+        req.discard_body()
+        return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found")
+    end
+    local accept = lower(var.http_accept or "")
+    local body = ""
+    if method == "POST" then
+        local media = lower(match(var.http_content_type or "", "^%s*([^;%s]*)") or "")
+        if media ~= "application/json" then
+            req.discard_body()
+            return respond.rpc_error(415, SERVER_ERROR, "Content-Type must be application/json")
+        end
+        if not (accepts(accept, "application/json") and accepts(accept, "text/event-stream")) then
+            req.discard_body()
+            return respond.rpc_error(406, SERVER_ERROR, "Accept must list application/json and "
+                                                        .. "text/event-stream")
+        end
+        local status, why
+        body, status, why = request_body.read(conf.max_message_bytes)
+        if not body then
+            if status == 413 then
+                return respond.rpc_error(413, SERVER_ERROR, "request body is larger than "
+                                         .. route.name("max_message_bytes") .. " ("
+                                         .. conf.max_message_bytes .. ")")
+            end
+            return respond.rpc_error(400, -32700, why)
+        end
+    elseif method == "GET" then
+        if not accepts(accept, "text/event-stream") then
+            return respond.rpc_error(406, SERVER_ERROR, "Accept must list text/event-stream")
+        end
+        -- ngx_lua holds an HTTP/1.0 response back until it is complete.
+        if (req.http_version() or 1.1) < 1.1 then
+            return respond.rpc_error(505, SERVER_ERROR, "the event stream needs HTTP/1.1 or later")
+        end
+    end
+
+    local path
+    if session ~= "" then
+        path = hosts.of_session(session)
+        if not path then
+            return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found")
+        end
+    else
+        path = hosts.own()
+        if not path then
+            admission.refused(route, 503, admission.UNAVAILABLE)
+            return respond.rpc_error(503, SERVER_ERROR, admission.UNAVAILABLE, RETRY_AFTER)
+        end
+    end
+    eventstream.watch_client_abort()
+
+    -- An initialize takes a slot first; one the host finds without a slot
+    -- (its method spelt unusually) comes back once to take it.
+    local slot
+    local function ask(with_slot)
+        if with_slot and not slot then
+            local refused, why
+            slot, refused, why = admission.take(route, true)
+            if not slot then
+                return nil, refused, why
+            end
+        end
+        local headers = json.value({
+            method = method, session = session, version = var.http_mcp_protocol_version,
+            mcp_method = var.http_mcp_method, mcp_name = var.http_mcp_name, accept = accept,
+            slot = slot ~= nil,
+        })
+        local spec = session == "" and config.spawn_request(conf) or ""
+        return hosts.request(path, wire.REQUEST, binding,
+                             u32(#headers) .. headers .. u32(#spec) .. spec, body)
+    end
+    local looks_like_initialize = session == "" and method == "POST"
+                                  and find(body, "initialize", 1, true) ~= nil
+    local sock, kind, head = ask(looks_like_initialize)
+    if sock and kind == wire.HEAD and tonumber(match(head, "^(%d+)")) == NEED_SLOT then
+        wire.receive(sock)
+        hosts.done(sock, true)
+        sock, kind, head = ask(true)
+    end
+    if not sock then
+        if slot then
+            session_limit.release(slot)
+        end
+        if kind == 429 or kind == 503 then
+            return respond.rpc_error(kind, SERVER_ERROR, head, RETRY_AFTER)
+        end
+        if kind == "connect" and session ~= "" then
+            -- That session's host is gone, and the session with it.
+            return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found")
+        end
+        ngx.log(ngx.ERR, "mcp-bridge: host at ", path, ": ", head or kind)
+        return respond.rpc_error(503, SERVER_ERROR, admission.UNAVAILABLE, RETRY_AFTER)
+    end
+    if kind ~= wire.HEAD then
+        hosts.done(sock, false)
+        if slot then
+            session_limit.release(slot)
+        end
+        return respond.rpc_error(502, SERVER_ERROR, "the bridge gave an unexpected answer")
+    end
+    if slot then
+        local id = match(head, "^%d+ %a+ (%x+)")
+        if id then
+            keep(id, slot, path)
+        else
+            session_limit.release(slot)
+            if match(head, "^502 ") then
+                metrics.spawn_failed(route.key)
+            end
+        end
+    end
+    return relay_reply(route, sock, head)
+end
+
+return _M
