@@ -175,7 +175,7 @@ class Stream:
         run.track(self)
         try:
             self.sock.connect(("127.0.0.1", run.port))
-            self.sock.sendall(f"GET {BASE_URI}/sse HTTP/1.1\r\nHost: chaos\r\n"
+            self.sock.sendall(f"GET {BASE_URI}/sse HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\n"
                               "Accept: text/event-stream\r\n\r\n".encode())
         except OSError:
             self.close()
@@ -469,7 +469,7 @@ def abort_mid_message(s):
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                            "params": {"name": "echo", "arguments": {"text": "y" * 30000}}}).encode()
         with socket.create_connection(("127.0.0.1", s.run.port), timeout=IO_TIMEOUT) as c:
-            c.sendall(f"POST {message_path(s.sid)} HTTP/1.1\r\nHost: chaos\r\nContent-Type: application/json\r\n"
+            c.sendall(f"POST {message_path(s.sid)} HTTP/1.1\r\nHost: 127.0.0.1:{s.run.port}\r\nContent-Type: application/json\r\n"
                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:s.rng.randint(0, len(body) - 1)])
             if s.rng.random() < 0.5:
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -156,6 +156,26 @@ fn check_reach(run_as: &RunAs, run: &Path, host: &Path, s: &Serve, temporary: bo
     })
 }
 
+/// The Streamable HTTP endpoint's path for `base_uri`.
+fn endpoint(base_uri: &str) -> &str {
+    if base_uri.is_empty() {
+        "/"
+    } else {
+        base_uri
+    }
+}
+
+/// On a loopback address, the names a local client reaches it by (with its
+/// port): a browser page on another name (DNS rebinding) is refused. On any
+/// other address, no default: the operator knows the names.
+fn loopback_hosts(addr: SocketAddr) -> Vec<String> {
+    if !addr.ip().is_loopback() {
+        return Vec::new();
+    }
+    let port = addr.port();
+    vec![format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")]
+}
+
 fn serve(mut s: Serve) -> Result<i32, String> {
     let bin = my_dir()?;
     let native = beside_me(&bin, "libmcp_bridge_native.so")?;
@@ -170,6 +190,9 @@ fn serve(mut s: Serve) -> Result<i32, String> {
         eprintln!("mcp-bridge: cannot raise the descriptor limit ({e}); sessions may be refused early");
     }
     let (addr, probe) = listen_address(&s.listen)?;
+    if s.allowed_hosts.is_empty() {
+        s.allowed_hosts = loopback_hosts(addr);
+    }
     match TcpListener::bind(addr) {
         Ok(l) => drop(l),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -204,10 +227,13 @@ fn serve(mut s: Serve) -> Result<i32, String> {
         let banner = format!(
             "mcp-bridge: bridging `{}` with {} worker(s)\n\
              mcp-bridge: backends run as {} with {path_note}{change}\n\
+             mcp-bridge: Streamable HTTP endpoint http://{}{}\n\
              mcp-bridge: SSE endpoint http://{}{}/sse (Ctrl-C to stop)",
             s.command.join(" "),
             s.workers,
             run_as.describe(),
+            s.listen,
+            endpoint(&s.base_uri),
             s.listen,
             s.base_uri
         );

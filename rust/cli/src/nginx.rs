@@ -156,6 +156,15 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
         ("max_message_bytes", s.max_message_bytes),
         ("keepalive_interval_ms", s.keepalive_interval_ms),
         ("slow_client_timeout_ms", s.slow_client_timeout_ms),
+        ("session_idle_timeout_ms", s.session_idle_timeout_ms),
+        ("session_max_lifetime_ms", s.session_max_lifetime_ms),
+        ("pool_min_idle", s.pool_min_idle),
+        ("pool_max_per_key", s.pool_max_per_key),
+        ("pool_max_per_worker", s.pool_max_per_worker),
+        ("pool_idle_timeout_ms", s.pool_idle_timeout_ms),
+        ("pool_max_requests", s.pool_max_requests),
+        ("pool_max_age_ms", s.pool_max_age_ms),
+        ("pool_wait_ms", s.pool_wait_ms),
     ];
     for (name, value) in numbers {
         if let Some(n) = value {
@@ -167,6 +176,12 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
     }
     if s.session_home {
         field("session_home", "true".into());
+    }
+    for (name, list) in [("allowed_hosts", &s.allowed_hosts), ("allowed_origins", &s.allowed_origins)] {
+        if !list.is_empty() {
+            let items: Vec<String> = list.iter().map(|h| lua_string(h)).collect();
+            field(name, format!("{{ {} }}", items.join(", ")));
+        }
     }
     format!(
         "-- Written by `mcp-bridge serve`. It holds the backends' --env values:\n\

@@ -12,15 +12,23 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: mcp-bridge serve [OPTIONS] [-- COMMAND [ARGS...]]
 
-Serves the stdio MCP server COMMAND over MCP's HTTP+SSE transport on a
-stock nginx with the lua module, one COMMAND process per client session.
-Without COMMAND, bridges the bundled demo server (mcp-fixture --demo).
+Serves the stdio MCP server COMMAND over MCP's Streamable HTTP transport
+(revisions 2025-03-26 to 2026-07-28, at --base-uri) and its HTTP+SSE
+transport (at --base-uri/sse) on a stock nginx with the lua module, one
+COMMAND process per client session. Without COMMAND, bridges the bundled
+demo server (mcp-fixture --demo).
 Backends run as --user, with the PATH of this command (unless given
 --env PATH=...), and find COMMAND on it.
 
 options:
   --listen ADDR                 address to listen on [127.0.0.1:9080]
-  --base-uri PATH               prefix of the /sse and /message endpoints [/mcp]
+  --base-uri PATH               the Streamable HTTP endpoint, and prefix of the
+                                /sse and /message endpoints [/mcp]
+  --allowed-host HOST[:PORT]    a Host requests may carry (repeatable); others
+                                get 403 [on a loopback --listen: its loopback
+                                names on its port; else any]
+  --allowed-origin ORIGIN       an Origin requests may carry besides origins on
+                                an allowed host (repeatable)
   --workers N                   nginx worker processes [1]
   --max-sessions N              live sessions per worker [100]
   --max-sessions-per-node N     live sessions of all workers together [no limit]
@@ -39,6 +47,22 @@ options:
   --cwd DIR                     backend working directory
   --session-home                a private HOME and TMPDIR per session,
                                 removed when it ends [off]
+  --session-idle-timeout-ms N   a Streamable HTTP session without a request
+                                this long ends [1800000]
+  --session-max-lifetime-ms N   ... and this long after it started [86400000]
+  --pool-min-idle N             idle backends kept ready for stateless
+                                (2026-07-28) requests, per consumer [0]
+  --pool-max-per-key N          backends for stateless requests of one
+                                consumer in one worker [4]
+  --pool-max-per-worker N       backends for stateless requests in one
+                                worker [16]
+  --pool-idle-timeout-ms N      an idle pooled backend this long ends [300000]
+  --pool-max-requests N         a pooled backend ends after this many
+                                requests [1000]
+  --pool-max-age-ms N           a pooled backend ends this long after it
+                                started, once idle [3600000]
+  --pool-wait-ms N              how long a stateless request waits for a
+                                pooled backend before 503 [5000]
   --user USER                   user the workers and backends run as; other
                                 than yourself only when run as root [you]
   --log-level LEVEL             nginx error log level [notice]
@@ -76,8 +100,20 @@ pub struct Serve {
     pub kill_grace_ms: Option<u64>,
     pub max_message_bytes: Option<u64>,
     pub keepalive_interval_ms: Option<u64>,
+    pub session_idle_timeout_ms: Option<u64>,
+    pub session_max_lifetime_ms: Option<u64>,
+    pub pool_min_idle: Option<u64>,
+    pub pool_max_per_key: Option<u64>,
+    pub pool_max_per_worker: Option<u64>,
+    pub pool_idle_timeout_ms: Option<u64>,
+    pub pool_max_requests: Option<u64>,
+    pub pool_max_age_ms: Option<u64>,
+    pub pool_wait_ms: Option<u64>,
     pub stderr: Option<String>,
     pub session_home: bool,
+    /// Empty: the default (see `allowed_hosts()` in main.rs).
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     /// Empty: the bundled demo server.
@@ -101,8 +137,19 @@ impl Default for Serve {
             kill_grace_ms: None,
             max_message_bytes: None,
             keepalive_interval_ms: None,
+            session_idle_timeout_ms: None,
+            session_max_lifetime_ms: None,
+            pool_min_idle: None,
+            pool_max_per_key: None,
+            pool_max_per_worker: None,
+            pool_idle_timeout_ms: None,
+            pool_max_requests: None,
+            pool_max_age_ms: None,
+            pool_wait_ms: None,
             stderr: None,
             session_home: false,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             env: Vec::new(),
             cwd: None,
             command: Vec::new(),
@@ -186,8 +233,19 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
             "--kill-grace-ms" => s.kill_grace_ms = Some(number(name, &value()?)?),
             "--max-message-bytes" => s.max_message_bytes = Some(number(name, &value()?)?),
             "--keepalive-interval-ms" => s.keepalive_interval_ms = Some(number(name, &value()?)?),
+            "--session-idle-timeout-ms" => s.session_idle_timeout_ms = Some(number(name, &value()?)?),
+            "--session-max-lifetime-ms" => s.session_max_lifetime_ms = Some(number(name, &value()?)?),
+            "--pool-min-idle" => s.pool_min_idle = Some(number(name, &value()?)?),
+            "--pool-max-per-key" => s.pool_max_per_key = Some(number(name, &value()?)?),
+            "--pool-max-per-worker" => s.pool_max_per_worker = Some(number(name, &value()?)?),
+            "--pool-idle-timeout-ms" => s.pool_idle_timeout_ms = Some(number(name, &value()?)?),
+            "--pool-max-requests" => s.pool_max_requests = Some(number(name, &value()?)?),
+            "--pool-max-age-ms" => s.pool_max_age_ms = Some(number(name, &value()?)?),
+            "--pool-wait-ms" => s.pool_wait_ms = Some(number(name, &value()?)?),
             "--stderr" => s.stderr = Some(value()?),
             "--env" => s.env.push(env_entry(&value()?, getenv)?),
+            "--allowed-host" => s.allowed_hosts.push(value()?),
+            "--allowed-origin" => s.allowed_origins.push(value()?),
             "--cwd" => s.cwd = Some(value()?),
             "--user" => {
                 let user = value()?;

@@ -282,7 +282,7 @@ impl Session {
     fn open(port: u16) -> Session {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        s.write_all(b"GET /mcp/sse HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        s.write_all(format!("GET /mcp/sse HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).expect("request");
         let mut stream = BufReader::new(s);
         let mut head = String::new();
         while !head.ends_with("\r\n\r\n") {
@@ -329,9 +329,10 @@ impl Session {
     fn post(&self, message: &Value) {
         let body = message.to_string();
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n\
+            "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nConnection: close\r\n\
              Content-Length: {}\r\n\r\n",
             self.post_path,
+            self.port,
             body.len()
         );
         let response = request(self.port, &head, body.as_bytes());
@@ -514,8 +515,9 @@ fn an_oversized_body_gets_the_gateways_413_and_no_error_in_the_log() {
     let session = Session::open(gateway.port);
     let body = vec![b'x'; 10 << 20];
     let head = format!(
-        "POST {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         session.post_path,
+        gateway.port,
         body.len()
     );
     let response = request(gateway.port, &head, &body);
@@ -536,7 +538,8 @@ fn an_oversized_body_gets_the_gateways_413_and_no_error_in_the_log() {
 fn over_max_sessions_the_429_names_the_option() {
     let gateway = Gateway::start(&["--max-sessions", "1"], |_| {});
     let _held = Session::open(gateway.port);
-    let response = request(gateway.port, "GET /mcp/sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"");
+    let head = format!("GET /mcp/sse HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", gateway.port);
+    let response = request(gateway.port, &head, b"");
     assert!(response.starts_with("HTTP/1.1 429"), "{response}");
     let error: Value = serde_json::from_str(body_of(&response).trim()).expect("JSON error");
     let message = error["error"].as_str().expect("error message");
