@@ -59,4 +59,8 @@ if [[ "${1:-}" == "test" ]]; then
     if [[ ! -d t/e2e/node_modules/@modelcontextprotocol/sdk ]]; then
         (cd t/e2e && npm ci --no-audit --no-fund --loglevel=error)
     fi
+    # The official MCP conformance suite, with the Node.js 22 it needs.
+    if [[ ! -d ci/conformance/node_modules/@modelcontextprotocol/conformance ]]; then
+        (cd ci/conformance && npm ci --no-audit --no-fund --loglevel=error)
+    fi
 fi

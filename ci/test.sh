@@ -2,6 +2,7 @@
 # Every test of mcp-bridge: Rust unit and integration tests, lints, the
 # Test::Nginx suites (with the real Test::Nginx when installed, else the
 # project's runner in t/lib), the end-to-end test with the official MCP SDK,
+# the official MCP conformance suite, a benchmark and chaos smoke run,
 # and a final check that nothing was left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ fi
 
 step "end to end with the official MCP TypeScript SDK"
 (cd t/e2e && node --test sdk-sse.test.mjs)
+
+step "the official MCP conformance suite through serve, 1 and 2 workers"
+bash ci/conformance.sh
 
 step "benchmark (smoke run: tiny counts, no figures; make bench for those)"
 python3 ci/bench.py --smoke

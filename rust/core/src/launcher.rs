@@ -62,6 +62,11 @@ impl Host {
         let layout = &config.layout;
         let (token, staging) = layout.create_host_dir()?;
         let prepared = listen_at(&staging.join(runtime::SOCKET_NAME)).and_then(|listener| {
+            // Which nginx this host serves: other workers of it find their
+            // siblings' hosts by this, and leave other instances' alone.
+            let master = crate::procfs::identity(std::os::unix::process::parent_id() as i32).unwrap_or_default();
+            fs::write(staging.join(runtime::NGINX_NAME), master)
+                .map_err(|e| context(e, "cannot write the host's nginx file"))?;
             let dir = layout.publish(&staging, &token)?;
             Ok((listener, dir))
         });

@@ -23,6 +23,10 @@ pub const TOKEN_LEN: usize = 16;
 /// File name of a host's socket inside its directory.
 pub const SOCKET_NAME: &str = "host.sock";
 
+/// File in a host's directory naming the nginx it serves: the identity
+/// (see `procfs::identity`) of its worker's parent, the master.
+pub const NGINX_NAME: &str = "nginx";
+
 /// Room for a socket path in `sockaddr_un`, its terminating NUL excluded.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -80,6 +84,12 @@ impl Layout {
         let meta = fs::symlink_metadata(&socket).ok()?;
         use std::os::unix::fs::FileTypeExt;
         (meta.file_type().is_socket() && meta.uid() == self.uid).then_some(socket)
+    }
+
+    /// The identity of the nginx master the host with `token` serves, as
+    /// its directory says.
+    pub fn host_nginx(&self, token: &str) -> Option<String> {
+        std::fs::read_to_string(self.host_dir(token).join(NGINX_NAME)).ok().map(|s| s.trim().to_string())
     }
 
     /// Backends' shared default `HOME`, `<base>/mcp-bridge-<uid>-home`,

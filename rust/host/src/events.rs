@@ -16,6 +16,7 @@
 //! | `started` | route, consumer, transport, session id |
 //! | `ended` | route, consumer, transport, session id, reason, teardown milliseconds |
 //! | `traffic` | route, messages in, bytes in, messages out, bytes out |
+//! | `changed` | route, consumer, the method of a list-change notification a pooled backend sent |
 
 use crate::binding::Binding;
 use crate::frame::{self, Kind};
@@ -144,6 +145,12 @@ impl Events {
         self.flush_traffic();
         let ms = format!("{:.3}", teardown.as_secs_f64() * 1000.0);
         self.emit(&["ended", &binding.route, &binding.consumer, transport, id, reason, &ms]);
+    }
+
+    /// A pooled backend of `binding` sent a list change (`method`): the
+    /// worker passes it to the other hosts, whose listeners want it too.
+    pub fn list_changed(&self, binding: &Binding, method: &str) {
+        self.emit(&["changed", &binding.route, &binding.consumer, method]);
     }
 
     /// A client message of `bytes` went to a backend of `route`.

@@ -22,6 +22,7 @@
 //! | `V` Event | host → worker | one event (see [`crate::events`]) |
 //! | `P` Request | worker → host | a request to the Streamable HTTP endpoint (see [`crate::http`]) |
 //! | `H` Head | host → worker | status and body type of the reply; Message, Keepalive and Exit frames follow |
+//! | `N` Notify | worker → host | binding, then a list-change notification's method, which another host's backend sent; Ack |
 //!
 //! Spawn and Deliver carry the session's binding (see [`crate::binding`]).
 
@@ -61,6 +62,7 @@ pub enum Kind {
     Event,
     Request,
     Head,
+    Notify,
 }
 
 impl Kind {
@@ -82,6 +84,7 @@ impl Kind {
             Kind::Event => b'V',
             Kind::Request => b'P',
             Kind::Head => b'H',
+            Kind::Notify => b'N',
         }
     }
 
@@ -91,7 +94,7 @@ impl Kind {
         match self {
             Kind::Spawn => Some(1 << 20),
             Kind::Deliver | Kind::Request => Some(DELIVER_OVERHEAD + MAX_MESSAGE_BYTES),
-            Kind::Query | Kind::End | Kind::Watch => Some(4 << 10),
+            Kind::Query | Kind::End | Kind::Watch | Kind::Notify => Some(4 << 10),
             _ => None,
         }
     }
@@ -114,6 +117,7 @@ impl Kind {
             b'V' => Kind::Event,
             b'P' => Kind::Request,
             b'H' => Kind::Head,
+            b'N' => Kind::Notify,
             _ => return None,
         })
     }
@@ -298,6 +302,7 @@ mod tests {
             Kind::Unavailable,
             Kind::Request,
             Kind::Head,
+            Kind::Notify,
         ] {
             assert_eq!(Kind::from_byte(k.byte()), Some(k));
         }

@@ -103,7 +103,8 @@ impl Pool {
         self.listeners.borrow_mut().push(listener);
     }
 
-    fn broadcast(&self, method: &str) {
+    /// Tells this pool's listeners of a list change.
+    pub fn broadcast(&self, method: &str) {
         self.listeners.borrow_mut().retain(|l| {
             if !l.methods.contains(&method) {
                 return !l.tx.is_closed();
@@ -137,6 +138,19 @@ impl Pools {
 
     pub fn live(&self) -> usize {
         self.total.get()
+    }
+
+    /// A list change a backend of `key` in another host sent: this host's
+    /// listeners of `key` hear it too. Returns whether any pool took it.
+    pub fn notify(&self, key: &Binding, method: &str) -> bool {
+        let pool = self.pools.borrow().get(key).cloned();
+        match pool {
+            Some(pool) => {
+                pool.broadcast(method);
+                true
+            }
+            None => false,
+        }
     }
 
     fn pool(&self, key: &Binding, spec: SpawnSpec) -> Rc<Pool> {
@@ -459,6 +473,7 @@ impl MemberTask {
             Shape::Notification { method } => {
                 if method.ends_with("/list_changed") {
                     self.pool.broadcast(&method);
+                    self.host.events.list_changed(&self.pool.key, &method);
                 } else if let Some((_, events)) = &self.current {
                     let _ = events.send(CallEvent::Notification(value)).await;
                 }

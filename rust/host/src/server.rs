@@ -36,6 +36,14 @@ impl Peers {
         Peers { uid, worker }
     }
 
+    /// Whether refusing `pid` is worth a warning: it is not a sibling host
+    /// (the worker's sibling's child), which connects only to see whether
+    /// this host lives (see `rundir`).
+    pub fn worth_a_warning(&self, pid: Option<i32>) -> bool {
+        let grandparent = pid.and_then(procfs::stat).and_then(|s| procfs::stat(s.ppid)).map(|s| s.ppid);
+        grandparent.is_none() || grandparent != self.worker.master
+    }
+
     /// Why a peer with these credentials is refused, if it is.
     pub fn refusal(&self, uid: u32, pid: Option<i32>) -> Option<String> {
         if uid != self.uid {
@@ -74,11 +82,12 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    match stream.peer_cred().map(|c| peers.refusal(c.uid(), c.pid())) {
-                        Ok(None) => {
+                    match stream.peer_cred().map(|c| (peers.refusal(c.uid(), c.pid()), c.pid())) {
+                        Ok((None, _)) => {
                             spawn_local(serve_connection(Rc::clone(&host), stream));
                         }
-                        Ok(Some(who)) => log!(Warn, "refused a connection from {who}"),
+                        Ok((Some(who), pid)) if peers.worth_a_warning(pid) => log!(Warn, "refused a connection from {who}"),
+                        Ok((Some(who), _)) => log!(Debug, "refused a connection from {who} (a sibling host)"),
                         Err(e) => log!(Warn, "refused a connection whose peer is unknown: {e}"),
                     }
                 }
@@ -170,7 +179,9 @@ async fn serve_connection(host: Rc<Host>, mut stream: UnixStream) {
             let (_reader, writer) = stream.into_split();
             events.watch(writer).await
         }
-        Kind::Deliver | Kind::Query | Kind::End | Kind::Request => serve_requests(host, stream, first).await,
+        Kind::Deliver | Kind::Query | Kind::End | Kind::Request | Kind::Notify => {
+            serve_requests(host, stream, first).await
+        }
         other => log!(Warn, "unexpected {other:?} frame opening a connection"),
     }
 }
@@ -191,6 +202,15 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
                 frame::encode(Kind::Ack, &body)
             }
             Kind::Query => frame::encode(Kind::Stats, host.stats().to_string().as_bytes()),
+            Kind::Notify => {
+                let status = match crate::binding::Binding::split(&payload) {
+                    Ok((key, method)) if host.pools.notify(&key, &String::from_utf8_lossy(method)) => {
+                        AckStatus::Accepted
+                    }
+                    _ => AckStatus::UnknownSession,
+                };
+                frame::encode(Kind::Ack, &[status.byte()])
+            }
             Kind::End => {
                 let prefix = String::from_utf8_lossy(&payload);
                 let status = match host.end_sessions_matching(&prefix) {

@@ -39,9 +39,8 @@ fn socket_path(_: &Lua, token: LuaString) -> LuaResult<Option<String>> {
     Ok(worker::socket_path(&token.to_str()?))
 }
 
-/// `hosts()`: `{ [token] = socket path }` of every host of this user under
-/// the runtime directory (other workers' and other nginx instances'
-/// included).
+/// `hosts()`: `{ [token] = socket path }` of the hosts of every worker of
+/// this nginx.
 fn hosts(lua: &Lua, (): ()) -> LuaResult<LuaTable> {
     let t = lua.create_table()?;
     for (token, path) in worker::hosts() {

@@ -126,14 +126,16 @@ pub fn socket_path(token: &str) -> Option<String> {
     layout.trusted_socket(token).map(|p| p.to_string_lossy().into_owned())
 }
 
-/// Sockets of every host of this user under the runtime directory, by
-/// token (the hosts of other workers and of other nginx instances
-/// included; they tell which worker they serve).
+/// Sockets of the hosts of this nginx's workers (this one's included), by
+/// token.
 pub fn hosts() -> Vec<(String, String)> {
     let layout = STATE.lock().current().config.layout.clone();
+    // This worker's parent is the master of every host it may list.
+    let master = mcp_bridge_core::procfs::identity(std::os::unix::process::parent_id() as i32);
     layout
         .host_tokens()
         .into_iter()
+        .filter(|t| master.is_some() && layout.host_nginx(t) == master)
         .filter_map(|t| layout.trusted_socket(&t).map(|p| (t, p.to_string_lossy().into_owned())))
         .collect()
 }

@@ -15,6 +15,7 @@ local eventstream = require("apisix.plugins.mcp.bridge.eventstream")
 local hosts = require("apisix.plugins.mcp.bridge.hosts")
 local json = require("apisix.plugins.mcp.bridge.json")
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
+local native = require("apisix.plugins.mcp.bridge.native")
 local request_body = require("apisix.plugins.mcp.bridge.body")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local session_limit = require("apisix.plugins.mcp.session_limit")
@@ -83,6 +84,21 @@ watcher.on("host_gone", function(_, path)
     for id, k in pairs(kept) do
         if k.path == path then
             release(id)
+        end
+    end
+end)
+
+-- A pooled backend of this worker's host sent a list change: the
+-- listeners of that route and consumer on the other workers' hosts want
+-- it too (each worker keeps its own pool).
+watcher.on("changed", function(fields, own)
+    local binding = wire.binding(fields[2], fields[3])
+    for _, path in pairs(native.hosts()) do
+        if path ~= own then
+            local sock = hosts.request(path, wire.NOTIFY, binding, fields[4])
+            if sock then
+                hosts.done(sock, true)
+            end
         end
     end
 end)

@@ -13,7 +13,7 @@ local _M = {
     SPAWN = "S", READY = "R", FAILED = "F", UNAVAILABLE = "U", MESSAGE = "M", KEEPALIVE = "K",
     EXIT = "X",
     DELIVER = "D", ACK = "A", QUERY = "Q", STATS = "T", END = "E",
-    WATCH = "W", EVENT = "V", REQUEST = "P", HEAD = "H",
+    WATCH = "W", EVENT = "V", REQUEST = "P", HEAD = "H", NOTIFY = "N",
 }
 
 local HEADER_LEN = 5
