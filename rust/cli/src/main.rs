@@ -8,6 +8,7 @@ mod supervise;
 mod user;
 
 use options::{Action, Serve, USAGE};
+use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -224,14 +225,23 @@ fn serve(mut s: Serve) -> Result<i32, String> {
         nginx::write_prefix(&prefix, &config, &route, (run_as.uid, run_as.gid))?;
         check_reach(&run_as, &run, &host, &s, temporary)?;
         let change = if nix::unistd::Uid::effective().is_root() { "; --user to change" } else { "" };
-        let banner = format!(
+        let mut banner = format!(
             "mcp-bridge: bridging `{}` with {} worker(s)\n\
-             mcp-bridge: backends run as {} with {path_note}{change}\n\
-             mcp-bridge: Streamable HTTP endpoint http://{}{}\n\
-             mcp-bridge: SSE endpoint http://{}{}/sse (Ctrl-C to stop)",
+             mcp-bridge: backends run as {} with {path_note}{change}\n",
             s.command.join(" "),
             s.workers,
             run_as.describe(),
+        );
+        for (what, uri) in [("status report", &s.status_uri), ("metrics", &s.metrics_uri)] {
+            if let Some(uri) = uri {
+                let _ = writeln!(banner, "mcp-bridge: {what} at http://{}{uri} (loopback clients only)", s.listen);
+            }
+        }
+        // The SSE endpoint's line comes last: scripts wait for it.
+        let _ = write!(
+            banner,
+            "mcp-bridge: Streamable HTTP endpoint http://{}{}\n\
+             mcp-bridge: SSE endpoint http://{}{}/sse (Ctrl-C to stop)",
             s.listen,
             endpoint(&s.base_uri),
             s.listen,

@@ -208,15 +208,20 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path, user: Opti
     let max = s.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
     let too_large = format!("{{\\\"error\\\":\\\"request body is larger than --max-message-bytes ({max})\\\"}}");
     // No allow/deny: status() answers other clients itself, with a JSON 403.
-    let status = match &s.status_uri {
-        Some(uri) => format!(
-            "\n        \
-             location = {uri} {{\n            \
-                 content_by_lua_block {{ {standalone}.status() }}\n        \
-             }}\n"
-        ),
-        None => String::new(),
-    };
+    let mut status = String::new();
+    for (uri, report) in [(&s.status_uri, "status"), (&s.metrics_uri, "metrics")] {
+        if let Some(uri) = uri {
+            let _ = write!(
+                status,
+                "\n        \
+                 location = {uri} {{\n            \
+                     content_by_lua_block {{ {standalone}.{report}() }}\n        \
+                 }}\n"
+            );
+        }
+    }
+    // The metrics are counted in a shared dict only when they are served.
+    let metrics_dict = if s.metrics_uri.is_some() { "\n    lua_shared_dict mcp-bridge-metrics 4m;" } else { "" };
     format!(
         "# Written by `mcp-bridge serve`.\n\
          {load}{user}daemon off;\n\
@@ -234,7 +239,7 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path, user: Opti
              lua_package_path \"{p}/lua/?.lua;;\";\n    \
              lua_package_cpath \"{lib}/lib?.so;;\";\n    \
              lua_check_client_abort on;\n    \
-             lua_shared_dict mcp-bridge-slots 1m;\n    \
+             lua_shared_dict mcp-bridge-slots 1m;{metrics_dict}\n    \
              client_body_temp_path {p}/tmp/body;\n    \
              proxy_temp_path {p}/tmp/proxy;\n    \
              fastcgi_temp_path {p}/tmp/fastcgi;\n    \

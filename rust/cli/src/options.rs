@@ -68,6 +68,8 @@ options:
   --log-level LEVEL             nginx error log level [notice]
   --status-uri PATH             serve a JSON status report at PATH, to
                                 loopback clients only [off]
+  --metrics-uri PATH            serve the metrics in Prometheus' text format
+                                at PATH, to loopback clients only [off]
   --nginx PATH                  nginx binary [nginx on PATH, or /usr/sbin/nginx]
   --prefix DIR                  keep nginx's files, the hosts' sockets and the
                                 backends' HOME in DIR [a temporary directory]
@@ -88,6 +90,7 @@ pub struct Serve {
     pub base_uri: String,
     pub workers: u32,
     pub status_uri: Option<String>,
+    pub metrics_uri: Option<String>,
     pub log_level: String,
     pub nginx: Option<PathBuf>,
     pub prefix: Option<PathBuf>,
@@ -127,6 +130,7 @@ impl Default for Serve {
             base_uri: "/mcp".into(),
             workers: 1,
             status_uri: None,
+            metrics_uri: None,
             log_level: "notice".into(),
             nginx: None,
             prefix: None,
@@ -230,6 +234,7 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
             "--max-sessions-per-node" => s.max_sessions_per_node = Some(number(name, &value()?)?),
             "--slow-client-timeout-ms" => s.slow_client_timeout_ms = Some(number(name, &value()?)?),
             "--status-uri" => s.status_uri = Some(value()?),
+            "--metrics-uri" => s.metrics_uri = Some(value()?),
             "--kill-grace-ms" => s.kill_grace_ms = Some(number(name, &value()?)?),
             "--max-message-bytes" => s.max_message_bytes = Some(number(name, &value()?)?),
             "--keepalive-interval-ms" => s.keepalive_interval_ms = Some(number(name, &value()?)?),
@@ -263,11 +268,17 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
     if s.workers == 0 || s.workers > 256 {
         return Err(format!("--workers must be between 1 and 256, got {}", s.workers));
     }
-    if let Some(uri) = &s.status_uri {
+    for (option, uri, example) in
+        [("--status-uri", &s.status_uri, "/-/status"), ("--metrics-uri", &s.metrics_uri, "/-/metrics")]
+    {
+        let Some(uri) = uri else { continue };
         let plain = uri.starts_with('/') && uri.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
         if !plain || uri.contains("//") || uri.contains("/.") {
-            return Err(format!("--status-uri must be a plain path such as /-/status, got \"{uri}\""));
+            return Err(format!("{option} must be a plain path such as {example}, got \"{uri}\""));
         }
+    }
+    if s.status_uri.is_some() && s.status_uri == s.metrics_uri {
+        return Err("--status-uri and --metrics-uri must differ".into());
     }
     if levels::severity(&s.log_level).is_none() {
         return Err(format!("--log-level: {}", levels::unknown(&s.log_level)));
@@ -355,12 +366,13 @@ mod tests {
         assert!(err("serve --max-sessions-per-node x").contains("whole number"));
         assert!(err("serve --session-home=yes").contains("takes no value"));
         assert!(parse(&[String::from("serve"), String::from("--env"), String::new()], &no_env).is_err());
-        for bad in ["status", "/a b", "/a//b", "/a/../b", "/a;b", "/{x}"] {
-            assert!(
-                parse(&[String::from("serve"), String::from("--status-uri"), bad.into()], &no_env).is_err(),
-                "{bad}"
-            );
+        for option in ["--status-uri", "--metrics-uri"] {
+            for bad in ["status", "/a b", "/a//b", "/a/../b", "/a;b", "/{x}"] {
+                let err = parse(&[String::from("serve"), option.into(), bad.into()], &no_env).expect_err(bad);
+                assert!(err.starts_with(option), "{err}");
+            }
         }
+        assert!(err("serve --status-uri /-/x --metrics-uri /-/x").contains("must differ"));
     }
 
     #[test]

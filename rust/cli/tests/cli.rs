@@ -4,7 +4,7 @@
 //! of these tests (`cargo build --workspace`, or `--release`): the gateway
 //! runs the native module, host and fixture built beside it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -553,6 +553,61 @@ fn the_status_report_is_json_for_loopback_clients() {
     assert_eq!(report["node"]["keys_held"], 0, "{report}");
     assert!(report["worker"]["pid"].as_u64().is_some(), "{report}");
     assert_eq!(report["hosts"], json!([]), "no session, no host yet: {report}");
+}
+
+/// Whether `cond` holds within `limit`, asking every 50 ms.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+/// The metrics as `series -> value` (HTTP/1.0: the body comes whole).
+fn metrics(port: u16) -> HashMap<String, f64> {
+    let response = request(port, "GET /-/metrics HTTP/1.0\r\n\r\n", b"");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{response}");
+    body_of(&response)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect()
+}
+
+#[test]
+fn the_metrics_move_with_sessions_and_messages() {
+    let gateway = Gateway::start(&["--metrics-uri", "/-/metrics"], |_| {});
+    assert!(gateway.banner.iter().any(|l| l.contains("metrics at http://")), "{:?}", gateway.banner);
+    let value = |m: &HashMap<String, f64>, series: &str| m.get(series).copied().unwrap_or(0.0);
+    let before = metrics(gateway.port);
+    assert_eq!(value(&before, r#"mcp_bridge_sessions_started_total{route="gateway",transport="sse"}"#), 0.0);
+    let mut session = Session::open(gateway.port);
+    session.initialize();
+    assert!(!session.tool(2, "time").is_empty());
+    let started = r#"mcp_bridge_sessions_started_total{route="gateway",transport="sse"}"#;
+    let live = r#"mcp_bridge_sessions_live{route="gateway"}"#;
+    let messages_in = r#"mcp_bridge_messages_total{route="gateway",direction="in"}"#;
+    // Traffic is counted in batches: wait for the messages to show.
+    assert!(
+        wait_until(Duration::from_secs(5), || value(&metrics(gateway.port), messages_in) >= 3.0),
+        "{:?}",
+        metrics(gateway.port)
+    );
+    let during = metrics(gateway.port);
+    assert_eq!((value(&during, started), value(&during, live)), (1.0, 1.0), "{during:?}");
+    assert_eq!(value(&during, r#"mcp_bridge_backends_live{route="gateway"}"#), 1.0);
+    assert!(value(&during, r#"mcp_bridge_message_bytes_total{route="gateway",direction="out"}"#) > 0.0);
+    drop(session);
+    let ended = r#"mcp_bridge_sessions_ended_total{route="gateway",transport="sse",reason="client_closed"}"#;
+    assert!(wait_until(Duration::from_secs(5), || value(&metrics(gateway.port), ended) == 1.0));
+    let after = metrics(gateway.port);
+    assert_eq!(value(&after, live), 0.0, "{after:?}");
+    assert_eq!(value(&after, r#"mcp_bridge_session_teardown_seconds_count{route="gateway"}"#), 1.0);
 }
 
 /// This machine's first address that is not loopback (`hostname -I`).

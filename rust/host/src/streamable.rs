@@ -377,13 +377,16 @@ async fn begin<W: AsyncWrite + Unpin>(
         Registered { info: Rc::clone(&info), kind: Transport::Streamable(Handle { commands, keepalive }) },
     );
     host.events.session_started(&info.binding, TRANSPORT, &id);
+    let answer = response.to_string();
+    host.events.message_in(&info.binding.route, request.body.len());
+    host.events.message_out(&info.binding.route, answer.len());
     log!(Info, "session {}: started \"{}\" as process {}", child.pid, child.spec.command, child.pid);
     let mut session = Session::new(Rc::clone(host), child, info);
     for line in early {
         session.unrouted.push(line);
     }
     spawn_local(session.run(rx));
-    reply.json(200, Some(&id), response.to_string().as_bytes()).await.is_ok()
+    reply.json(200, Some(&id), answer.as_bytes()).await.is_ok()
 }
 
 /// A request of the client the backend has not answered yet.
