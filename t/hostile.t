@@ -394,8 +394,8 @@ location = /t {
 404 {"error":"session not found"}
 404 {"error":"session not found"}
 400 {"error":"too many query parameters"}
-404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
-404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
+404 {"error":"not found: the MCP endpoints are /mcp, /mcp/sse and /mcp/message"}
+404 {"error":"not found: the MCP endpoints are /mcp, /mcp/sse and /mcp/message"}
 dot segments: 202
 
 

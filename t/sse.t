@@ -93,7 +93,7 @@ location = /t {
         show("POST on sse", t.http("POST", "/mcp/sse", "{}"))
         show("DELETE on sse", t.http("DELETE", "/mcp/sse"))
         show("other path", t.http("GET", "/mcp/other"))
-        show("base itself", t.http("GET", "/mcp/"))
+        show("base with a slash", t.http("GET", "/mcp/"))
         ngx.say("still works: ", (s:tool("echo", { text = "yes" })))
         s:close()
         assert(t.wait_idle("mcp"))
@@ -120,8 +120,8 @@ request id of 600 bytes: 400 {"error":"a request id is longer than 512 bytes"}
 GET on message: 405 {"error":"use POST to send a message"}
 POST on sse: 405 {"error":"use GET to open a session"}
 DELETE on sse: 405 {"error":"use GET to open a session"}
-other path: 404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
-base itself: 404 {"error":"not found: the MCP endpoints are /mcp/sse and /mcp/message"}
+other path: 404 {"error":"not found: the MCP endpoints are /mcp, /mcp/sse and /mcp/message"}
+base with a slash: 404 {"error":"not found: the MCP endpoints are /mcp, /mcp/sse and /mcp/message"}
 still works: yes
 
 

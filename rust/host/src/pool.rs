@@ -496,6 +496,8 @@ impl MemberTask {
             "it was idle too long" => "idle_timeout",
             "it served its share of requests" => "recycled",
             "the worker is shutting down" => "worker_shutdown",
+            "it wrote a line over max_message_bytes" => "oversized_line",
+            "it closed its output" => "backend_closed_output",
             _ => "backend_exited",
         };
         self.host.events.session_ended(&self.pool.key, TRANSPORT, &self.id, reason, took);
