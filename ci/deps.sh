@@ -5,6 +5,7 @@
 #   ci/deps.sh bench    also what make bench uses
 # As root it installs with apt-get; otherwise it prints the command to run.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 want=(nginx-core libnginx-mod-http-lua)
 # Wanted, but the caller copes without them (non-root: only a note).
@@ -13,10 +14,14 @@ if [[ "${1:-}" == "test" ]]; then
     # luajit2 (not luajit, which conflicts with the lua module's libluajit2)
     # runs the native module's loader test; lua-cjson and libtest-base-perl
     # serve the Test::Nginx suites; lua-check lints the Lua code; python3
-    # runs the benchmark's smoke test.
+    # runs the benchmark's smoke test and, in a virtual environment (venv),
+    # the end-to-end test with the MCP Python SDK.
     want+=(lua-cjson luajit2 libtest-base-perl lua-check)
     command -v node >/dev/null 2>&1 || want+=(nodejs npm)
     command -v python3 >/dev/null 2>&1 || want+=(python3)
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+        want+=(python3-venv)
+    fi
 elif [[ "${1:-}" == "bench" ]]; then
     # python3 runs ci/bench.py; node runs supergateway, the peer it
     # compares with (without node that column says why it is empty).
@@ -55,9 +60,35 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [[ "${1:-}" == "test" ]]; then
-    # The official MCP SDK for the end-to-end test, at the locked version.
-    if [[ ! -d t/e2e/node_modules/@modelcontextprotocol/sdk ]]; then
+    # The official MCP SDKs for the end-to-end tests, at the locked versions:
+    # TypeScript (t/e2e, npm) when a pinned package is missing or at another
+    # version ...
+    e2e_installed() {
+        (cd t/e2e && node -e '
+            const deps = require("./package.json").dependencies;
+            for (const [name, version] of Object.entries(deps)) {
+                if (require(`./node_modules/${name}/package.json`).version !== version) process.exit(1);
+            }' 2>/dev/null)
+    }
+    if ! e2e_installed; then
+        echo "ci/deps.sh: installing the end-to-end test's npm packages (t/e2e)"
         (cd t/e2e && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    # ... and Python (t/e2e-python/.venv, pip; the SDK needs Python 3.10 or
+    # newer) when the venv is missing or was made from other pins.
+    venv=t/e2e-python/.venv
+    pins=t/e2e-python/requirements.txt
+    want_stamp=$(sha256sum "$pins" | cut -d' ' -f1)
+    if [[ ! -x $venv/bin/python || "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want_stamp" ]]; then
+        if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+            echo "ci/deps.sh: the MCP Python SDK needs Python 3.10 or newer; python3 is $(python3 -V 2>&1)" >&2
+            exit 1
+        fi
+        echo "ci/deps.sh: installing the end-to-end test's Python packages ($venv)"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/pip" install --quiet --no-input -r "$pins"
+        echo "$want_stamp" >"$venv/.requirements.sha256"
     fi
     # The official MCP conformance suite, with the Node.js 22 it needs.
     if [[ ! -d ci/conformance/node_modules/@modelcontextprotocol/conformance ]]; then

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test of mcp-bridge: Rust unit and integration tests, lints, the
 # Test::Nginx suites (with the real Test::Nginx when installed, else the
-# project's runner in t/lib), the end-to-end test with the official MCP SDK,
-# the official MCP conformance suite, a benchmark and chaos smoke run,
-# and a final check that nothing was left running.
+# project's runner in t/lib), the end-to-end tests with the official MCP SDKs
+# (TypeScript and Python, installed by ci/deps.sh test), the official MCP
+# conformance suite, a benchmark and chaos smoke run, and a final check that
+# nothing was left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +31,17 @@ else
     prove -I t/lib -I . t/*.t t/runner/*.t
 fi
 
-step "end to end with the official MCP TypeScript SDK"
+step "end to end: MCP TypeScript SDK 1.x, HTTP+SSE"
 (cd t/e2e && node --test sdk-sse.test.mjs)
+
+step "end to end: MCP TypeScript SDK 1.x, Streamable HTTP with sessions"
+(cd t/e2e && node --test sdk-streamable.test.mjs)
+
+step "end to end: MCP TypeScript SDK 2.x client, stateless Streamable HTTP (2026-07-28)"
+(cd t/e2e && node --test client-modern.test.mjs)
+
+step "end to end: MCP Python SDK 2.x, Streamable HTTP (sessions, and 2026-07-28 by negotiation)"
+t/e2e-python/.venv/bin/python -m pytest -q t/e2e-python
 
 step "the official MCP conformance suite through serve, 1 and 2 workers"
 bash ci/conformance.sh
