@@ -131,11 +131,6 @@ async def test_a_notification_before_the_response_reaches_the_client(gateway, mo
         assert await gateway.wait_gone(3) == [], "backend left after DELETE"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge defect: the 200 head of a session's GET stream is held back until its first "
-    "event or keepalive (--keepalive-interval-ms, 15 s); see README.md, Tests",
-)
 async def test_the_get_stream_is_answered_at_once(gateway):
     """After initialize the SDK opens the session's standalone GET stream. Its
     response (200, text/event-stream) should arrive at once, not only with

@@ -65,11 +65,12 @@ local Stream = {}
 Stream.__index = Stream
 
 -- A stream to the client; `label` names it in the log. The response's
--- headers must be set already.
-function _M.start(slow_client_timeout_ms, label)
+-- headers must be set already. `raw`: the raw connection to write to (see
+-- respond.start_stream), if not through ngx.print.
+function _M.start(slow_client_timeout_ms, label, raw)
     local stream = setmetatable({
         began = new_semaphore(), ended = new_semaphore(), limit_ms = slow_client_timeout_ms,
-        label = label, phase = get_phase(),
+        label = label, phase = get_phase(), raw = raw,
     }, Stream)
     stream.watchdog = thread_spawn(watch_writes, stream)
     return stream
@@ -82,7 +83,20 @@ function Stream:stop()
     end
 end
 
+local function write_raw(stream, a, b, c)
+    stream.began:post(1)
+    local ok, err = stream.raw:send({ a, b, c })
+    stream.ended:post(1)
+    if not ok then
+        return nil, "client write failed: " .. (err or "unknown")
+    end
+    return true
+end
+
 local function write(stream, a, b, c)
+    if stream.raw then
+        return write_raw(stream, a, b, c)
+    end
     local ok, err = ngx_print(a, b, c)
     if not ok then
         return nil, "client write failed: " .. (err or "unknown")

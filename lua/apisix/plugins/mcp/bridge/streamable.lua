@@ -31,8 +31,6 @@ local lower = string.lower
 local match = string.match
 local ngx = ngx
 local ngx_exit = ngx.exit
-local ngx_header = ngx.header
-local ngx_print = ngx.print
 local pairs = pairs
 local req = ngx.req
 local rshift = bit.rshift
@@ -141,18 +139,17 @@ local function relay_reply(route, sock, head)
         hosts.done(sock, false)
         return respond.rpc_error(502, SERVER_ERROR, "the bridge gave an unreadable answer")
     end
-    ngx.status = status
+    local headers = {}
     if session ~= "-" then
-        ngx_header["Mcp-Session-Id"] = session
+        headers["Mcp-Session-Id"] = session
     end
     if retry ~= "" then
-        ngx_header["Retry-After"] = retry
+        headers["Retry-After"] = retry
     end
     if body == "none" then
         local kind = wire.receive(sock)
         hosts.done(sock, kind == wire.EXIT)
-        ngx_header["Content-Length"] = 0
-        return ngx_exit(status)
+        return respond.empty(status, headers)
     end
     if body == "json" then
         local kind, payload = wire.receive(sock)
@@ -161,16 +158,23 @@ local function relay_reply(route, sock, head)
         if kind ~= wire.MESSAGE then
             return respond.rpc_error(502, SERVER_ERROR, "the bridge's answer was cut short")
         end
-        ngx_header["Content-Type"] = "application/json"
-        ngx_header["Cache-Control"] = "no-store"
-        ngx_print(payload)
-        return ngx_exit(status)
+        headers["Content-Type"] = "application/json"
+        headers["Cache-Control"] = "no-store"
+        return respond.send(status, headers, payload)
     end
-    ngx_header["Content-Type"] = "text/event-stream"
-    ngx_header["Cache-Control"] = "no-cache"
-    ngx_header["X-Accel-Buffering"] = "no"
+    headers["Content-Type"] = "text/event-stream"
+    headers["Cache-Control"] = "no-cache"
+    headers["X-Accel-Buffering"] = "no"
+    -- The head goes out now: a GET stream may stay silent for long, and
+    -- clients and proxies wait for its answer.
+    local raw, err = respond.start_stream(status, headers)
+    if err then
+        hosts.done(sock, false)
+        return ngx_exit(ngx.HTTP_OK)
+    end
     sock:settimeouts(1000, 10000, 2 * conf.keepalive_interval_ms + HOST_SILENCE_MARGIN_MS)
-    local stream = eventstream.start(conf.slow_client_timeout_ms, "a stream of route " .. route.key)
+    local stream = eventstream.start(conf.slow_client_timeout_ms, "a stream of route " .. route.key,
+                                     raw)
     local exit, why, noteworthy = stream:relay(sock)
     stream:stop()
     hosts.done(sock, exit ~= nil)
