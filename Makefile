@@ -5,13 +5,16 @@
 #   make bench  figures: mcp-bridge beside direct stdio and supergateway
 #               (prints a table, rewrites docs/benchmarks.md)
 #   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
+#   make apisix-test  the plugin inside a real Apache APISIX built from source
+#               (APISIX_TESTBED=/opt/apisix-testbed; make test runs it when there)
 
 LISTEN ?= 127.0.0.1:9080
 BASE_URI ?= /mcp
 WORKERS ?= 1
 CMD ?=
+APISIX_TESTBED ?= /opt/apisix-testbed
 
-.PHONY: all deps test-deps bench-deps build run test lint bench chaos clean
+.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench chaos clean
 
 all: build
 
@@ -33,6 +36,10 @@ run: build
 test: test-deps
 	cargo build --release --workspace
 	bash ci/test.sh
+
+apisix-test: test-deps
+	cargo build --release --workspace
+	APISIX_TESTBED=$(APISIX_TESTBED) python3 ci/apisix/run.py
 
 lint: test-deps
 	cargo fmt --all -- --check

@@ -3,8 +3,9 @@
 # Test::Nginx suites (with the real Test::Nginx when installed, else the
 # project's runner in t/lib), the end-to-end tests with the official MCP SDKs
 # (TypeScript and Python, installed by ci/deps.sh test), the official MCP
-# conformance suite, a benchmark and chaos smoke run, and a final check that
-# nothing was left running.
+# conformance suite, a benchmark and chaos smoke run, the plugin inside Apache
+# APISIX (when a testbed is built), and a final check that nothing was left
+# running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +52,16 @@ python3 ci/bench.py --smoke
 
 step "chaos run (short; make chaos for the full run)"
 python3 ci/chaos.py --short
+
+# Inside a real Apache APISIX (make apisix-test), when one is built at
+# $APISIX_TESTBED (default /opt/apisix-testbed); otherwise one line says why not.
+apisix_skip=$(python3 ci/apisix/run.py --why-skipped)
+if [[ -n "$apisix_skip" ]]; then
+    echo "$apisix_skip"
+else
+    step "inside Apache APISIX (make apisix-test)"
+    python3 ci/apisix/run.py
+fi
 
 step "nothing left running"
 # Only this checkout's processes: another checkout may be testing or
