@@ -7,6 +7,7 @@ local plugin = require("apisix.plugin")
 local config = require("apisix.plugins.mcp.bridge.config")
 local control = require("apisix.plugins.mcp.bridge.control")
 local handler = require("apisix.plugins.mcp.bridge.handler")
+local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local worker = require("apisix.plugins.mcp.bridge.worker")
 
@@ -75,6 +76,9 @@ function _M.init()
     worker.set(plugin.plugin_attr(plugin_name))
     worker.configure()
     worker.started()
+    -- After every plugin's init: the prometheus plugin's registry exists
+    -- only once its own init has run.
+    ngx.timer.at(0, metrics.register)
 end
 
 -- One route object per conf table (APISIX makes a new one per route version).

@@ -27,13 +27,15 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 pub struct Peers {
     uid: u32,
     worker: Worker,
+    /// The master's identity (`procfs::identity`), to tell when it died.
+    master_identity: Option<String>,
 }
 
 impl Peers {
     pub fn of(worker: Worker) -> Peers {
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
-        Peers { uid, worker }
+        Peers { uid, worker, master_identity: worker.master.and_then(procfs::identity) }
     }
 
     /// Whether refusing `pid` is worth a warning: it is not a sibling host
@@ -53,10 +55,21 @@ impl Peers {
         if pid == self.worker.pid {
             return None;
         }
-        match (procfs::stat(pid).map(|s| s.ppid), self.worker.master) {
-            (Some(parent), Some(master)) if parent == master => None,
-            _ => Some(format!("process {pid}, which is not a worker of this nginx")),
+        let parent = procfs::stat(pid).map(|s| s.ppid);
+        if parent.is_some() && parent == self.worker.master {
+            return None;
         }
+        // A master killed outright leaves its workers running, orphaned
+        // together: a sibling then shares the worker's new parent and runs
+        // the same program.
+        let orphaned = self.master_identity.as_deref().is_some_and(|m| !procfs::identity_alive(m));
+        if orphaned && parent.is_some() && parent == procfs::stat(self.worker.pid).map(|s| s.ppid) {
+            let program = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+            if program(pid).is_some() && program(pid) == program(self.worker.pid) {
+                return None;
+            }
+        }
+        Some(format!("process {pid}, which is not a worker of this nginx"))
     }
 }
 
@@ -276,7 +289,38 @@ mod tests {
         assert!(peers.refusal(uid, None).is_some(), "unknown peer");
         // A sibling of the worker (same parent) is another worker.
         let parent = procfs::stat(me).expect("stat").ppid;
-        let sibling = Peers { uid, worker: Worker { pid: -1, master: Some(parent) } };
+        let sibling = Peers { uid, worker: Worker { pid: -1, master: Some(parent) }, master_identity: None };
         assert_eq!(sibling.refusal(uid, Some(me)), None);
+    }
+
+    #[test]
+    fn once_the_master_is_gone_its_orphaned_workers_still_reach_each_other() {
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        let me = std::process::id() as i32;
+        let parent = procfs::stat(me).expect("stat").ppid;
+        // Two children of this process stand in for two workers whose
+        // master died: the worker is the first, the peer the second, and
+        // they run the same program.
+        let mut worker = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn");
+        let mut peer = std::process::Command::new("/bin/sleep").arg("5").spawn().expect("spawn");
+        let mut other =
+            std::process::Command::new("/bin/cat").stdin(std::process::Stdio::piped()).spawn().expect("spawn");
+        let stand_in = |master_identity: Option<String>| Peers {
+            uid,
+            worker: Worker { pid: worker.id() as i32, master: Some(parent) },
+            master_identity,
+        };
+        let dead_master = Some(format!("{parent}-1"));
+        let live_master = procfs::identity(parent);
+        let peer_pid = Some(peer.id() as i32);
+        assert!(stand_in(live_master).refusal(uid, peer_pid).is_some(), "while the master lives: no");
+        assert_eq!(stand_in(dead_master.clone()).refusal(uid, peer_pid), None, "its orphaned sibling");
+        let refusal = stand_in(dead_master).refusal(uid, Some(other.id() as i32));
+        assert!(refusal.is_some_and(|r| r.contains("not a worker")), "another program is still refused");
+        for child in [&mut worker, &mut peer, &mut other] {
+            child.kill().expect("kill");
+            child.wait().expect("reap");
+        }
     }
 }

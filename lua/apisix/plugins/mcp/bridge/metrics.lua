@@ -101,6 +101,13 @@ local function current_sink()
     return sink
 end
 
+-- Registers the metrics with APISIX's registry now, rather than on the
+-- first event: the exporter (in APISIX's privileged agent, which serves no
+-- session) only types and describes metrics registered in its process.
+function _M.register()
+    return current_sink()
+end
+
 local function escape(value)
     return (gsub(value, '[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
 end
