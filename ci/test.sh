@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# What the suites may leave in the temporary directory if they do not clean
+# up after themselves (checked at the end).
+tmp_entries() { find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'mcp-*' 2>/dev/null | sort; }
+tmp_before=$(tmp_entries)
+
 step "cargo test"
 cargo test --release --workspace --quiet
 
@@ -71,5 +76,12 @@ echo "backend and host processes left after the suite: $(echo -n "$left" | grep 
 if [[ -n "$left" ]]; then
     ps -o pid,ppid,stat,args -p $(echo $left) || true
     exit 1
+fi
+new_tmp=$(comm -13 <(echo "$tmp_before") <(tmp_entries))
+echo "entries left in ${TMPDIR:-/tmp}: $(echo -n "$new_tmp" | grep -c . || true)"
+if [[ -n "$new_tmp" ]]; then
+    echo "$new_tmp"
+    # Elsewhere another checkout's run may have made them meanwhile.
+    [[ "${CI:-}" == true ]] && exit 1
 fi
 echo "all tests passed"
