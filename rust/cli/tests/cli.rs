@@ -833,3 +833,77 @@ fn a_stopped_gateway_leaves_no_files_behind() {
         drop(session);
     }
 }
+
+/// A stateless (2026-07-28) POST of `message` on its own connection, left
+/// open for its answer.
+fn stateless_post(port: u16, message: &Value) -> TcpStream {
+    let method = message["method"].as_str().expect("method");
+    let name = message["params"]["name"].as_str().map(|n| format!("Mcp-Name: {n}\r\n")).unwrap_or_default();
+    let body = message.to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: {method}\r\n{name}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("request");
+    s
+}
+
+fn stateless_meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+           "io.modelcontextprotocol/clientCapabilities": {}})
+}
+
+/// Reads from `s` until `needle` shows up (true) or the stream ends or
+/// times out (false).
+fn read_until(s: &mut TcpStream, needle: &str) -> bool {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&seen).contains(needle) {
+            return true;
+        }
+    }
+}
+
+#[test]
+fn a_list_change_reaches_the_listeners_of_every_workers_pool() {
+    let fixture = workspace_built();
+    let fixture = fixture.to_string_lossy().into_owned();
+    let gateway =
+        Gateway::start(&["--workers", "2", "--status-uri", "/-/status", "--", &fixture, "--conformance"], |_| {});
+    // Listeners land on either worker (reuseport); each needs its worker's
+    // pool, so pools on both hosts mean listeners on both workers.
+    let mut listeners = Vec::new();
+    let pools_on_both = |port| {
+        let report = status_report(port);
+        let hosts = report["hosts"].as_array().cloned().unwrap_or_default();
+        hosts.iter().filter(|h| h["pooled"].as_u64().unwrap_or(0) > 0).count() == 2
+    };
+    for id in 0..40 {
+        let listen = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+                            "params": {"_meta": stateless_meta(), "notifications": {"toolsListChanged": true}}});
+        let mut s = stateless_post(gateway.port, &listen);
+        // The stream opens with the acknowledgement of the subscription.
+        assert!(read_until(&mut s, "text/event-stream"), "listen {id} was not answered with a stream");
+        listeners.push(s);
+        if listeners.len() >= 4 && wait_until(Duration::from_secs(2), || pools_on_both(gateway.port)) {
+            break;
+        }
+    }
+    assert!(pools_on_both(gateway.port), "no listener on one of the workers: {}", status_report(gateway.port));
+    let trigger = json!({"jsonrpc": "2.0", "id": 100, "method": "tools/call",
+                         "params": {"name": "test_trigger_tool_change", "arguments": {}, "_meta": stateless_meta()}});
+    let mut s = stateless_post(gateway.port, &trigger);
+    assert!(read_until(&mut s, "list change announced"), "the trigger was not answered");
+    for (i, listener) in listeners.iter_mut().enumerate() {
+        assert!(read_until(listener, "notifications/tools/list_changed"), "listener {i} heard nothing");
+    }
+}
