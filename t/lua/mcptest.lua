@@ -1,6 +1,7 @@
--- Test driver for the suites: an MCP client of the HTTP+SSE transport over
--- cosockets (talking to the nginx under test through its own port), and
--- checks on the processes the fixture server records.
+-- Test driver for the suites: MCP clients of the HTTP+SSE transport and of
+-- the Streamable HTTP transport over cosockets (talking to the nginx under
+-- test through its own port), and checks on the processes the fixture
+-- server records.
 local cjson = require("cjson.safe")
 local ffi = require("ffi")
 local native = require("apisix.plugins.mcp.bridge.native")
@@ -72,10 +73,16 @@ local function connect(timeout_ms)
     return sock
 end
 
+-- Sends a request; "Host: localhost" unless `headers` has a Host line.
 local function send_request(sock, method, path, headers, body)
-    local lines = { method .. " " .. path .. " HTTP/1.1", "Host: localhost" }
+    local lines = { method .. " " .. path .. " HTTP/1.1" }
+    local has_host = false
     for _, h in ipairs(headers or {}) do
         lines[#lines + 1] = h
+        if h:lower():find("^host:") then has_host = true end
+    end
+    if not has_host then
+        insert(lines, 2, "Host: localhost")
     end
     if body then
         lines[#lines + 1] = "Content-Length: " .. #body
@@ -251,15 +258,23 @@ function Stream:read_event()
     end
 end
 
--- Next message event (decoded), skipping comments.
-function Stream:next_message()
+-- Next message event (decoded), skipping comments. With `within`
+-- (seconds), gives up with nil, "no message in time" once a comment comes
+-- after that long (keepalives otherwise keep a read from timing out).
+function Stream:next_message(within)
     if #self.queue > 0 then
         return remove(self.queue, 1)
     end
+    ngx.update_time()
+    local deadline = within and now() + within
     while true do
         local ev, err = self:read_event()
         if not ev then
             return nil, err
+        end
+        ngx.update_time()
+        if deadline and ev.event ~= "message" and now() > deadline then
+            return nil, "no message in time"
         end
         if ev.event == "message" then
             local msg, derr = cjson.decode(ev.data)
@@ -348,6 +363,282 @@ function Stream:tool(name, args)
         return nil, cjson.encode(res)
     end
     return res.result.content[1].text, res.result.isError
+end
+
+-- Streamable HTTP -----------------------------------------------------------
+-- One client of the Streamable HTTP endpoint ({base_uri} itself), for the
+-- sessionful revisions and the stateless one alike: POST, GET and DELETE
+-- with the MCP headers, each on its own connection. Every request returns
+-- a reply:
+--   { status =, headers = (lower-case names), sse = <an event stream?>,
+--     body = <the raw body, when read whole>, json = <the decoded JSON
+--     document, when the reply was one>, messages = <every JSON-RPC message
+--     of the reply, decoded, whether it came as JSON or as events>,
+--     ended = <why an event stream stopped: "eof" when the server ended it> }
+-- With `stream = true` an event-stream reply comes back open instead: read
+-- it with reply:next_message() (nil, "eof" at its end), end it with
+-- reply:close(). GET returns its stream open unless told `stream = false`.
+--
+-- Options of every request (all optional): `session` (false: none; default
+-- the client's), `version` (MCP-Protocol-Version; false: none; default the
+-- client's), `accept`, `content_type` (false: none), `host`, `origin`,
+-- `headers` (more header lines), `chunks` (send the body in these chunks),
+-- `timeout_ms` (read timeout, default 5000), `abandon_after` (close the
+-- connection this many seconds after sending, reading nothing: returns
+-- nil, "abandoned"), `keep_open` (keep the connection of a reply read
+-- whole: it is reply.connection) and `connection` (send on that one: the
+-- same worker takes the request).
+
+-- The stateless revision, and the _meta keys of its envelope.
+_M.MODERN = "2026-07-28"
+_M.VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+_M.CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+_M.LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+_M.SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+_M.SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
+
+local Client = {}
+Client.__index = Client
+
+-- A client of the endpoint at `base` ("/mcp"); `opts.host` and
+-- `opts.origin` go on each of its requests.
+function _M.client(base, opts)
+    opts = opts or {}
+    return setmetatable({ base = base, next_id = 0, host = opts.host, origin = opts.origin },
+                        Client)
+end
+
+local function open_reply(sock, status, headers)
+    local reply = setmetatable({ sock = sock, status = status, headers = headers,
+                                 body = body_reader(sock, headers), queue = {},
+                                 messages = {} }, Stream)
+    reply.sse = (headers["content-type"] or ""):find("^text/event%-stream") ~= nil
+    return reply
+end
+
+-- Reads the rest of a reply and closes its connection, unless `keep_open`.
+local function finish(reply, keep_open)
+    if reply.sse then
+        while true do
+            local msg, err = reply:next_message()
+            if not msg then
+                reply.ended = err
+                break
+            end
+            reply.messages[#reply.messages + 1] = msg
+        end
+    else
+        local text = tonumber(reply.headers["content-length"]) == 0 and "" or reply.body:all()
+        reply.text = text
+        if text and text ~= "" and (reply.headers["content-type"] or ""):find("json") then
+            reply.json = cjson.decode(text)
+            reply.messages[1] = reply.json
+        end
+    end
+    if keep_open and not reply.sse then
+        reply.connection = reply.sock
+    else
+        reply.sock:close()
+    end
+    -- `body` is the text of the reply from now on, not its reader.
+    reply.body = reply.text
+    return reply
+end
+
+function Client:request(method, body, opts)
+    opts = opts or {}
+    local sock = opts.connection
+    if not sock then
+        local err
+        sock, err = connect(opts.timeout_ms)
+        if not sock then
+            return nil, err
+        end
+    end
+    local h = { opts.keep_open and "Connection: keep-alive" or "Connection: close" }
+    local host = opts.host or self.host
+    if host then h[#h + 1] = "Host: " .. host end
+    local origin = opts.origin or self.origin
+    if origin then h[#h + 1] = "Origin: " .. origin end
+    local accept = opts.accept
+    if accept == nil then
+        accept = (method == "POST" and "application/json, text/event-stream")
+                 or (method == "GET" and "text/event-stream") or false
+    end
+    if accept then h[#h + 1] = "Accept: " .. accept end
+    if method == "POST" and opts.content_type ~= false then
+        h[#h + 1] = "Content-Type: " .. (opts.content_type or "application/json")
+    end
+    local session = opts.session
+    if session == nil then session = self.session end
+    if session then h[#h + 1] = "Mcp-Session-Id: " .. session end
+    local version = opts.version
+    if version == nil then version = self.version end
+    if version then h[#h + 1] = "MCP-Protocol-Version: " .. version end
+    for _, line in ipairs(opts.headers or {}) do
+        h[#h + 1] = line
+    end
+    if opts.chunks then
+        h[#h + 1] = "Transfer-Encoding: chunked"
+        local parts = {}
+        for _, c in ipairs(opts.chunks) do
+            parts[#parts + 1] = string.format("%x", #c) .. "\r\n" .. c .. "\r\n"
+        end
+        parts[#parts + 1] = "0\r\n\r\n"
+        send_request(sock, method, self.base, h, nil)
+        sock:send(concat(parts))
+    else
+        send_request(sock, method, self.base, h, body)
+    end
+    if opts.abandon_after then
+        -- A client that gives up: its connection closes unread.
+        sleep(opts.abandon_after)
+        sock:close()
+        return nil, "abandoned"
+    end
+    local status, headers = read_head(sock)
+    if not status then
+        sock:close()
+        return nil, headers
+    end
+    local reply = open_reply(sock, status, headers)
+    local stream = opts.stream
+    if stream == nil then stream = method == "GET" end
+    if reply.sse and stream then
+        return reply
+    end
+    return finish(reply, opts.keep_open)
+end
+
+function Client:post(message, opts)
+    local body = type(message) == "string" and message or cjson.encode(message)
+    return self:request("POST", body, opts)
+end
+
+function Client:get(opts)
+    return self:request("GET", nil, opts)
+end
+
+function Client:delete(opts)
+    return self:request("DELETE", nil, opts)
+end
+
+function Client:next_request_id()
+    self.next_id = self.next_id + 1
+    return self.next_id
+end
+
+-- The response to request `id` among a reply's messages.
+function _M.response_of(reply, id)
+    for _, m in ipairs(reply and reply.messages or {}) do
+        if m.id == id and m.method == nil then
+            return m
+        end
+    end
+end
+
+-- Starts a session: initialize (protocol `opts.protocol`, default
+-- 2025-06-18), then notifications/initialized. Returns the initialize
+-- reply and the notification's; the client keeps the session id and the
+-- negotiated version for its later requests.
+function Client:initialize(opts)
+    opts = opts or {}
+    local id = self:next_request_id()
+    local reply, err = self:post({ jsonrpc = "2.0", id = id, method = "initialize", params = {
+        protocolVersion = opts.protocol or "2025-06-18", capabilities = opts.capabilities or {},
+        clientInfo = { name = "mcptest", version = "1" },
+    } }, { session = false, version = false })
+    if not reply then
+        return nil, err
+    end
+    local response = _M.response_of(reply, id)
+    if reply.status ~= 200 or not response or not response.result then
+        return nil, "initialize answered " .. reply.status .. ": " .. tostring(reply.body)
+    end
+    self.session = reply.headers["mcp-session-id"]
+    self.version = response.result.protocolVersion
+    local initialized = self:post({ jsonrpc = "2.0", method = "notifications/initialized" })
+    return reply, initialized
+end
+
+-- Sends request `method` and returns its response and the whole reply.
+function Client:call(method, params, opts)
+    local id = opts and opts.id or self:next_request_id()
+    local reply, err = self:post({ jsonrpc = "2.0", id = id, method = method, params = params }, opts)
+    if not reply then
+        return nil, err
+    end
+    local response = _M.response_of(reply, id)
+    if not response then
+        return nil, "no response to " .. method .. " (status " .. reply.status .. "): "
+                    .. tostring(reply.body or cjson.encode(reply.messages)), reply
+    end
+    return response, reply
+end
+
+-- Calls a tool: its text (or nil and why), its result and the reply.
+function Client:tool(name, args, opts)
+    local response, reply = self:call("tools/call", { name = name, arguments = args or {} }, opts)
+    if not response then
+        return nil, reply
+    end
+    if not response.result then
+        return nil, cjson.encode(response), reply
+    end
+    return response.result.content[1].text, response.result, reply
+end
+
+-- "<status> <code> <message>" of a reply carrying a JSON-RPC error (with
+-- " id <id>" when the error names a request), or what the reply was.
+function _M.refusal(reply, err)
+    if not reply then
+        return "no reply: " .. tostring(err)
+    end
+    local e = reply.json and reply.json.error
+    if type(e) ~= "table" then
+        return reply.status .. " (not a JSON-RPC error: " .. tostring(reply.body) .. ")"
+    end
+    local id = reply.json.id
+    return reply.status .. " " .. tostring(e.code) .. " " .. tostring(e.message)
+           .. ((id ~= nil and id ~= cjson.null) and (" id " .. cjson.encode(id)) or "")
+end
+
+-- A stateless (2026-07-28) request: `params._meta` gets the envelope (the
+-- version and `opts.capabilities`, default {}; plus `opts.meta`), and the
+-- request the MCP-Protocol-Version, Mcp-Method and (for tools/call,
+-- prompts/get and resources/read) Mcp-Name headers. `opts.envelope = false`
+-- leaves the envelope out; `opts.mcp_method`/`opts.mcp_name` replace the
+-- headers' values (false: no such header).
+function Client:modern(method, params, opts)
+    opts = opts or {}
+    params = params or {}
+    local id = opts.id or self:next_request_id()
+    if opts.envelope ~= false then
+        local meta = params._meta or {}
+        meta[_M.VERSION_KEY] = opts.envelope_version or _M.MODERN
+        meta[_M.CAPABILITIES_KEY] = opts.capabilities or {}
+        for k, v in pairs(opts.meta or {}) do
+            meta[k] = v
+        end
+        params._meta = meta
+    end
+    local headers = {}
+    local mcp_method = opts.mcp_method
+    if mcp_method == nil then mcp_method = method end
+    if mcp_method then headers[#headers + 1] = "Mcp-Method: " .. mcp_method end
+    local mcp_name = opts.mcp_name
+    if mcp_name == nil then mcp_name = params.name or params.uri end
+    if mcp_name then headers[#headers + 1] = "Mcp-Name: " .. mcp_name end
+    local version = opts.version
+    if version == nil then version = _M.MODERN end
+    local reply, err = self:post({ jsonrpc = "2.0", id = id, method = method, params = params }, {
+        session = false, version = version, headers = headers, stream = opts.stream,
+        timeout_ms = opts.timeout_ms, abandon_after = opts.abandon_after,
+    })
+    if not reply then
+        return nil, err
+    end
+    return _M.response_of(reply, id), reply
 end
 
 -- Files -------------------------------------------------------------------
@@ -617,6 +908,69 @@ function _M.clear(dir)
         ffi.C.unlink(dir .. "/" .. name)
     end
     ffi.C.chmod(dir, tonumber("1777", 8))
+end
+
+-- Request ids the fixture process `pid` recorded receiving a
+-- notifications/cancelled for, as JSON texts in the order they came.
+function _M.cancelled(dir, pid)
+    local ids = {}
+    local f = io_open(dir .. "/" .. pid .. ".cancelled")
+    if not f then
+        return ids
+    end
+    for line in f:lines() do
+        ids[#ids + 1] = line
+    end
+    f:close()
+    return ids
+end
+
+-- Waits until `workers` distinct workers answering GET `path` on
+-- `listen_port`
+-- (a location that prints "<slots> <host sessions> <pooled backends>" of
+-- the worker that takes it, with an X-Worker header) each said 0 0 0.
+-- Returns true, or false and what they said last.
+function _M.wait_idle_everywhere(listen_port, path, workers, seconds)
+    local said = {}
+    local function idle()
+        local sock = ngx.socket.tcp()
+        sock:settimeouts(1000, 1000, 1000)
+        if not sock:connect("127.0.0.1", listen_port) then
+            return false
+        end
+        send_request(sock, "GET", path, { "Connection: close" })
+        local status, headers = read_head(sock)
+        local body = status and body_reader(sock, headers):all()
+        sock:close()
+        if status == 200 and headers["x-worker"] then
+            said[headers["x-worker"]] = body
+        end
+        local n = 0
+        for _, b in pairs(said) do
+            if not b:find("^0 0 0") then
+                return false
+            end
+            n = n + 1
+        end
+        return n >= workers
+    end
+    if wait_until(idle, seconds) then
+        return true
+    end
+    local parts = {}
+    for w, b in pairs(said) do
+        parts[#parts + 1] = "worker " .. w .. ": " .. b
+    end
+    return false, concat(parts, "; ")
+end
+
+-- Waits until this worker's host has no pooled backend (stateless
+-- requests' backends) left.
+function _M.wait_pool_empty(seconds)
+    if wait_until(function() return ((_M.host_stats() or {}).pooled or -1) == 0 end, seconds) then
+        return true
+    end
+    return false, "pooled " .. tostring((_M.host_stats() or {}).pooled)
 end
 
 -- Pid of the only backend recorded in `dir`.
