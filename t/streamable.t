@@ -251,6 +251,17 @@ location = /t {
         reply, err = c:post(nil, { chunks = { call:sub(1, 20), call:sub(21, 50), call:sub(51) } })
         ngx.say("chunked request: ", reply and (reply.status .. " " .. tostring(t.response_of(reply, "ch")
                 and t.response_of(reply, "ch").result.content[1].text)) or "no reply: " .. tostring(err))
+        -- A chunked request whose reply is an event stream (a notification
+        -- comes before the result): written on the raw connection too.
+        local notify = '{"jsonrpc":"2.0","id":"nt","method":"tools/call","params":{"name":"notify",'
+                       .. '"arguments":{"text":"first"}}}'
+        reply, err = c:post(nil, { chunks = { notify:sub(1, 25), notify:sub(26) } })
+        if reply then
+            ngx.say("chunked request, streamed reply: ", reply.status, " ", reply.headers["content-type"],
+                    ", ", #reply.messages, " messages, last id ", reply.messages[#reply.messages].id)
+        else
+            ngx.say("chunked request, streamed reply: no reply: ", err)
+        end
         ngx.say("the session still serves: ", (c:tool("echo", { text = "yes" })))
         ngx.say("DELETE: ", c:delete().status)
         -- A chunked initialize: its reply carries the new session's id.
@@ -273,6 +284,7 @@ slots after it: 0
 chunked, over: 413 -32000 request body is larger than max_message_bytes (1024)
 chunked, at the limit: 202
 chunked request: 200 in pieces
+chunked request, streamed reply: 200 text/event-stream, 2 messages, last id nt
 the session still serves: yes
 DELETE: 200
 chunked initialize: 200

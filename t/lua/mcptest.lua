@@ -133,6 +133,9 @@ function Body:fill()
     if not self.chunked then
         local data, err, partial = sock:receive(self.left or 4096)
         data = data or partial
+        -- A body delimited by the connection's end: the last piece may come
+        -- with the close.
+        if err == "closed" then self.done = true end
         if data and data ~= "" then
             self.buf = self.buf .. data
             if self.left then

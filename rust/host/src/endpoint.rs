@@ -40,5 +40,8 @@ pub async fn serve(host: &Rc<Host>, stream: &mut UnixStream, payload: &[u8]) -> 
 fn is_stateless(request: &Request, parsed: Option<&(Value, Shape)>) -> bool {
     let enveloped = parsed.and_then(|(v, _)| mcp::meta(v)).is_some_and(|m| m.contains_key(VERSION_KEY));
     let version = request.headers.version.as_str();
-    enveloped || (!version.is_empty() && !mcp::LEGACY_VERSIONS.contains(&version))
+    // A request of a session with a version it does not speak is still the
+    // session's to refuse.
+    let sessionless = request.headers.session.is_empty();
+    enveloped || (sessionless && !version.is_empty() && !mcp::LEGACY_VERSIONS.contains(&version))
 }

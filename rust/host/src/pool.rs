@@ -45,8 +45,16 @@ pub enum CallEvent {
 }
 
 enum Command {
-    Call { message: Value, events: mpsc::Sender<CallEvent> },
-    Cancel { id: u64 },
+    Call {
+        message: Value,
+        events: mpsc::Sender<CallEvent>,
+    },
+    /// Carries the member, so that it outlives the lease it came from
+    /// until its task has handled the cancellation and taken it back.
+    Cancel {
+        id: u64,
+        member: Rc<Member>,
+    },
 }
 
 /// A backend of the pool, run by its own task.
@@ -71,8 +79,8 @@ impl Lease {
 
     /// The client gave up on request `id`: the backend is told, and its
     /// response, if it comes, is dropped.
-    pub fn cancel(&self, id: u64) {
-        let _ = self.member.commands.send(Command::Cancel { id });
+    pub fn cancel(self, id: u64) {
+        let _ = self.member.commands.send(Command::Cancel { id, member: Rc::clone(&self.member) });
     }
 }
 
@@ -371,7 +379,7 @@ impl MemberTask {
                         self.host.events.message_in(&self.pool.key.route, len);
                         self.current = Some((id, events));
                     }
-                    Some(Command::Cancel { id }) => {
+                    Some(Command::Cancel { id, member: _lent }) => {
                         if self.current.as_ref().is_some_and(|(c, _)| *c == id) {
                             self.current = None;
                             self.cancelled.push(id);

@@ -266,6 +266,7 @@ async fn delete<W: AsyncWrite + Unpin>(
         return Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
     }
     let Some((_, commands, _)) = find(host, request) else { return Err(session_not_found(&Value::Null)) };
+    check_version(request, &Value::Null)?;
     let (done, deleted) = oneshot::channel();
     if commands.send(Command::Delete { done }).is_err() {
         return Err(session_not_found(&Value::Null));
@@ -342,8 +343,8 @@ where
             );
             return Ok(reply.json(200, None, &body).await.is_ok());
         }
-        Ok(None) => "it ended before answering",
-        Err(_) => "it did not answer in time",
+        Ok(None) => "ended before answering",
+        Err(_) => "did not answer in time",
     };
     let tail = child.tail.describe();
     let pid = child.pid;
@@ -351,7 +352,7 @@ where
     let status = exit.map(|e| e.to_string()).unwrap_or_else(|| "ended".into());
     log!(
         Warn,
-        "backend {pid}: the MCP server did not answer initialize: {failure} ({status}, {} ms after it started); {tail}",
+        "backend {pid}: the MCP server did not answer initialize: it {failure} ({status}, {} ms after it started); {tail}",
         started.elapsed().as_millis()
     );
     Err(refuse(502, &client_id, code::SERVER_ERROR, &format!("the MCP server {failure}")))
@@ -514,7 +515,12 @@ impl Session {
                 self.pending.insert(backend_id, Pending { client_id, stream: Some(stream), progress });
                 self.order.push_back(backend_id);
             }
-            Command::Forward { message, done } => {
+            Command::Forward { mut message, done } => {
+                if !self.cancellation_for_backend(&mut message) {
+                    // It names no request in flight: nothing to cancel.
+                    let _ = done.send(Ok(()));
+                    return;
+                }
                 let bytes = message.to_string().into_bytes();
                 let len = bytes.len();
                 let outcome = self.child.send(bytes);
@@ -536,6 +542,26 @@ impl Session {
                 }
             }
             Command::Delete { .. } => {}
+        }
+    }
+
+    /// A client's `notifications/cancelled` names the request by the
+    /// client's id; the backend knows it by the bridge's. Rewrites it, and
+    /// returns false when it names no request in flight (of two in flight
+    /// under one client id, the later). Other messages pass as they are.
+    fn cancellation_for_backend(&self, message: &mut Value) -> bool {
+        if message.get("method").and_then(Value::as_str) != Some("notifications/cancelled") {
+            return true;
+        }
+        let Some(client_id) = message.get("params").and_then(|p| p.get("requestId")).cloned() else { return false };
+        let backend_id =
+            self.order.iter().rev().find(|b| self.pending.get(b).is_some_and(|p| p.client_id == client_id));
+        match backend_id {
+            Some(&b) => {
+                message["params"]["requestId"] = json!(b);
+                true
+            }
+            None => false,
         }
     }
 
