@@ -26,6 +26,10 @@ luacheck -q lua t/lua
 
 step "Test::Nginx suites"
 export TEST_NGINX_SERVROOT="${TEST_NGINX_SERVROOT:-$PWD/t/servroot}"
+# A free port rather than Test::Nginx's fixed 1984, which another checkout's
+# run may hold.
+TEST_NGINX_PORT="${TEST_NGINX_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+export TEST_NGINX_PORT
 if [[ -z "${TEST_NGINX_LOAD_MODULES:-}" && -f /usr/lib/nginx/modules/ngx_http_lua_module.so ]]; then
     export TEST_NGINX_LOAD_MODULES="/usr/lib/nginx/modules/ndk_http_module.so /usr/lib/nginx/modules/ngx_http_lua_module.so"
 fi
