@@ -5,20 +5,31 @@ Copies an APISIX built from source (APISIX_TESTBED, default /opt/apisix-testbed:
 its OpenResty under openresty/, APISIX under apisix/) into a scratch
 directory, installs the plugin there with ci/apisix/install.sh (the commands
 of docs/mcp-bridge.md, Installation), starts it in standalone mode (routes in
-conf/apisix.yaml) bridging the project's fixture server, and runs:
+conf/apisix.yaml) bridging the project's fixture server, and runs, over
+HTTP+SSE and Streamable HTTP (sessions, and stateless 2026-07-28 requests on
+the pool):
 
-   1  the MCP TypeScript SDK end to end (t/e2e) through APISIX
-   2  max_sessions (1 worker) and max_sessions_per_node (2 workers): 429 + Retry-After
-   3  POSTs taken by either worker, with and without plugin_attr runtime_dir
-   4  reload, quit, kill -9 of a worker and of the master, with live sessions
+   1  the official MCP SDKs end to end through APISIX, 1 and 2 workers: the
+      TypeScript SDK 1.x over HTTP+SSE (t/e2e/sdk-sse.test.mjs) and Streamable
+      HTTP (sdk-streamable.test.mjs), the 2.x client in 2026-07-28
+      (client-modern.test.mjs), the Python SDK (t/e2e-python), each against a
+      route of its own in their external-gateway mode (MCP_BRIDGE_E2E_URL)
+   2  max_sessions (1 worker) and max_sessions_per_node (2 workers): 429 +
+      Retry-After, on GET {base}/sse and on a Streamable initialize
+   3  POSTs of one session taken by either worker, with and without
+      plugin_attr runtime_dir
+   4  reload, quit, kill -9 of a worker and of the master, with live
+      sessions of both transports (and pooled backends)
    5  a backend flooding a slow client; a route refused without
       lua_module_has_body_filter_fix on lua-nginx-module < 0.10.29
-   6  key-auth consumers, and sessions bound to their route
+   6  key-auth consumers, and sessions (and pools) bound to route and consumer
    7  the control API: every worker's sessions listed, one ended
-   8  the metrics, through APISIX's prometheus plugin
+   8  the metrics, through APISIX's prometheus plugin, by transport
    9  a chunked body over max_message_bytes: 413 before it is read whole
   10  lua_check_client_abort: how fast a killed client's backend ends
   11  the t/*.t suites under the real Test::Nginx with the testbed's nginx
+  12  stateless 2026-07-28 requests served by each worker's pool
+  13  a route shaped as docs/mcp-bridge.md's example: both endpoints
 
 and checks that nothing is left running. Prints one table; exits 1 if any
 scenario failed. Whatever happens, every process it started is killed and the
@@ -411,6 +422,152 @@ class Session:
         self.stream.close(rst)
 
 
+# ---------------------------------------------------------------- Streamable HTTP
+
+SESSION_VERSION = "2025-06-18"
+MODERN = "2026-07-28"
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+def sse_messages(text):
+    """The JSON-RPC messages of an event-stream body."""
+    out = []
+    for block in re.split(r"\r?\n\r?\n", text):
+        data = [line[5:][1:] if line[5:].startswith(" ") else line[5:]
+                for line in block.splitlines() if line.startswith("data:")]
+        if data:
+            out.append(json.loads("\n".join(data)))
+    return out
+
+
+def rpc_messages(headers, body):
+    """The messages of a Streamable HTTP reply: one JSON document or an
+    event stream."""
+    ctype = headers.get("content-type", "")
+    if ctype.startswith("application/json"):
+        return [json.loads(body)]
+    if ctype.startswith("text/event-stream"):
+        return sse_messages(body)
+    return []
+
+
+def rpc_error_text(body):
+    try:
+        return json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return body[:200]
+
+
+class Streamable:
+    """An MCP session over Streamable HTTP (revision 2025-06-18): initialize,
+    then requests with its Mcp-Session-Id, each on a new connection (so on
+    either worker)."""
+
+    def __init__(self, port, base, headers=None):
+        self.port = port
+        self.base = base
+        self.headers = dict(headers or {})
+        self.sid = None
+        self.next_id = 1
+        self.gets = []
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": SESSION_VERSION, "capabilities": {},
+                           "clientInfo": {"name": "apisix-test", "version": "1.0.0"}}}
+        self.status, self.reply_headers, self.body = self.request(init, session=False)
+        self.error = None
+        if self.status != 200:
+            self.error = rpc_error_text(self.body)
+            return
+        self.sid = self.reply_headers.get("mcp-session-id")
+        check(self.sid and re.fullmatch(r"[0-9a-f]{48}", self.sid),
+              f"initialize on {base}: Mcp-Session-Id {self.sid!r}")
+        st = self.notify()
+        check(st == 202, f"notifications/initialized on {base}: {st}")
+
+    def request(self, message, method="POST", headers=None, base=None, sid=None, session=True):
+        """(status, headers, body) of one request, on a new connection."""
+        h = {"Accept": ACCEPT_BOTH}
+        if session:
+            h["Mcp-Session-Id"] = sid or self.sid
+            h["MCP-Protocol-Version"] = SESSION_VERSION
+        h.update(self.headers)
+        h.update(headers or {})
+        body = None if message is None else json.dumps(message).encode()
+        return http_request(self.port, method, base or self.base, body, h)
+
+    def notify(self, **kw):
+        return self.request({"jsonrpc": "2.0", "method": "notifications/x"}, **kw)[0]
+
+    def rpc(self, method, params=None, **kw):
+        """(status, the response to a request, or the reply's body)."""
+        id_ = self.next_id
+        self.next_id += 1
+        status, headers, body = self.request({"jsonrpc": "2.0", "id": id_, "method": method,
+                                              "params": params or {}}, **kw)
+        if status != 200:
+            return status, body
+        for msg in rpc_messages(headers, body):
+            if isinstance(msg, dict) and msg.get("id") == id_ and "method" not in msg:
+                return status, msg
+        return status, body
+
+    def call(self, tool, args=None, **kw):
+        """Calls a tool; its result's first text."""
+        status, msg = self.rpc("tools/call", {"name": tool, "arguments": args or {}}, **kw)
+        check(status == 200 and isinstance(msg, dict) and "result" in msg,
+              f"tools/call {tool} on {self.base}: {status} {str(msg)[:300]}")
+        return msg["result"]["content"][0]["text"]
+
+    def open_get(self):
+        """The session's GET stream (a Stream)."""
+        h = dict(self.headers)
+        h.update({"Mcp-Session-Id": self.sid, "MCP-Protocol-Version": SESSION_VERSION})
+        g = Stream(self.port, self.base, h)
+        check(g.status == 200, f"GET {self.base} with the session: {g.status} {g.error}")
+        self.gets.append(g)
+        return g
+
+    def delete(self, **kw):
+        return self.request(None, method="DELETE", **kw)[0]
+
+    def close(self):
+        """DELETE (if it still lives), and its GET streams closed."""
+        if self.sid:
+            try:
+                self.delete()
+            except OSError:
+                pass
+        for g in self.gets:
+            g.close()
+
+
+def stateless(port, base, method, params=None, headers=None):
+    """A 2026-07-28 request, no session: (status, its response or the body)."""
+    params = dict(params or {})
+    params["_meta"] = {"io.modelcontextprotocol/protocolVersion": MODERN,
+                       "io.modelcontextprotocol/clientCapabilities": {}}
+    h = {"Accept": ACCEPT_BOTH, "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if method == "tools/call":
+        h["Mcp-Name"] = params["name"]
+    h.update(headers or {})
+    status, rh, body = http_request(port, "POST", base, json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(), h)
+    if status != 200:
+        return status, body
+    for msg in rpc_messages(rh, body):
+        if isinstance(msg, dict) and msg.get("id") == 1 and "method" not in msg:
+            return status, msg
+    return status, body
+
+
+def stateless_pid(port, base, headers=None):
+    """The fixture's pid tool, stateless: (status, {pid, ppid, ...} or the body)."""
+    status, msg = stateless(port, base, "tools/call", {"name": "pid", "arguments": {}}, headers)
+    if status == 200 and isinstance(msg, dict) and "result" in msg:
+        return status, json.loads(msg["result"]["content"][0]["text"])
+    return status, msg
+
+
 # ---------------------------------------------------------------- YAML
 
 def yaml_scalar(v):
@@ -515,8 +672,9 @@ class Apisix:
                         # APISIX declares it only on apisix-base (its lua {} block).
                         "prometheus-cache": "10m",
                     },
-                    # Which worker took a request ($pid): the cross-worker check.
-                    "access_log_format": "$pid $request_method $request_uri $status",
+                    # Which worker took a request ($pid), and of which
+                    # Streamable session: the cross-worker checks.
+                    "access_log_format": "$pid $request_method $request_uri $status $http_mcp_session_id",
                 },
             },
             "plugin_attr": plugin_attr,
@@ -623,7 +781,14 @@ class Apisix:
         return doc["sessions"]
 
     def metrics(self):
-        status, _, body = http_request(self.metrics_port, "GET", "/apisix/prometheus/metrics")
+        # The exporter renders every refresh_interval (1 s): "no data
+        # available" (500) before its first rendering.
+        deadline = time.monotonic() + 3
+        while True:
+            status, _, body = http_request(self.metrics_port, "GET", "/apisix/prometheus/metrics")
+            if status != 500 or "no data available" not in body or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         check(status == 200, f"metrics: {status} {body[:200]}")
         return body
 
@@ -689,7 +854,8 @@ class Run:
         c.update(conf)
         p = dict(plugins or {})
         p["mcp-bridge"] = c
-        return {"id": id_, "uri": base + "/*", "plugins": p}
+        # {base}/* alone does not match {base}, the Streamable HTTP endpoint.
+        return {"id": id_, "uris": [base, base + "/*"], "plugins": p}
 
     def scenario(self, number, name, fn, *args):
         t0 = time.monotonic()
@@ -761,13 +927,40 @@ def log_findings(inst, expected=()):
 
 # ---------------------------------------------------------------- scenarios
 
-def s1_sdk_e2e(run, inst, pid_dir):
-    node_modules = os.path.join(ROOT, "t", "e2e", "node_modules", "@modelcontextprotocol", "sdk")
-    check(os.path.isdir(node_modules), "t/e2e has no node_modules: run `make test-deps` (npm ci in t/e2e)")
-    env = dict(os.environ, MCP_BRIDGE_E2E_URL=f"http://127.0.0.1:{inst.port}/e2e",
+# The end-to-end tests with the official MCP SDKs, each against a route of
+# its own (base_uri, fixture pid directory) in external-gateway mode
+# (MCP_BRIDGE_E2E_URL, MCP_BRIDGE_E2E_PID_DIR): (name, base_uri, command,
+# working directory). Their routes set what the tests give `serve`
+# (E2E_ROUTE).
+E2E_SUITES = [
+    ("sdk-sse", "/e2e", ["node", "--test", "--test-reporter=tap", "sdk-sse.test.mjs"], "t/e2e"),
+    ("sdk-streamable", "/e2e-streamable", ["node", "--test", "--test-reporter=tap", "sdk-streamable.test.mjs"],
+     "t/e2e"),
+    ("client-modern", "/e2e-modern", ["node", "--test", "--test-reporter=tap", "client-modern.test.mjs"],
+     "t/e2e"),
+    ("python", "/e2e-python", [os.path.join(ROOT, "t", "e2e-python", ".venv", "bin", "python"), "-m", "pytest",
+                               "-q", "-rs", "t/e2e-python"], "."),
+]
+# --kill-grace-ms 1000 (every suite), --pool-idle-timeout-ms 1500
+# (client-modern, the Python tests).
+E2E_ROUTE = {"kill_grace_ms": 1000, "pool_idle_timeout_ms": 1500}
+
+
+def e2e_routes(run, instance):
+    """The suites' routes of an instance, and their pid directories by name."""
+    routes, pid_dirs = [], {}
+    for name, base, _, _ in E2E_SUITES:
+        pid_dirs[name] = run.pid_dir(f"{instance}-{name}")
+        routes.append(run.route(base.strip("/"), base, pid_dirs[name], **E2E_ROUTE))
+    return routes, pid_dirs
+
+
+def _run_suite(run, inst, name, base, cmd, cwd, pid_dir):
+    """Runs one suite: (passed, skipped, its output); raises Failed if any
+    test failed."""
+    env = dict(os.environ, MCP_BRIDGE_E2E_URL=f"http://127.0.0.1:{inst.port}{base}",
                MCP_BRIDGE_E2E_PID_DIR=pid_dir)
-    p = subprocess.Popen(["node", "--test", "--test-reporter=tap", "sdk-sse.test.mjs"],
-                         cwd=os.path.join(ROOT, "t", "e2e"), env=env, stdout=subprocess.PIPE,
+    p = subprocess.Popen(cmd, cwd=os.path.join(ROOT, cwd), env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run.children.append(p)
     try:
@@ -775,15 +968,41 @@ def s1_sdk_e2e(run, inst, pid_dir):
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, _ = p.communicate()
-        raise Failed("the SDK test did not finish in 120 s:\n" + out[-2000:])
-    counts = dict(re.findall(r"^# (pass|fail|skipped|tests) (\d+)$", out, re.M))
-    if p.returncode != 0 or counts.get("fail") != "0":
         say(out[-4000:])
-        raise Failed(f"SDK test failed (exit {p.returncode}): {counts}")
-    left = wait_fixture_gone(pid_dir, 3)
-    check(left is not None, f"backends left: {fixture_left(pid_dir)}")
-    return (f"{counts.get('pass')} passed, {counts.get('skipped', '0')} skipped (stopping the gateway: "
-            f"scenario 4), {len(fixture_records(pid_dir))} backends, none left")
+        raise Failed(f"{name}: did not finish in 120 s")
+    if cmd[0] == "node":
+        counts = {k: int(v) for k, v in re.findall(r"^# (pass|fail|skipped|cancelled|todo) (\d+)$", out, re.M)}
+        passed, skipped = counts.get("pass", 0), counts.get("skipped", 0)
+        failed = counts.get("fail", 0) + counts.get("cancelled", 0)
+    else:
+        summary = out.strip().splitlines()[-1] if out.strip() else ""
+        counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|skipped|failed|errors?)\b", summary)}
+        passed, skipped = counts.get("passed", 0), counts.get("skipped", 0)
+        failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    if p.returncode != 0 or failed or not passed:
+        say(out[-6000:])
+        raise Failed(f"{name}: exit {p.returncode}, {passed} passed, {failed} failed, {skipped} skipped")
+    return passed, skipped, out
+
+
+def s1_sdk_e2e(run, inst, pid_dirs):
+    node_modules = os.path.join(ROOT, "t", "e2e", "node_modules", "@modelcontextprotocol")
+    check(os.path.isdir(os.path.join(node_modules, "sdk")) and os.path.isdir(os.path.join(node_modules, "client")),
+          "t/e2e has no node_modules: run `make test-deps` (npm ci in t/e2e)")
+    check(os.access(E2E_SUITES[-1][2][0], os.X_OK),
+          "no t/e2e-python/.venv: run `make test-deps` (ci/deps.sh test)")
+    figures = []
+    for name, base, cmd, cwd in E2E_SUITES:
+        pid_dir = pid_dirs[name]
+        passed, skipped, out = _run_suite(run, inst, name, base, cmd, cwd, pid_dir)
+        # Only the test that stops the gateway is left out here.
+        check(skipped == 1 and "not ours to stop" in out,
+              f"{name}: {skipped} skipped, not just the test that stops the gateway")
+        check(wait_fixture_gone(pid_dir, 3) is not None, f"{name}: left {fixture_left(pid_dir)}")
+        backends = sum(1 for _, role, _ in fixture_records(pid_dir) if role == "backend")
+        figures.append(f"{name} {passed} passed ({backends} backends)")
+    return ("; ".join(figures) + "; each skipped only the test that stops the gateway (scenario 4); "
+            "no process left")
 
 
 def s3_cross_worker(run, inst, pid_dir, posts=20):
@@ -804,7 +1023,7 @@ def s3_cross_worker(run, inst, pid_dir, posts=20):
     finally:
         s.close()
     log = inst.access_log()
-    pids = set(re.findall(r"^(\d+) POST /mcp/message\?sessionId=" + s.sid + r" 202$", log, re.M))
+    pids = set(re.findall(r"^(\d+) POST /mcp/message\?sessionId=" + s.sid + r" 202 -$", log, re.M))
     figures = f"{posts} POSTs: " + ", ".join(f"{n}x{c}" for c, n in sorted(codes.items()))
     figures += f"; taken by {len(pids)} workers; responses in order: {got == [f'post {i}' for i in range(posts)]}"
     check(codes.get(202) == posts, figures)
@@ -1156,19 +1375,23 @@ def s7_control(run, inst, pid_dir):
 METRIC_NAMES = ["sessions_started_total", "sessions_ended_total", "sessions_refused_total",
                 "session_teardown_seconds_bucket", "session_teardown_seconds_sum",
                 "session_teardown_seconds_count", "messages_total", "message_bytes_total",
-                "sessions_live", "spawn_failures_total"]
+                "sessions_live", "backends_live", "spawn_failures_total"]
 
 
 def s8_metrics(run, inst, pid_dir, baseline):
-    # A spawn failure, for spawn_failures_total.
+    # Spawn failures, for spawn_failures_total: HTTP+SSE and Streamable.
     st, _, body = http_request(inst.port, "GET", "/missing/sse")
     check(st == 502, f"GET /missing/sse: {st} {body}")
+    s = Streamable(inst.port, "/missing")
+    check(s.status == 502 and "mcp-session-id" not in s.reply_headers,
+          f"initialize on /missing: {s.status} {s.body}")
 
     def ready():
         m = parse_metrics(inst.metrics())
         ok = (all(name in m for name in METRIC_NAMES)
               and metric_sum(m, "sessions_refused_total", status="429") > 0
-              and metric_sum(m, "spawn_failures_total", route="missing") > 0
+              and metric_sum(m, "spawn_failures_total", route="missing") >= 2
+              and metric_sum(m, "backends_live") == 0
               and metric_sum(m, "messages_total", direction="in") > 0
               and metric_sum(m, "messages_total", direction="out") > 0
               and metric_sum(m, "sessions_live") == 0
@@ -1191,12 +1414,53 @@ def s8_metrics(run, inst, pid_dir, baseline):
         moved.append(f"{name}={metric_sum(m, name):g}")
     reasons = sorted({lab.get("reason") for lab, _ in m["sessions_ended_total"]})
     check(all(reasons), f"sessions_ended_total without reason: {m['sessions_ended_total']}")
+    # Streamable sessions and pooled backends (transport "pool") counted apart.
+    by_transport = []
+    for transport, why in (("streamable", ["deleted", "ended_by_operator"]), ("pool", [])):
+        started = metric_sum(m, "sessions_started_total", transport=transport)
+        ended = metric_sum(m, "sessions_ended_total", transport=transport)
+        check(started > metric_sum(baseline, "sessions_started_total", transport=transport),
+              f"sessions_started_total{{transport=\"{transport}\"}} did not move")
+        check(ended == started, f"{transport}: started {started:g}, ended {ended:g}")
+        ended_why = sorted({lab["reason"] for lab, v in m["sessions_ended_total"]
+                            if lab.get("transport") == transport and v > 0})
+        check(set(why) <= set(ended_why), f"{transport} sessions ended for {ended_why}, not for {why}")
+        by_transport.append(f"{transport} {started:g} started and ended ({', '.join(ended_why)})")
     text = inst.metrics()
     check("# TYPE apisix_mcp_bridge_sessions_started_total counter" in text
           and "# HELP apisix_mcp_bridge_sessions_live" in text,
           "the exporter shows the metrics without # HELP/# TYPE lines")
-    return (", ".join(moved) + f"; reasons {reasons}; sessions_live back to 0; "
-            f"teardown sum {metric_sum(m, 'session_teardown_seconds_sum'):.4f} s; typed and described")
+    return (", ".join(moved) + f"; reasons {reasons}; " + "; ".join(by_transport)
+            + f"; sessions_live and backends_live back to 0; teardown sum "
+              f"{metric_sum(m, 'session_teardown_seconds_sum'):.4f} s; typed and described")
+
+
+def _streamable_on_both(inst, base, least=2):
+    """Streamable sessions of `base` until both workers hold some."""
+    out = []
+    for _ in range(12):
+        s = Streamable(inst.port, base)
+        check(s.status == 200, f"initialize on {base}: {s.status} {s.body[:200]}")
+        out.append(s)
+        ours = {s.sid[:24] for s in out}
+        on = {x["worker_pid"] for x in inst.sessions() if x["id_prefix"] in ours}
+        if len(out) >= least and len(on) == 2:
+            break
+    return out
+
+
+def _pooled_on_both(inst, base):
+    """Stateless requests on `base` until both workers' pools served some:
+    the pooled backends' pids."""
+    by_worker = {}
+    for _ in range(40):
+        st, ids = stateless_pid(inst.port, base)
+        check(st == 200 and isinstance(ids, dict), f"stateless tools/call on {base}: {st} {str(ids)[:200]}")
+        by_worker.setdefault(worker_of_backend(ids["pid"]), set()).add(ids["pid"])
+        if len(by_worker) == 2:
+            break
+    check(len(by_worker) == 2, f"stateless requests reached the pool of {len(by_worker)} worker(s)")
+    return sorted(set().union(*by_worker.values()))
 
 
 def s4_reload(run, inst, pid_dir):
@@ -1204,6 +1468,12 @@ def s4_reload(run, inst, pid_dir):
     check(all(s.status == 200 for s in sessions), "sessions not opened")
     grand = sessions[0].call("spawn_grandchild", {"setsid": True})
     sessions[1].call("spawn_grandchild", {"ignore_sigterm": True})
+    streams = [Streamable(inst.port, "/mcp") for _ in range(3)]
+    check(all(s.status == 200 for s in streams), f"Streamable sessions: {[s.status for s in streams]}")
+    sgrand = streams[0].call("spawn_grandchild", {"setsid": True})
+    streams[1].call("spawn_grandchild", {"ignore_sigterm": True})
+    gets = [s.open_get() for s in streams]
+    pooled = _pooled_on_both(inst, "/mcp")
     old_workers = inst.workers()
     t_cli = time.monotonic()
     inst.cli("reload")
@@ -1211,23 +1481,39 @@ def s4_reload(run, inst, pid_dir):
     t0 = time.monotonic()
     t_cli = t0 - t_cli
     ended = all(s.stream.ended_within(5) for s in sessions)
+    gets_ended = all(g.ended_within(5) for g in gets)
     t_end = time.monotonic() - t0
     gone = wait_fixture_gone(pid_dir, 5)
     t_gone = time.monotonic() - t0
-    check(ended, "streams still open 5 s after the reload")
+    check(ended, "SSE streams still open 5 s after the reload")
+    check(gets_ended, "Streamable GET streams still open 5 s after the reload")
     check(gone is not None, f"left after reload: {fixture_left(pid_dir)}")
-    check(not alive(int(grand)), "the escaped grandchild survived")
+    check(not alive(int(grand)) and not alive(int(sgrand)), "an escaped grandchild survived")
+    check(not any(alive(p) for p in pooled), "pooled backends survived")
     check(wait_for(lambda: not any(alive(p) for p in old_workers), 10, 0.05), "old workers still running")
     t_old = time.monotonic() - t0
+    after = [s.rpc("tools/list")[0] for s in streams]
+    check(set(after) == {404}, f"requests of Streamable sessions from before the reload: {after}")
+    for s in streams:
+        s.sid = None
+        s.close()
     s = Session(inst.port, "/mcp")
+    fresh = Streamable(inst.port, "/mcp")
     try:
-        check(s.status == 200 and s.call("echo", {"text": "new"}) == "new", "no session after the reload")
+        check(s.status == 200 and s.call("echo", {"text": "new"}) == "new", "no SSE session after the reload")
+        check(fresh.status == 200 and fresh.call("echo", {"text": "new"}) == "new",
+              "no Streamable session after the reload")
+        st, ids = stateless_pid(inst.port, "/pool")
+        check(st == 200, f"no stateless request after the reload: {st} {str(ids)[:200]}")
     finally:
         s.close()
-    check(wait_fixture_gone(pid_dir, 3) is not None, "left after the new session")
-    return (f"4 sessions (escaped and SIGTERM-ignoring grandchildren); after `apisix reload` "
-            f"({t_cli:.2f} s) returned: streams ended {t_end:.2f} s, processes gone {t_gone:.2f} s, "
-            f"old workers gone {t_old:.2f} s; new session served")
+        fresh.close()
+    # (/pool's pooled backend ends idle after 1 s.)
+    check(wait_fixture_gone(pid_dir, 5) is not None, f"left after the new sessions: {fixture_left(pid_dir)}")
+    return (f"4 SSE and 3 Streamable sessions (escaped and SIGTERM-ignoring grandchildren, GET streams open), "
+            f"{len(pooled)} pooled backends over both workers; after `apisix reload` ({t_cli:.2f} s) returned: "
+            f"streams ended {t_end:.2f} s, processes gone {t_gone:.2f} s, old workers gone {t_old:.2f} s; "
+            f"old Streamable ids 404; new sessions and stateless requests served")
 
 
 def s4_kill_worker(run, inst, pid_dir):
@@ -1238,21 +1524,33 @@ def s4_kill_worker(run, inst, pid_dir):
         live.append(s)
         if len(live) >= 4 and len({x["worker_pid"] for x in inst.sessions()}) == 2:
             break
+    streams = _streamable_on_both(inst, "/mcp")
+    gets = {s.sid: s.open_get() for s in streams}
     listed = {x["id_prefix"]: x for x in inst.sessions()}
     victim = listed[live[0].sid[:24]]["worker_pid"]
     doomed = [s for s in live if listed[s.sid[:24]]["worker_pid"] == victim]
     spared = [s for s in live if s not in doomed]
-    pids = [listed[s.sid[:24]]["backend_pid"] for s in doomed]
+    sdoomed = [s for s in streams if listed[s.sid[:24]]["worker_pid"] == victim]
+    sspared = [s for s in streams if s not in sdoomed]
+    pids = [listed[s.sid[:24]]["backend_pid"] for s in doomed + sdoomed]
     host = listed[doomed[0].sid[:24]]["host_pid"]
     t0 = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     ended = all(s.stream.ended_within(3) for s in doomed)
+    gets_ended = all(gets[s.sid].ended_within(3) for s in sdoomed)
     gone = wait_for(lambda: not any(alive(p) for p in pids + [host]), 3, 0.005)
     dt = time.monotonic() - t0
-    check(ended, "a killed worker's streams did not end")
+    check(ended, "a killed worker's SSE streams did not end")
+    check(gets_ended, "a killed worker's Streamable GET streams did not end")
     check(gone, "a killed worker's host or backends survived")
     for s in spared:
-        check(s.call("echo", {"text": "spared"}) == "spared", "the other worker's session was hurt")
+        check(s.call("echo", {"text": "spared"}) == "spared", "the other worker's SSE session was hurt")
+    for s in sspared:
+        check(s.call("echo", {"text": "spared"}) == "spared", "the other worker's Streamable session was hurt")
+        # (Its GET stream ended if the killed worker had taken the GET.)
+        check(not s.open_get().ended_within(0.05), "a new GET stream of the other worker's session ended")
+    after = [s.rpc("tools/list")[0] for s in sdoomed for _ in range(3)]
+    check(set(after) == {404}, f"requests of the killed worker's Streamable sessions: {after}")
     check(wait_for(lambda: len(inst.workers()) == 2, 5, 0.05), "no replacement worker")
     fresh = []
     try:
@@ -1260,36 +1558,58 @@ def s4_kill_worker(run, inst, pid_dir):
             s = Session(inst.port, "/mcp")
             fresh.append(s)
             check(s.status == 200 and s.call("echo", {"text": "new"}) == "new", "no session after the kill")
-        for s in spared:
-            s.close()
+        for _ in range(4):
+            s = Streamable(inst.port, "/mcp")
+            fresh.append(s)
+            check(s.status == 200 and s.call("echo", {"text": "new"}) == "new",
+                  "no Streamable session after the kill")
+        after = [s.rpc("tools/list")[0] for s in sdoomed]
+        check(set(after) == {404}, f"the killed worker's Streamable sessions, later: {after}")
     finally:
-        for s in fresh:
+        for s in fresh + spared:
+            s.close()
+        for s in sdoomed:
+            s.sid = None
+        for s in streams:
             s.close()
     check(wait_fixture_gone(pid_dir, 3) is not None, f"left: {fixture_left(pid_dir)}")
-    return (f"worker with {len(doomed)} of {len(live)} sessions SIGKILLed: its streams ended and its host and "
-            f"backends gone in {dt:.2f} s; the other worker's {len(spared)} untouched; replacement serves")
+    return (f"worker with {len(doomed)} of {len(live)} SSE and {len(sdoomed)} of {len(streams)} Streamable "
+            f"sessions SIGKILLed: its streams ended and its host and backends gone in {dt:.2f} s, its session "
+            f"ids 404; the other worker's {len(spared)} + {len(sspared)} untouched; replacement serves")
 
 
 def s4_quit(run, inst, pid_dir):
     sessions = [Session(inst.port, "/mcp") for _ in range(3)]
     check(all(s.status == 200 for s in sessions), "sessions not opened")
     sessions[0].call("spawn_grandchild", {"double_fork": True})
+    streams = [Streamable(inst.port, "/mcp") for _ in range(3)]
+    check(all(s.status == 200 for s in streams), f"Streamable sessions: {[s.status for s in streams]}")
+    streams[0].call("spawn_grandchild", {"double_fork": True})
+    gets = [s.open_get() for s in streams]
+    pooled = _pooled_on_both(inst, "/mcp")
     master = inst.master()
     t_cli = time.monotonic()
     inst.cli("quit")
     t0 = time.monotonic()
     t_cli = t0 - t_cli
     ended = all(s.stream.ended_within(5) for s in sessions)
+    gets_ended = all(g.ended_within(5) for g in gets)
     t_end = time.monotonic() - t0
     gone = wait_fixture_gone(pid_dir, 5)
     t_gone = time.monotonic() - t0
-    check(ended, "streams still open 5 s after quit")
+    check(ended, "SSE streams still open 5 s after quit")
+    check(gets_ended, "Streamable GET streams still open 5 s after quit")
     check(gone is not None, f"left after quit: {fixture_left(pid_dir)}")
+    check(not any(alive(p) for p in pooled), "pooled backends survived")
     check(wait_for(lambda: not alive(master), 10, 0.01), "the master is still running 10 s after quit")
     dt = time.monotonic() - t0
     left = [p for p in processes_of(inst.home) if alive(p)]
     check(not left, f"processes left after quit: {[cmdline(p) for p in left]}")
-    return (f"3 sessions (a double-forked grandchild); after `apisix quit` ({t_cli:.2f} s) returned: "
+    for s in streams:
+        s.sid = None
+        s.close()
+    return (f"3 SSE and 3 Streamable sessions (double-forked grandchildren, GET streams open), "
+            f"{len(pooled)} pooled backends over both workers; after `apisix quit` ({t_cli:.2f} s) returned: "
             f"streams ended {t_end:.2f} s, processes gone {t_gone:.2f} s, APISIX exited {dt:.2f} s; "
             f"nothing left")
 
@@ -1304,6 +1624,11 @@ def s4_kill_master(run, inst, pid_dir):
         if len(live) >= 4 and len({x["worker_pid"] for x in inst.sessions()}) == 2:
             break
     live[0].call("spawn_grandchild", {"setsid": True})
+    streams = _streamable_on_both(inst, "/mcp")
+    for s in streams:
+        run.tmp_tokens.add(s.sid[:16])
+    gets = [s.open_get() for s in streams]
+    pooled = _pooled_on_both(inst, "/mcp")
     master = inst.master()
     workers = inst.workers()
     agent = [p for p in children(master) if "privileged agent" in cmdline(p)]
@@ -1324,6 +1649,11 @@ def s4_kill_master(run, inst, pid_dir):
             for _ in range(5):
                 st = s.post({"jsonrpc": "2.0", "method": "notifications/x"})[0]
                 codes[st] = codes.get(st, 0) + 1
+        scodes = {}
+        for s in streams:
+            for _ in range(5):
+                st = s.rpc("tools/list")[0]
+                scodes[st] = scodes.get(st, 0) + 1
         streams_open = sum(1 for s in live if not s.stream.ended_within(0.05))
         refused = len(re.findall(r"refused a connection from process \d+, which is not a worker",
                                  inst.log()))
@@ -1335,11 +1665,14 @@ def s4_kill_master(run, inst, pid_dir):
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
-        ended = all(s.stream.ended_within(3) for s in live)
+        ended = all(s.stream.ended_within(3) for s in live) and all(g.ended_within(3) for g in gets)
         gone = wait_fixture_gone(pid_dir, 3)
         dt = time.monotonic() - t0
     finally:
         for s in live:
+            s.close()
+        for s in streams:
+            s.sid = None
             s.close()
         for p in processes_of(inst.home):
             try:
@@ -1349,12 +1682,16 @@ def s4_kill_master(run, inst, pid_dir):
     check(ended, "streams did not end once the workers were killed")
     check(gone is not None, f"left: {fixture_left(pid_dir)}")
     check(not any(alive(h) for h in hosts), "hosts survived their workers")
+    check(not any(alive(p) for p in pooled), "pooled backends survived")
     posts = ", ".join(f"{n}x{c}" for c, n in sorted(codes.items()))
-    check(not codes.get(404), f"POSTs after the master's SIGKILL: {posts}; a host refused the other "
-                              f"(orphaned) worker {refused} time(s)")
-    return (f"master SIGKILLed: {len(orphans)} workers live on (nginx), {streams_open}/{len(live)} streams "
-            f"open, POSTs {posts}; then workers SIGKILLed: streams ended, hosts and backends (escaped "
-            f"grandchild too) gone in {dt:.2f} s")
+    sposts = ", ".join(f"{n}x{c}" for c, n in sorted(scodes.items()))
+    check(not codes.get(404) and set(scodes) == {200},
+          f"after the master's SIGKILL: SSE POSTs {posts}, Streamable requests {sposts}; a host refused the "
+          f"other (orphaned) worker {refused} time(s)")
+    return (f"master SIGKILLed: {len(orphans)} workers live on (nginx), {streams_open}/{len(live)} SSE streams "
+            f"open, POSTs {posts}; {len(streams)} Streamable sessions' requests {sposts}; then workers "
+            f"SIGKILLed: streams ended, hosts and backends ({len(pooled)} pooled, an escaped grandchild) gone "
+            f"in {dt:.2f} s")
 
 
 def s_logs(run):
@@ -1364,6 +1701,323 @@ def s_logs(run):
         found += [f"{inst.name}: {line[:400]}" for line in bad]
     check(not found, "\n".join(found[:20]))
     return f"{len(run.started)} instances: nothing unexpected at [error] or worse, no Lua error"
+
+
+# ---------------------------------------------------------------- Streamable HTTP scenarios
+
+def worker_of_backend(pid):
+    """The worker whose host started backend `pid` (backend -> host -> worker)."""
+    st = proc_stat(pid)
+    host = proc_stat(st[1]) if st else None
+    return host[1] if host else None
+
+
+def quiet_routes(inst, *routes):
+    """Waits until no session of these routes is listed (those of earlier
+    scenarios have ended and given their slots back)."""
+    ok = wait_for(lambda: not any(x["route"] in routes for x in inst.sessions()), 5, 0.05)
+    check(ok, f"sessions of {routes} still live from earlier scenarios")
+    time.sleep(0.2)
+
+
+def _initialized(port, base, keep, headers=None):
+    s = Streamable(port, base, headers)
+    if s.status == 200:
+        keep.append(s)
+        return True
+    return False
+
+
+def s2_streamable_limit_one(run, inst, pid_dir):
+    """max_sessions 2 with 1 worker, on a Streamable initialize; both
+    transports under one ceiling."""
+    live, sse = [], []
+    try:
+        codes, refused = [], None
+        for _ in range(4):
+            s = Streamable(inst.port, "/capped")
+            codes.append(s.status)
+            if s.status == 200:
+                live.append(s)
+            else:
+                refused = s
+        check(codes == [200, 200, 429, 429], f"initialize x4: {codes}")
+        check(refused.reply_headers.get("retry-after") == "1", f"429 headers {refused.reply_headers}")
+        body = json.loads(refused.body)
+        check(body.get("jsonrpc") == "2.0" and "at most 2 per worker" in body.get("error", {}).get("message", ""),
+              f"429 body {body}")
+        check("mcp-session-id" not in refused.reply_headers, "a refused initialize got a session id")
+        # (The refused initialize's id is checked last, below.)
+        check(live[0].call("echo", {"text": "capped"}) == "capped", "a session under the ceiling")
+        # DELETE frees the slot (the host's event tells the worker).
+        st = live.pop().delete()
+        check(st == 200, f"DELETE: {st}")
+        check(wait_for(lambda: _initialized(inst.port, "/capped", live), 3, 0.05), "no session after a DELETE")
+        # One ceiling for both transports: 1 Streamable + 1 SSE, then neither.
+        st = live.pop().delete()
+        check(st == 200, f"DELETE: {st}")
+        check(wait_for(lambda: _opened(inst.port, "/capped", sse), 3, 0.05),
+              "no SSE session beside 1 Streamable session")
+        third = Streamable(inst.port, "/capped")
+        check(third.status == 429, f"initialize beside 1 Streamable and 1 SSE session: {third.status}")
+        fourth = Session(inst.port, "/capped")
+        sse.append(fourth)
+        check(fourth.status == 429, f"GET /capped/sse beside 1 Streamable and 1 SSE session: {fourth.status}")
+        # docs/mcp-bridge.md: errors on this endpoint are JSON-RPC error
+        # responses "with the request's id when it could be read"; the
+        # initialize (id 0) was read whole before it was refused.
+        check(body.get("id") == 0, f"the 429's JSON-RPC error has id {json.dumps(body.get('id'))}, not the "
+                                   f"initialize's id 0: {refused.body.strip()}")
+        return (f"1 worker, max_sessions 2, initialize: {codes}, Retry-After: 1, JSON-RPC error "
+                f"\"{body['error']['message'][:50]}...\"; freed on DELETE; one ceiling for SSE and Streamable")
+    finally:
+        for s in live:
+            s.close()
+        for s in sse:
+            s.close()
+
+
+def s2_streamable_node_limit(run, inst, pid_dir):
+    """max_sessions_per_node 3 over 2 workers, and max_sessions 2 per worker,
+    on Streamable initializes."""
+    quiet_routes(inst, "node", "capped")
+    figures = []
+    live = []
+    try:
+        codes, refused = [], []
+        for _ in range(7):
+            s = Streamable(inst.port, "/node")
+            codes.append(s.status)
+            (live if s.status == 200 else refused).append(s)
+        check(len(live) == 3 and all(s.status == 429 for s in refused), f"/node initialize x7: {codes}")
+        for s in refused:
+            check(s.reply_headers.get("retry-after") == "1", f"429 without Retry-After: {s.reply_headers}")
+            check("on this node" in (s.error or ""), f"429 body: {s.body}")
+        listed = [x for x in inst.sessions() if x["route"] == "node"]
+        check(len(listed) == 3 and all(x["transport"] == "streamable" for x in listed), f"listed: {listed}")
+        workers = {x["worker_pid"] for x in listed}
+        figures.append(f"node ceiling 3: 3x200 4x429 (Retry-After: 1), live on {len(workers)} worker(s)")
+        st = live.pop().delete()
+        check(st == 200, f"DELETE: {st}")
+        check(wait_for(lambda: _initialized(inst.port, "/node", live), 3, 0.05),
+              "no new session after one of the node's 3 was deleted")
+        figures.append("slot freed on DELETE")
+    finally:
+        for s in live:
+            s.close()
+    live = []
+    try:
+        codes = []
+        for _ in range(8):
+            s = Streamable(inst.port, "/capped")
+            codes.append(s.status)
+            if s.status == 200:
+                live.append(s)
+            else:
+                check(s.status == 429 and s.reply_headers.get("retry-after") == "1",
+                      f"/capped: {s.status} {s.reply_headers}")
+                check("per worker" in (s.error or ""), f"429 body: {s.body}")
+        per_worker = {}
+        for x in inst.sessions():
+            if x["route"] == "capped":
+                per_worker[x["worker_pid"]] = per_worker.get(x["worker_pid"], 0) + 1
+        check(all(n <= 2 for n in per_worker.values()) and sum(per_worker.values()) == len(live),
+              f"/capped per worker: {per_worker}")
+        check(codes.count(429) >= 4, f"/capped: {codes}")
+        figures.append(f"max_sessions 2 x 2 workers: {len(live)}x200 {codes.count(429)}x429, "
+                       f"per worker {sorted(per_worker.values())}")
+    finally:
+        for s in live:
+            s.close()
+    return "; ".join(figures)
+
+
+def s3_streamable_cross_worker(run, inst, pid_dir, calls=20):
+    """The requests of one Streamable session, each on a new connection:
+    both workers take some, all reach the session's backend."""
+    s = Streamable(inst.port, "/mcp")
+    check(s.status == 200, f"initialize: {s.status} {s.body[:200]}")
+    if not inst.runtime_dir:
+        run.tmp_tokens.add(s.sid[:16])
+    try:
+        get = s.open_get()
+        backend = s.call("pid")
+        got = [s.call("echo", {"text": f"call {i}"}) for i in range(calls)]
+        check(got == [f"call {i}" for i in range(calls)], f"replies: {got}")
+        notes = [s.notify() for _ in range(6)]
+        check(set(notes) == {202}, f"notifications: {notes}")
+        check(s.call("pid") == backend, "the session's requests reached another backend")
+        log = inst.access_log()
+        pids = set(re.findall(r"^(\d+) POST /mcp 200 " + s.sid + "$", log, re.M))
+        figures = (f"{calls + 2} requests 200 and {len(notes)} notifications 202, each on a new connection, "
+                   f"taken by {len(pids)} workers, one backend; replies in order")
+        check(len(pids) == 2, figures + " (the requests should have reached both workers)")
+        check(not get.ended_within(0.05), "the session's GET stream ended")
+        pid = json.loads(backend)["pid"]
+        st = s.delete()
+        check(st == 200, f"DELETE: {st}")
+        s.sid, sid = None, s.sid
+        check(get.ended_within(2), "the GET stream did not end after DELETE")
+        check(wait_for(lambda: not alive(pid), 3), f"backend {pid} still running after DELETE")
+        after = [s.rpc("tools/list", sid=sid)[0] for _ in range(6)]
+        check(set(after) == {404}, f"requests after DELETE: {after}")
+        return figures + "; DELETE 200: GET stream ended, backend gone, then 6x404"
+    finally:
+        s.close()
+
+
+def s6_streamable_consumers(run, inst, pid_dir):
+    alice_h, bob_h = {"apikey": "alice-key"}, {"apikey": "bob-key"}
+    figures = []
+    nokey = Streamable(inst.port, "/auth")
+    check(nokey.status == 401, f"initialize on /auth without a key: {nokey.status}")
+    alice = Streamable(inst.port, "/auth", alice_h)
+    plain = None
+    pooled = []
+    try:
+        check(alice.status == 200, f"alice's initialize: {alice.status} {alice.body[:200]}")
+        listed = {x["id_prefix"]: x for x in inst.sessions()}
+        me = listed.get(alice.sid[:24], {})
+        check(me.get("consumer") == "alice" and me.get("transport") == "streamable", f"control API: {me}")
+        calls = [alice.call("echo", {"text": f"alice {i}"}) for i in range(6)]  # both workers, most likely
+        check(calls == [f"alice {i}" for i in range(6)], f"alice's calls: {calls}")
+        bob = [alice.rpc("tools/list", headers=bob_h)[0] for _ in range(4)]
+        bob += [alice.notify(headers=bob_h), alice.delete(headers=bob_h)]
+        check(set(bob) == {404}, f"bob's requests (POST, notification, DELETE) with alice's session: {bob}")
+        g = Stream(inst.port, "/auth", dict(bob_h, **{"Mcp-Session-Id": alice.sid}))
+        check(g.status == 404, f"bob's GET with alice's session: {g.status}")
+        st, _, body = http_request(inst.port, "POST", "/auth", json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode(),
+            {"Accept": ACCEPT_BOTH, "Mcp-Session-Id": alice.sid, "MCP-Protocol-Version": SESSION_VERSION})
+        check(st == 401, f"POST with alice's session, no key: {st} {body[:200]}")
+        check(alice.call("echo", {"text": "still alice"}) == "still alice", "alice's session after bob's DELETE")
+        figures.append("alice 200; bob's POST, notification, DELETE and GET 404; no key 401 (key-auth)")
+        other = [alice.rpc("tools/list", base=b)[0] for b in ("/mcp", "/mcp2") for _ in range(2)]
+        check(set(other) == {404}, f"alice's session on /mcp and /mcp2: {other}")
+        plain = Streamable(inst.port, "/mcp")
+        check(plain.status == 200, f"initialize on /mcp: {plain.status}")
+        other = [plain.rpc("tools/list", base="/mcp2")[0] for _ in range(4)]
+        check(set(other) == {404}, f"a /mcp session on /mcp2: {other}")
+        check(plain.call("echo", {"text": "own"}) == "own", "a /mcp session on /mcp")
+        figures.append("alice's session on /mcp and /mcp2 404; a /mcp session on /mcp2 404, on /mcp 200")
+        # Stateless requests: pooled backends per consumer.
+        by = {"alice": set(), "bob": set()}
+        for _ in range(4):
+            for who, h in (("alice", alice_h), ("bob", bob_h)):
+                st, ids = stateless_pid(inst.port, "/auth", h)
+                check(st == 200 and isinstance(ids, dict), f"{who}'s stateless tools/call: {st} {ids}")
+                by[who].add(ids["pid"])
+        pooled = sorted(by["alice"] | by["bob"])
+        check(not by["alice"] & by["bob"], f"a pooled backend served alice and bob: {by}")
+        st, _ = stateless(inst.port, "/auth", "tools/list")
+        check(st == 401, f"stateless request without a key: {st}")
+        figures.append(f"stateless: alice's pooled backends {len(by['alice'])}, bob's {len(by['bob'])}, "
+                       f"none shared; no key 401")
+    finally:
+        alice.close()
+        if plain:
+            plain.close()
+    # /auth's pooled backends end idle (pool_idle_timeout_ms 1000).
+    check(wait_for(lambda: not any(alive(p) for p in pooled), 5), f"pooled backends of /auth left: {pooled}")
+    return "; ".join(figures)
+
+
+def s7_streamable_control(run, inst, pid_dir):
+    live = []
+    try:
+        for _ in range(12):
+            s = Streamable(inst.port, "/mcp")
+            check(s.status == 200, f"initialize: {s.status} {s.body[:200]}")
+            live.append(s)
+            workers = {x["worker_pid"] for x in inst.sessions() if x["transport"] == "streamable"}
+            if len(live) >= 3 and len(workers) == 2:
+                break
+        listed = inst.sessions()
+        mine = {x["id_prefix"]: x for x in listed if x["route"] == "mcp"}
+        check({s.sid[:24] for s in live} == set(mine), f"listed {sorted(mine)} for {[s.sid for s in live]}")
+        for x in mine.values():
+            check(x["transport"] == "streamable" and x["consumer"] == "" and alive(x["backend_pid"]),
+                  f"session {x}")
+        workers = {x["worker_pid"] for x in mine.values()}
+        check(workers == set(inst.workers()), f"listed workers {workers}, workers {inst.workers()}")
+        ended = []
+        for w in sorted(workers):
+            victim = next(s for s in live if mine[s.sid[:24]]["worker_pid"] == w)
+            get = victim.open_get()
+            pid = mine[victim.sid[:24]]["backend_pid"]
+            st, doc = inst.control("DELETE", f"/v1/plugin/mcp-bridge/sessions/{victim.sid[:24]}")
+            check(st == 200 and doc.get("ended") == victim.sid[:24], f"DELETE: {st} {doc}")
+            check(get.ended_within(2), "the session's GET stream did not end")
+            check(wait_for(lambda: not alive(pid), 2), f"backend {pid} still running after DELETE")
+            after = [victim.rpc("tools/list")[0] for _ in range(4)]
+            check(set(after) == {404}, f"requests to an ended session: {after}")
+            check(victim.delete() == 404, "DELETE by the client of an ended session is not 404")
+            ended.append(victim.sid[:24])
+            victim.sid = None
+            victim.close()
+            live.remove(victim)
+        after = {x["id_prefix"] for x in inst.sessions()}
+        check(not (set(ended) & after), "ended sessions still listed")
+        for s in live:
+            check(s.call("echo", {"text": "alive"}) == "alive", "another session was hurt")
+        st, _ = inst.control("DELETE", f"/v1/plugin/mcp-bridge/sessions/{ended[0]}")
+        check(st == 404, f"DELETE of an ended session: {st}")
+        return (f"{len(mine)} sessions listed over {len(workers)} workers (transport streamable); control API "
+                f"DELETE of one per worker: 200, its GET stream ended, backend gone, requests 404; again 404")
+    finally:
+        for s in live:
+            s.close()
+
+
+def s13_doc_route(run, inst, pid_dir):
+    """The route as docs/mcp-bridge.md's Enable Plugin shows it ("uri":
+    "/mcp/*", "base_uri": "/mcp"; here /doc): both endpoints."""
+    figures = []
+    s = Session(inst.port, "/doc")
+    try:
+        check(s.status == 200 and s.call("echo", {"text": "doc"}) == "doc",
+              f"GET /doc/sse: {s.status} {s.stream.error}")
+        figures.append("HTTP+SSE at /doc/sse served")
+    finally:
+        s.close()
+    t = Streamable(inst.port, "/doc")
+    try:
+        check(t.status == 200, f"Streamable HTTP: POST /doc (initialize) {t.status} {t.body.strip()[:120]}: the "
+                               "documented route (uri {base_uri}/*) does not reach the endpoint at {base_uri}")
+        check(t.call("echo", {"text": "doc"}) == "doc", "a call on /doc")
+        figures.append("Streamable HTTP at /doc served")
+    finally:
+        t.close()
+    return "; ".join(figures)
+
+
+def s12_stateless(run, inst, pid_dir):
+    """2026-07-28 requests: each worker's pool serves; pooled backends end
+    when idle."""
+    st, msg = stateless(inst.port, "/pool", "server/discover")
+    check(st == 200 and isinstance(msg, dict) and MODERN in msg.get("result", {}).get("supportedVersions", []),
+          f"server/discover: {st} {str(msg)[:300]}")
+    by_worker, n = {}, 0
+    for n in range(1, 41):
+        st, ids = stateless_pid(inst.port, "/pool")
+        check(st == 200 and isinstance(ids, dict), f"stateless tools/call: {st} {str(ids)[:300]}")
+        by_worker.setdefault(worker_of_backend(ids["pid"]), set()).add(ids["pid"])
+        if n >= 6 and len(by_worker) == 2:
+            break
+    check(set(by_worker) == set(inst.workers()), f"pooled backends by worker {by_worker}, "
+                                                 f"workers {inst.workers()}")
+    st, msg = stateless(inst.port, "/pool", "tools/call", {"name": "echo", "arguments": {"text": "x" * 200000}})
+    check(st == 200 and msg["result"]["content"][0]["text"] == "x" * 200000, "a 200 KB stateless echo")
+    listed = [x for x in inst.sessions() if x["route"] == "pool"]
+    check(not listed, f"pooled backends listed as sessions: {listed}")
+    pooled = sorted(set().union(*by_worker.values()))
+    t0 = time.monotonic()
+    gone = wait_for(lambda: not any(alive(p) for p in pooled), 6)
+    dt = time.monotonic() - t0
+    check(gone, f"pooled backends still running 6 s after their last request: {pooled}")
+    return (f"server/discover 200; {n} stateless tools/call served by {len(pooled)} pooled backends, "
+            f"{sorted(len(v) for v in by_worker.values())} per worker; a 200 KB echo; none listed as a "
+            f"session; ended idle {dt:.1f} s after the last request (pool_idle_timeout_ms 1000)")
 
 
 # ---------------------------------------------------------------- Test::Nginx
@@ -1497,29 +2151,41 @@ def main():
                          s5_refused, run, inst, pids)
             inst.stop()
 
-        # --- 1 worker: max_sessions exactly
-        if want("2"):
+        # --- 1 worker: max_sessions exactly; the SDKs end to end
+        if want("1") or want("2"):
             pids = run.pid_dir("one")
-            inst = Apisix(run, "one", 1, [run.route("capped", "/capped", pids, max_sessions=2)])
+            e2e, e2e_pids = e2e_routes(run, "one")
+            inst = Apisix(run, "one", 1, [run.route("capped", "/capped", pids, max_sessions=2)] + e2e)
             inst.start()
-            run.scenario("2a", "max_sessions (1 worker): 429 + Retry-After", s2_worker_limit_one, run, inst, pids)
+            if want("2"):
+                run.scenario("2a", "max_sessions (1 worker): 429 + Retry-After", s2_worker_limit_one,
+                             run, inst, pids)
+                run.scenario("2c", "max_sessions (1 worker), Streamable initialize; SSE + Streamable",
+                             s2_streamable_limit_one, run, inst, pids)
+            if want("1"):
+                run.scenario("1a", "MCP SDKs end to end (t/e2e, t/e2e-python), 1 worker", s1_sdk_e2e,
+                             run, inst, e2e_pids)
             inst.stop()
 
         # --- the main instance: 2 workers, runtime_dir set
         main_pids = run.pid_dir("main")
-        e2e_pids = run.pid_dir("e2e")
+        e2e, e2e_pids = e2e_routes(run, "main")
         fast = {"kill_grace_ms": 500, "keepalive_interval_ms": 1000}
-        routes = [
-            run.route("e2e", "/e2e", e2e_pids, kill_grace_ms=1000),
+        routes = e2e + [
             run.route("mcp", "/mcp", main_pids, **fast),
             run.route("mcp2", "/mcp2", main_pids, **fast),
-            run.route("auth", "/auth", main_pids, plugins={"key-auth": {}}, **fast),
+            run.route("auth", "/auth", main_pids, plugins={"key-auth": {}}, pool_idle_timeout_ms=1000, **fast),
             run.route("node", "/node", main_pids, max_sessions_per_node=3, **fast),
             run.route("capped", "/capped", main_pids, max_sessions=2, **fast),
             run.route("small", "/small", main_pids, max_message_bytes=1024, **fast),
             run.route("flood", "/flood", main_pids, **fast),
-            {"id": "missing", "uri": "/missing/*",
+            run.route("pool", "/pool", main_pids, pool_idle_timeout_ms=1000, **fast),
+            {"id": "missing", "uris": ["/missing", "/missing/*"],
              "plugins": {"mcp-bridge": {"base_uri": "/missing", "command": "/nonexistent/mcp-server"}}},
+            # Shaped as docs/mcp-bridge.md's example route (scenario 13).
+            {"id": "doc", "uri": "/doc/*",
+             "plugins": {"mcp-bridge": {"base_uri": "/doc", "command": run.fixture,
+                                        "args": ["--pid-dir", main_pids], "max_sessions": 50}}},
         ]
         consumers = [{"username": "alice", "plugins": {"key-auth": {"key": "alice-key"}}},
                      {"username": "bob", "plugins": {"key-auth": {"key": "bob-key"}}}]
@@ -1529,15 +2195,22 @@ def main():
         inst.start()
         baseline = parse_metrics(inst.metrics())
         if want("1"):
-            run.scenario("1", "MCP TypeScript SDK end to end (t/e2e), 2 workers", s1_sdk_e2e, run, inst, e2e_pids)
+            run.scenario("1b", "MCP SDKs end to end (t/e2e, t/e2e-python), 2 workers", s1_sdk_e2e,
+                         run, inst, e2e_pids)
         if want("3"):
             run.scenario("3a", "POSTs on either worker, runtime_dir set", s3_cross_worker, run, inst, main_pids)
+            run.scenario("3c", "a Streamable session's requests on either worker, runtime_dir set",
+                         s3_streamable_cross_worker, run, inst, main_pids)
         if want("6"):
-            run.scenario("6", "key-auth consumers; sessions bound to route and consumer", s6_consumers,
+            run.scenario("6a", "key-auth consumers; sessions bound to route and consumer", s6_consumers,
+                         run, inst, main_pids)
+            run.scenario("6b", "key-auth consumers, Streamable sessions and stateless pools", s6_streamable_consumers,
                          run, inst, main_pids)
         if want("2"):
             run.scenario("2b", "max_sessions_per_node and max_sessions, 2 workers", s2_node_limit,
                          run, inst, main_pids)
+            run.scenario("2d", "max_sessions_per_node and max_sessions, 2 workers, Streamable",
+                         s2_streamable_node_limit, run, inst, main_pids)
         if want("9"):
             run.scenario("9", "chunked POST over max_message_bytes: 413 before it is read whole", s9_chunked,
                          run, inst, main_pids)
@@ -1548,8 +2221,16 @@ def main():
             run.scenario("5a", "flood to a slow client (lua_module_has_body_filter_fix: true)", s5_flood,
                          run, inst, main_pids)
         if want("7"):
-            run.scenario("7", "control API: list every worker's sessions, end one", s7_control,
+            run.scenario("7a", "control API: list every worker's sessions, end one", s7_control,
                          run, inst, main_pids)
+            run.scenario("7b", "control API: Streamable sessions listed, one per worker ended",
+                         s7_streamable_control, run, inst, main_pids)
+        if want("12"):
+            run.scenario("12", "stateless 2026-07-28 requests: each worker's pool, ended when idle", s12_stateless,
+                         run, inst, main_pids)
+        if want("13"):
+            run.scenario("13", "the route of docs/mcp-bridge.md (uri {base_uri}/*): both endpoints",
+                         s13_doc_route, run, inst, main_pids)
         if want("8"):
             run.scenario("8", "metrics through APISIX's prometheus plugin", s8_metrics, run, inst, main_pids,
                          baseline)
@@ -1568,6 +2249,8 @@ def main():
             if want("3"):
                 run.scenario("3b", "POSTs on either worker, default runtime directory", s3_plain,
                              run, inst, pids)
+                run.scenario("3d", "a Streamable session's requests on either worker, default runtime",
+                             s3_streamable_cross_worker, run, inst, pids)
             if want("4"):
                 run.scenario("4d", "kill -9 of the master with live sessions", s4_kill_master,
                              run, inst, pids)

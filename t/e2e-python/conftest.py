@@ -1,6 +1,13 @@
 """What the Python SDK's end-to-end tests share: `mcp-bridge serve` with two
 workers bridging the fixture server, which records every process it starts
-in a pid directory, and the checks that none of them is left."""
+in a pid directory, and the checks that none of them is left.
+
+MCP_BRIDGE_E2E_URL (e.g. http://127.0.0.1:9080/mcp) tests a gateway that is
+already running instead (make apisix-test: APISIX), whose route bridges
+`mcp-fixture --pid-dir $MCP_BRIDGE_E2E_PID_DIR` (a directory of its own,
+empty when the tests start) with what `serve` is given here as route
+attributes (pool_idle_timeout_ms: POOL_IDLE_MS); stopping it is left to the
+caller, and the tests that do it are skipped (`stops_the_gateway`)."""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -23,6 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release"
 # Pooled (stateless) backends end after this long idle; the tests wait for it.
 POOL_IDLE_MS = 1500
+
+EXTERNAL_URL = os.environ.get("MCP_BRIDGE_E2E_URL")
+EXTERNAL_PID_DIR = os.environ.get("MCP_BRIDGE_E2E_PID_DIR")
+if EXTERNAL_URL and not EXTERNAL_PID_DIR:
+    raise RuntimeError("MCP_BRIDGE_E2E_URL needs MCP_BRIDGE_E2E_PID_DIR (the fixture's --pid-dir)")
+
+# For a test that stops the gateway: skipped when the gateway is not ours.
+stops_the_gateway = pytest.mark.skipif(
+    bool(EXTERNAL_URL), reason="the gateway is not ours to stop (MCP_BRIDGE_E2E_URL)"
+)
 
 
 @pytest.fixture
@@ -38,13 +56,15 @@ def free_port() -> int:
 
 @dataclass
 class Gateway:
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None
     pid_dir: Path
     port: int
     url: str
     log: list[bytes] = field(default_factory=list)
 
     def stop(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the gateway is not ours to stop (MCP_BRIDGE_E2E_URL)")
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
@@ -88,6 +108,11 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway():
+    if EXTERNAL_URL:
+        url = EXTERNAL_URL.rstrip("/")
+        port = urlsplit(url).port or 80
+        yield Gateway(proc=None, pid_dir=Path(EXTERNAL_PID_DIR), port=port, url=url)
+        return
     pid_dir = Path(tempfile.mkdtemp(prefix="mcp-bridge-e2e-py-"))
     pid_dir.chmod(0o1777)
     port = free_port()

@@ -9,6 +9,9 @@ close, and no backend left. The SDK's default (mode="auto") probes
 bridge serves, with the same calls. Every HTTP exchange goes through the
 SDK's own client; an httpx2 event hook only records what went out and came
 back (methods, statuses, session ids).
+
+MCP_BRIDGE_E2E_URL and MCP_BRIDGE_E2E_PID_DIR test a gateway that is already
+running (see conftest.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import Implementation
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from conftest import POOL_IDLE_MS
+from conftest import POOL_IDLE_MS, stops_the_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -210,6 +213,7 @@ async def test_auto_mode_settles_on_stateless_2026_07_28(gateway):
         assert await gateway.wait_gone(POOL_IDLE_MS / 1000 + 5) == [], "pooled backends left after their idle timeout"
 
 
+@stops_the_gateway
 async def test_stopping_the_gateway_leaves_no_process(gateway):
     with anyio.fail_after(DEADLINE_S):
         async with connect(gateway.url, "legacy", "last") as (client, _):

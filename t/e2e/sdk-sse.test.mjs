@@ -101,7 +101,8 @@ before(async () => {
 });
 
 after(async () => {
-  if (gateway && gateway.exitCode === null) {
+  // (A gateway killed by a signal has no exit code either, and no "exit" to come.)
+  if (gateway && gateway.exitCode === null && gateway.signalCode === null) {
     const exited = new Promise((r) => gateway.on("exit", r));
     gateway.kill("SIGTERM");
     await exited;

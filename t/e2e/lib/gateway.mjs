@@ -4,6 +4,14 @@
 //
 // E2E_CAPTURE=FILE puts a capturing proxy (lib/capture.mjs) between the
 // clients and the gateway and writes every HTTP exchange to FILE.
+//
+// MCP_BRIDGE_E2E_URL (e.g. http://127.0.0.1:9080/mcp) tests a gateway that is
+// already running instead (make apisix-test: APISIX), whose route bridges
+// `mcp-fixture --pid-dir $MCP_BRIDGE_E2E_PID_DIR` (a directory of its own,
+// empty when the test starts). That route sets what a test would give
+// `serve` (see each test's startGateway call: --pool-idle-timeout-ms is the
+// route's pool_idle_timeout_ms); stopping the gateway is left to the caller,
+// and the tests that do it are skipped (`stopSkip`).
 import { spawn } from "node:child_process";
 import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -14,6 +22,13 @@ import { startCapture } from "./capture.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 export const bin = join(root, "target", "release");
+
+export const external = process.env.MCP_BRIDGE_E2E_URL;
+if (external && !process.env.MCP_BRIDGE_E2E_PID_DIR) {
+  throw new Error("MCP_BRIDGE_E2E_URL needs MCP_BRIDGE_E2E_PID_DIR (the fixture's --pid-dir)");
+}
+// Why a test that stops the gateway does not run, or false.
+export const stopSkip = external ? "the gateway is not ours to stop (MCP_BRIDGE_E2E_URL)" : false;
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -27,8 +42,11 @@ export function freePort() {
 }
 
 // Starts the gateway; resolves once its banner names both endpoints.
-// `options` are extra `serve` options (before the `--`).
+// `options` are extra `serve` options (before the `--`). With
+// MCP_BRIDGE_E2E_URL, the gateway that is already there (its route has the
+// same settings).
 export async function startGateway(options = []) {
+  if (external) return externalGateway();
   const pidDir = mkdtempSync(join(tmpdir(), "mcp-bridge-e2e-"));
   // Workers and backends run as the invoking user (root in CI) by default;
   // the directory stays writable whoever they run as.
@@ -67,9 +85,25 @@ export async function startGateway(options = []) {
   return gw;
 }
 
-// Stops the gateway (SIGTERM) and resolves with its exit code.
+async function externalGateway() {
+  const url = new URL(external.replace(/\/+$/, ""));
+  const port = Number(url.port || 80);
+  const gw = {
+    proc: null, pidDir: process.env.MCP_BRIDGE_E2E_PID_DIR, port, log: "", banner: "",
+    url: url.href, capture: null, external: true,
+  };
+  if (process.env.E2E_CAPTURE) {
+    gw.capture = await startCapture(port, process.env.E2E_CAPTURE);
+    gw.url = `http://127.0.0.1:${gw.capture.port}${url.pathname}`;
+  }
+  return gw;
+}
+
+// Stops the gateway (SIGTERM) and resolves with its exit code; an external
+// one is left running (null).
 export async function stopGateway(gw) {
   if (gw.capture) await gw.capture.close();
+  if (gw.external) return null;
   if (gw.proc.exitCode !== null || gw.proc.signalCode !== null) return gw.proc.exitCode;
   const exited = new Promise((r) => gw.proc.on("exit", (code) => r(code)));
   gw.proc.kill("SIGTERM");
@@ -77,6 +111,7 @@ export async function stopGateway(gw) {
 }
 
 export function removePidDir(gw) {
+  if (gw.external) return;
   rmSync(gw.pidDir, { recursive: true, force: true });
 }
 
