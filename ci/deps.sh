@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(nginx-core libnginx-mod-http-lua)
+# lua-cjson lets the bridge put the request's id into the errors its Lua
+# code writes (it works without).
+want=(nginx-core libnginx-mod-http-lua lua-cjson)
 # Wanted, but the caller copes without them (non-root: only a note).
 optional=()
 if [[ "${1:-}" == "test" ]]; then

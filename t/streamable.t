@@ -201,7 +201,7 @@ request without session: 400 -32000 Bad Request: Mcp-Session-Id header is requir
 notification without session: 400 -32000 Bad Request: Mcp-Session-Id header is required
 GET without session: 400 -32000 Bad Request: Mcp-Session-Id header is required
 DELETE without session: 400 -32000 Bad Request: Mcp-Session-Id header is required
-unknown host's id: 404 -32001 Session not found
+unknown host's id: 404 -32001 Session not found id 3
 unknown id on this host: 404 -32001 Session not found id 3
 upper-case id: 404 -32001 Session not found
 id too long: 404 -32001 Session not found
@@ -319,7 +319,7 @@ location = /t {
     }
 }
 --- response_body
-refusal: 429 -32000 too many sessions: at most 1 per worker at a time (max_sessions), Retry-After 1, session id nil
+refusal: 429 -32000 too many sessions: at most 1 per worker at a time (max_sessions) id 1, Retry-After 1, session id nil
 backends started: 1, slots 1
 the first still serves: yes
 DELETE first: 200

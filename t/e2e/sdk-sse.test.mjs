@@ -110,6 +110,9 @@ after(async () => {
   if (!external) rmSync(pidDir, { recursive: true, force: true });
 });
 
+// A hang fails its test, by name, instead of stalling the run.
+const LIMIT = { timeout: 60_000 };
+
 async function connect(name) {
   const client = new Client({ name, version: "1.0.0" });
   const transport = new SSEClientTransport(new URL(`${baseUrl}/sse`));
@@ -117,7 +120,7 @@ async function connect(name) {
   return client;
 }
 
-test("initialize, tools/list, tools/call and close through the bridge", async () => {
+test("initialize, tools/list, tools/call and close through the bridge", LIMIT, async () => {
   const client = await connect("e2e");
   assert.equal(client.getServerVersion().name, "mcp-fixture");
   const { tools } = await client.listTools();
@@ -135,7 +138,7 @@ test("initialize, tools/list, tools/call and close through the bridge", async ()
   assert.deepEqual(await waitGone(3000), [], "backend left after close");
 });
 
-test("concurrent sessions each get their own backend, all gone after close", async () => {
+test("concurrent sessions each get their own backend, all gone after close", LIMIT, async () => {
   const before = recordedBackends();
   const clients = await Promise.all([1, 2, 3, 4, 5].map((i) => connect(`c${i}`)));
   const pids = await Promise.all(clients.map(async (c) => {
@@ -151,7 +154,7 @@ test("concurrent sessions each get their own backend, all gone after close", asy
   assert.deepEqual(await waitGone(3000), [], "backends left after close");
 });
 
-test("a backend that crashes mid-call fails the pending calls instead of hanging the client", async () => {
+test("a backend that crashes mid-call fails the pending calls instead of hanging the client", LIMIT, async () => {
   const client = await connect("crash");
   const slow = client.callTool({ name: "sleep", arguments: { ms: 60000 } }, undefined, { timeout: 30000 });
   const crash = client.callTool({ name: "crash", arguments: { code: 7 } }, undefined, { timeout: 30000 });
@@ -167,7 +170,7 @@ test("a backend that crashes mid-call fails the pending calls instead of hanging
 });
 
 const stopSkip = external && "the gateway is not ours to stop (MCP_BRIDGE_E2E_URL)";
-test("stopping the gateway leaves no process behind", { skip: stopSkip }, async () => {
+test("stopping the gateway leaves no process behind", { ...LIMIT, skip: stopSkip }, async () => {
   const client = await connect("last");
   await client.callTool({ name: "spawn_grandchild", arguments: {} });
   const exited = new Promise((r) => gateway.on("exit", (code, signal) => r({ code, signal })));

@@ -85,15 +85,17 @@ function _M.error(status, message, headers)
     return _M.send(status, all, '{"error":' .. json.string(message) .. "}\n")
 end
 
--- Ends the request with `status` and a JSON-RPC error without an id, as the
--- Streamable HTTP endpoint answers what it refuses before a message.
-function _M.rpc_error(status, code, message, headers)
+-- Ends the request with `status` and a JSON-RPC error, as the Streamable
+-- HTTP endpoint answers what it refuses; `id` is the request's id (a string
+-- or a number), if it is known.
+function _M.rpc_error(status, code, message, headers, id)
     local all = { ["Content-Type"] = "application/json", ["Cache-Control"] = "no-store" }
     for k, v in pairs(headers or {}) do
         all[k] = v
     end
-    return _M.send(status, all, '{"jsonrpc":"2.0","id":null,"error":{"code":' .. code
-                                .. ',"message":' .. json.string(message) .. "}}\n")
+    return _M.send(status, all, '{"jsonrpc":"2.0","id":' .. (id ~= nil and json.value(id) or "null")
+                                .. ',"error":{"code":' .. code .. ',"message":'
+                                .. json.string(message) .. "}}\n")
 end
 
 -- Ends the request with `status` and no body.

@@ -16,6 +16,10 @@ local hosts = require("apisix.plugins.mcp.bridge.hosts")
 local json = require("apisix.plugins.mcp.bridge.json")
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local native = require("apisix.plugins.mcp.bridge.native")
+local has_cjson, cjson = pcall(require, "cjson.safe")
+if not has_cjson then
+    cjson = nil
+end
 local request_body = require("apisix.plugins.mcp.bridge.body")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local session_limit = require("apisix.plugins.mcp.session_limit")
@@ -123,6 +127,21 @@ end
 local function u32(n)
     return char(band(rshift(n, 24), 0xff), band(rshift(n, 16), 0xff), band(rshift(n, 8), 0xff),
                 band(n, 0xff))
+end
+
+-- The id of the request in `body`, for the errors Lua writes itself: nil
+-- when it has none, or when no JSON decoder is at hand (APISIX always has
+-- cjson; a plain nginx may not).
+local function request_id(body)
+    if not cjson or body == "" then
+        return nil
+    end
+    local message = cjson.decode(body)
+    local id = type(message) == "table" and message.id
+    if type(id) == "string" or type(id) == "number" then
+        return id
+    end
+    return nil
 end
 
 local function accepts(accept, media)
@@ -234,13 +253,15 @@ function _M.handle(route, binding)
     if session ~= "" then
         path = hosts.of_session(session)
         if not path then
-            return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found")
+            return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found", nil,
+                                     request_id(body))
         end
     else
         path = hosts.own()
         if not path then
             admission.refused(route, 503, admission.UNAVAILABLE)
-            return respond.rpc_error(503, SERVER_ERROR, admission.UNAVAILABLE, RETRY_AFTER)
+            return respond.rpc_error(503, SERVER_ERROR, admission.UNAVAILABLE, RETRY_AFTER,
+                                     request_id(body))
         end
     end
     eventstream.watch_client_abort()
@@ -278,21 +299,24 @@ function _M.handle(route, binding)
             session_limit.release(slot)
         end
         if kind == 429 or kind == 503 then
-            return respond.rpc_error(kind, SERVER_ERROR, head, RETRY_AFTER)
+            return respond.rpc_error(kind, SERVER_ERROR, head, RETRY_AFTER, request_id(body))
         end
         if kind == "connect" and session ~= "" then
             -- That session's host is gone, and the session with it.
-            return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found")
+            return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found", nil,
+                                     request_id(body))
         end
         ngx.log(ngx.ERR, "mcp-bridge: host at ", path, ": ", head or kind)
-        return respond.rpc_error(503, SERVER_ERROR, admission.UNAVAILABLE, RETRY_AFTER)
+        return respond.rpc_error(503, SERVER_ERROR, admission.UNAVAILABLE, RETRY_AFTER,
+                                 request_id(body))
     end
     if kind ~= wire.HEAD then
         hosts.done(sock, false)
         if slot then
             session_limit.release(slot)
         end
-        return respond.rpc_error(502, SERVER_ERROR, "the bridge gave an unexpected answer")
+        return respond.rpc_error(502, SERVER_ERROR, "the bridge gave an unexpected answer", nil,
+                                 request_id(body))
     end
     if slot then
         local id = match(head, "^%d+ %a+ (%x+)")
