@@ -2,7 +2,8 @@
 #   make run    start a gateway on 127.0.0.1:9080 bridging the demo server
 #               (or CMD="any stdio MCP server command")
 #   make test   every test
-#   make bench  figures: mcp-bridge beside direct stdio and supergateway
+#   make bench  figures: mcp-bridge beside direct stdio, supergateway and
+#               mcp-proxy
 #               (prints a table, rewrites docs/benchmarks.md)
 #   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
 #   make apisix-test  the plugin inside a real Apache APISIX built from source
@@ -54,4 +55,4 @@ chaos: build
 
 clean:
 	cargo clean
-	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules .bench
+	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules ci/bench/.venv .bench

@@ -2,16 +2,23 @@
 """mcp-bridge's benchmark: every gateway side by side, in one run.
 
 The same load client (target/release/mcp-load) drives the same MCP server
-(target/release/mcp-fixture) four ways: directly over its stdio (the
+(target/release/mcp-fixture) five ways: directly over its stdio (the
 baseline, the physical limit), through `mcp-bridge serve` with 1 and with
-2 nginx workers, and through supergateway's stdio->SSE mode at the version
-pinned in ci/bench/package.json. Prints one Markdown table on stdout, with
-ratios against the baseline of the same run, and rewrites
-docs/benchmarks.md with it (not in --smoke mode). Progress goes to stderr;
-raw results to .bench/results.json.
+2 nginx workers, through supergateway (its stdio->SSE mode, its stateful
+stdio->Streamable HTTP mode and its stateless one) at the version pinned in
+ci/bench/package.json, and through mcp-proxy (its SSE and Streamable HTTP
+endpoints) at the version pinned in ci/bench/requirements.txt. Each
+transport gets its rows: HTTP+SSE, Streamable HTTP sessions, and stateless
+requests of revision 2026-07-28. Every echo row also says how much CPU time
+the gateway's own processes spent per round trip (from
+/proc/PID/task/TID/schedstat over the measured window). Prints one Markdown
+table on stdout, with ratios against the baseline of the same run, and
+rewrites docs/benchmarks.md with it (not in --smoke mode). Progress goes to
+stderr; raw results to .bench/results.json.
 
 Builds nothing: `make bench` builds first. Installs supergateway with
-`npm ci` in ci/bench when it is missing.
+`npm ci` in ci/bench when it is missing; mcp-proxy is installed by
+`ci/deps.sh bench` (into ci/bench/.venv), which `make bench` runs.
 
 Usage: ci/bench.py [--smoke] [--idle-seconds S] [--duration S] [--only NAME]...
   --smoke          tiny counts, a few seconds; leaves docs/benchmarks.md
@@ -19,10 +26,13 @@ Usage: ci/bench.py [--smoke] [--idle-seconds S] [--duration S] [--only NAME]...
   --idle-seconds   how long 1,000 idle sessions are held [30]
   --duration       measured seconds of each echo run [4]
   --only NAME      run only these gateways: direct, bridge1, bridge2,
-                   supergateway (repeatable); leaves docs/benchmarks.md alone
+                   supergateway, mcp-proxy (repeatable); leaves
+                   docs/benchmarks.md alone
 """
 import argparse
 import datetime
+import glob
+import hashlib
 import json
 import os
 import platform
@@ -44,6 +54,8 @@ FIXTURE = os.path.join(BIN, "mcp-fixture")
 BRIDGE = os.path.join(BIN, "mcp-bridge")
 PEERS_DIR = os.path.join(ROOT, "ci", "bench")
 SUPERGATEWAY_JS = os.path.join(PEERS_DIR, "node_modules", "supergateway", "dist", "index.js")
+PROXY_VENV = os.path.join(PEERS_DIR, ".venv")
+PROXY_PINS = os.path.join(PEERS_DIR, "requirements.txt")
 OUT_DIR = os.path.join(ROOT, ".bench")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 
@@ -54,10 +66,17 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 FULL = dict(warmup=1.0, duration=4.0, size_warmup=0.5, size_duration=3.0, setup_warmup=20, setup=200,
             teardown=100, idle_sessions=1000, idle_seconds=30.0)
-SMOKE = dict(warmup=0.1, duration=0.3, size_warmup=0.05, size_duration=0.2, setup_warmup=2, setup=3,
-             teardown=3, idle_sessions=20, idle_seconds=0.5)
+SMOKE = dict(warmup=0.05, duration=0.1, size_warmup=0.05, size_duration=0.1, setup_warmup=2, setup=3,
+             teardown=3, idle_sessions=20, idle_seconds=0.5, smoke=True)
 
 SIZES = [("1 KiB", 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024)]
+TRANSPORTS = ("sse", "streamable", "stateless")
+
+# Direct stdio has no transport: its figures for the Streamable HTTP and
+# stateless rows are those of the same scenario in the SSE rows.
+BASELINE = {"streamable setup": "setup", "streamable teardown": "teardown", "streamable echo1": "echo1",
+            "streamable echo16": "echo16", "streamable echo64": "echo64", "stateless echo1": "echo1",
+            "stateless echo16": "echo16"}
 
 
 def log(msg):
@@ -202,13 +221,109 @@ def tail(path, lines=5):
         return ""
 
 
+def task_times(pids):
+    """{(pid, tid): (comm, ns on a CPU)} of every thread of `pids` ({pid:
+    comm}): the first field of /proc/PID/task/TID/schedstat."""
+    out = {}
+    for pid, comm in pids.items():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[(pid, tid)] = (comm, int(f.read().split()[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+class CpuMeter:
+    """The CPU time the gateway's own processes (every thread) spend over
+    mcp-load's measured window, which mcp-load announces with phase lines:
+    `warmup` (its sessions are open: the processes are listed), `window`
+    (first reading; processes started since are added) and `end`."""
+
+    def __init__(self, gw):
+        self.gw = gw
+        self.pids = {}
+        self.start = self.end = None
+
+    def phase(self, name):
+        if name == "warmup":
+            self.pids = {pid: st[0] for pid, st in self.gw.processes().items()}
+        elif name == "window":
+            self.start = task_times(self.pids)
+            later = {pid: st[0] for pid, st in self.gw.processes().items() if pid not in self.pids}
+            self.pids.update(later)
+            self.start.update(task_times(later))
+        elif name == "end":
+            self.end = task_times(self.pids)
+
+    def result(self, round_trips):
+        """What goes into the scenario's result: CPU µs per round trip, in
+        all and by process name."""
+        if not self.pids or self.start is None or self.end is None or not round_trips:
+            return {}
+        by_comm = {}
+        for key, (comm, ns) in self.end.items():
+            # A thread started within the window counts whole; one that
+            # ended within it is lost (threads of these gateways live long).
+            ns0 = self.start[key][1] if key in self.start else 0
+            by_comm[comm] = by_comm.get(comm, 0) + max(0, ns - ns0)
+        total = sum(by_comm.values())
+        return {
+            "gateway_cpu_us": round(total / 1000, 1),
+            "gateway_cpu_us_per_round_trip": round(total / 1000 / round_trips, 2),
+            "gateway_cpu_us_per_round_trip_by_process": {
+                comm: round(ns / 1000 / round_trips, 2) for comm, ns in sorted(by_comm.items())},
+        }
+
+
+class Lines:
+    """A child's stdout, line by line, each within a deadline."""
+
+    def __init__(self, proc, what):
+        self.fd = proc.stdout.fileno()
+        self.what = what
+        self.buf = b""
+        self.eof = False
+
+    def next(self, deadline):
+        """The next line, or None at the end of the output."""
+        while b"\n" not in self.buf:
+            if self.eof:
+                if self.buf:
+                    line, self.buf = self.buf, b""
+                    return line.decode(errors="replace")
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise Failure(f"{self.what}: no output in time")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+
 # ---- gateways ---------------------------------------------------------------
 
 class Gateway:
     key = ""
     name = ""
-    # scenario -> why this peer cannot do it (shown instead of a number)
+    # scenario key or transport -> why this gateway cannot do it (shown
+    # instead of a number)
     cannot = {}
+    # (mode, transports): what one start of the gateway serves; the idle
+    # scenario runs on a start of the mode that serves SSE
+    launches = [("all", TRANSPORTS)]
+    # the same in a smoke run, where fewer starts save time
+    smoke_launches = None
+    # the cell of the row "teardown after an abort" (Streamable HTTP)
+    abort = ""
 
     def __init__(self, run_dir):
         self.run_dir = run_dir
@@ -217,6 +332,9 @@ class Gateway:
         self.proc = None
         self.seen = {}  # pid -> starttime of every gateway process observed
 
+    def why_not(self, key, transport):
+        return self.cannot.get(key) or self.cannot.get(transport)
+
     def new_pid_dir(self):
         """A fresh directory for the backends' records, for each start."""
         self.pid_dir = tempfile.mkdtemp(prefix=f"pids-{self.key}-", dir=self.run_dir)
@@ -224,10 +342,10 @@ class Gateway:
         # be able to write their records.
         os.chmod(self.pid_dir, 0o1777)
 
-    def start(self):
+    def start(self, mode):
         pass
 
-    def target(self):
+    def target(self, transport):
         raise NotImplementedError
 
     def processes(self):
@@ -237,6 +355,22 @@ class Gateway:
         procs = {pid: st for pid, st in process_tree(self.proc.pid).items() if st[0] not in BACKEND_COMMS}
         self.seen.update((pid, st[4]) for pid, st in procs.items())
         return procs
+
+    def wait_listening(self, port, what):
+        """Waits until `port` accepts connections (or the process exits)."""
+        deadline, step = time.monotonic() + 20, 0.01
+        while True:
+            if self.proc.poll() is not None:
+                raise Failure(f"{what} exited with {self.proc.returncode}; log: {tail(self.log_path)}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise Failure(f"{what} did not listen within 20 s; log: {tail(self.log_path)}")
+            time.sleep(step)
+            step = min(step * 2, 0.05)
 
     def stop(self):
         """Stops the gateway; returns what was left running."""
@@ -268,12 +402,17 @@ class Direct(Gateway):
     key = "direct"
     name = "direct stdio"
     cannot = {"idle": "— (no gateway)"}
+    # One run serves every transport's rows (see BASELINE).
+    launches = [("all", ("sse",))]
+    abort = "— (no HTTP)"
 
-    def target(self):
+    def target(self, transport):
         return ["--stdio", "--", FIXTURE, "--pid-dir", self.pid_dir]
 
 
 class Bridge(Gateway):
+    abort = "n/a: a session outlives its connections: it ends on DELETE or session_idle_timeout_ms (30 min)"
+
     def __init__(self, run_dir, workers, max_sessions):
         self.workers = workers
         self.key = f"bridge{workers}"
@@ -281,7 +420,7 @@ class Bridge(Gateway):
         self.max_sessions = max_sessions
         super().__init__(run_dir)
 
-    def start(self):
+    def start(self, mode):
         self.port = free_port()
         cmd = [BRIDGE, "serve", "--listen", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
                "--max-sessions", str(self.max_sessions), "--base-uri", "/mcp", "--log-level", "warn",
@@ -294,8 +433,10 @@ class Bridge(Gateway):
         except Failure as e:
             raise Failure(f"{e}; log: {tail(self.log_path)}")
 
-    def target(self):
-        return ["--sse", f"http://127.0.0.1:{self.port}/mcp/sse"]
+    def target(self, transport):
+        if transport == "sse":
+            return ["--sse", f"http://127.0.0.1:{self.port}/mcp/sse"]
+        return [f"--{transport}", f"http://127.0.0.1:{self.port}/mcp"]
 
 
 def supergateway_version():
@@ -346,53 +487,126 @@ def install_supergateway():
 class Supergateway(Gateway):
     key = "supergateway"
     cannot = {"teardown": "n/a: one shared backend"}
+    # Its three modes are three ways of starting it.
+    launches = [("sse", ("sse",)), ("streamable", ("streamable",)), ("stateless", ("stateless",))]
+    # Its stateful mode answers 2026-07-28 requests with the same code as
+    # its stateless mode (a backend per request): the smoke run, which
+    # reports no figures, starts it once for both.
+    smoke_launches = [("sse", ("sse",)), ("streamable", ("streamable", "stateless"))]
+    abort = "n/a: a session outlives its connections: it ends on DELETE or --sessionTimeout (30 min)"
+    MODES = {"sse": [], "streamable": ["--outputTransport", "streamableHttp", "--stateful"],
+             "stateless": ["--outputTransport", "streamableHttp"]}
 
     def __init__(self, run_dir):
         super().__init__(run_dir)
         self.name = f"supergateway {supergateway_version() or pinned_supergateway()}"
 
-    def start(self):
+    def start(self, mode):
         self.port = free_port()
         backend = shlex.join([FIXTURE, "--pid-dir", self.pid_dir])
         # Its per-message logging is off (--logLevel none), as a production
         # setup would have it. It exits when its stdin closes: keep a pipe.
         cmd = [shutil.which("node") or "node", SUPERGATEWAY_JS, "--stdio", backend, "--port", str(self.port),
-               "--logLevel", "none"]
+               "--logLevel", "none"] + self.MODES[mode]
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=logf)
-        deadline, step = time.monotonic() + 20, 0.01
-        while True:
-            if self.proc.poll() is not None:
-                raise Failure(f"supergateway exited with {self.proc.returncode}; log: {tail(self.log_path)}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise Failure(f"supergateway did not listen within 20 s; log: {tail(self.log_path)}")
-            time.sleep(step)
-            step = min(step * 2, 0.5)
+        self.wait_listening(self.port, "supergateway")
 
-    def target(self):
-        return ["--sse", f"http://127.0.0.1:{self.port}/sse"]
+    def target(self, transport):
+        if transport == "sse":
+            return ["--sse", f"http://127.0.0.1:{self.port}/sse"]
+        return [f"--{transport}", f"http://127.0.0.1:{self.port}/mcp"]
+
+
+def pinned_proxy():
+    with open(PROXY_PINS) as f:
+        for line in f:
+            name, _, version = line.split("#")[0].strip().partition("==")
+            if name.strip().lower() == "mcp-proxy":
+                return version.strip()
+    return "?"
+
+
+def proxy_version():
+    """The installed mcp-proxy's version, if its venv was made from the
+    pins (ci/deps.sh bench writes their hash beside it)."""
+    try:
+        with open(os.path.join(PROXY_VENV, ".requirements.sha256")) as f:
+            stamp = f.read().strip()
+        with open(PROXY_PINS, "rb") as f:
+            if stamp != hashlib.sha256(f.read()).hexdigest():
+                return None
+    except OSError:
+        return None
+    found = glob.glob(os.path.join(PROXY_VENV, "lib", "python*", "site-packages", "mcp_proxy-*.dist-info"))
+    if not found or not os.access(os.path.join(PROXY_VENV, "bin", "mcp-proxy"), os.X_OK):
+        return None
+    return os.path.basename(found[0])[len("mcp_proxy-"):-len(".dist-info")]
+
+
+class McpProxy(Gateway):
+    key = "mcp-proxy"
+    # One backend for every session, started with the proxy. Its --stateless
+    # mode is of the 2025 revisions (sessions without an id): a 2026-07-28
+    # request gets 400 "Unsupported protocol version".
+    cannot = {"teardown": "n/a: one shared backend", "streamable teardown": "n/a: one shared backend",
+              "stateless": "n/a: no 2026-07-28 (400 Unsupported protocol version)"}
+    launches = [("all", ("sse", "streamable"))]
+    abort = "n/a: one shared backend"
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir)
+        self.name = f"mcp-proxy {proxy_version() or pinned_proxy()}"
+
+    def start(self, mode):
+        self.port = free_port()
+        # WARNING: no line per request (uvicorn's access log is INFO).
+        cmd = [os.path.join(PROXY_VENV, "bin", "mcp-proxy"), "--host", "127.0.0.1", "--port", str(self.port),
+               "--log-level", "WARNING", "--", FIXTURE, "--pid-dir", self.pid_dir]
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
+        self.wait_listening(self.port, "mcp-proxy")
+
+    def target(self, transport):
+        if transport == "sse":
+            return ["--sse", f"http://127.0.0.1:{self.port}/sse"]
+        return [f"--{transport}", f"http://127.0.0.1:{self.port}/mcp"]
 
 
 # ---- scenarios --------------------------------------------------------------
 
-def run_load(gw, scenario, args, seconds):
-    cmd = [LOAD, scenario, "--label", gw.key] + args + gw.target()
+def run_load(gw, transport, scenario, args, seconds, on_phase=None):
+    """Runs mcp-load against `gw` over `transport`; its phase lines go to
+    `on_phase`. Returns its result."""
+    cmd = [LOAD, scenario, "--label", gw.key] + args + gw.target(transport)
+    deadline = time.monotonic() + seconds
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        last = None
+        try:
+            lines = Lines(proc, f"mcp-load {scenario}")
+            while (line := lines.next(deadline)) is not None:
+                if not line.strip():
+                    continue
+                last = line
+                if on_phase and line.startswith('{"phase"'):
+                    on_phase(json.loads(line)["phase"])
+            proc.wait(timeout=max(1, deadline - time.monotonic()))
+        except (Failure, subprocess.TimeoutExpired):
+            raise Failure(f"mcp-load {scenario} did not finish within {seconds:.0f} s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
-    except subprocess.TimeoutExpired:
-        raise Failure(f"mcp-load {scenario} did not finish within {seconds:.0f} s")
-    lines = r.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        raise Failure(f"mcp-load {scenario} exited with {r.returncode}: {' '.join(r.stderr.split())[:300]}")
-    if r.returncode != 0:
-        raise Failure("; ".join(result.get("error_samples") or [f"exit status {r.returncode}"])[:300])
+        result = json.loads(last)
+    except (TypeError, ValueError):
+        raise Failure(f"mcp-load {scenario} exited with {proc.returncode}: {' '.join(stderr.split())[:300]}")
+    if proc.returncode != 0:
+        raise Failure("; ".join(result.get("error_samples") or [f"exit status {proc.returncode}"])[:300])
     return result
 
 
@@ -414,13 +628,13 @@ def run_idle(gw, plan):
     # Runs on a gateway of its own (see run_gateway), after a few sessions
     # that start what starts on first use (mcp-bridge's hosts): the memory
     # it measures then holds no garbage of earlier scenarios.
-    run_load(gw, "setup", ["--count", "16"], 120)
+    run_load(gw, "sse", "setup", ["--count", "16"], 120)
     earlier = backend_records(gw.pid_dir)
     before = gw.processes()
     pss0 = pss_by_comm(before)
     rss0 = sum(rss_kib(p) for p in before)
     n = plan["idle_sessions"]
-    cmd = [LOAD, "idle", "--label", gw.key, "--sessions", str(n), "--concurrency", "64"] + gw.target()
+    cmd = [LOAD, "idle", "--label", gw.key, "--sessions", str(n), "--concurrency", "64"] + gw.target("sse")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         ready = json.loads(read_line(proc, 300, "mcp-load idle"))
@@ -475,38 +689,58 @@ def run_idle(gw, plan):
 
 
 def scenarios(plan):
-    """(key, runner) in the order they run."""
-    def echo(sessions, size, warmup, duration):
+    """(key, transport, runner) in the order they run."""
+    def echo(transport, sessions, size, warmup, duration):
         args = ["--sessions", str(sessions), "--size", str(size), "--warmup", str(warmup),
                 "--duration", str(duration)]
-        return lambda gw: run_load(gw, "echo", args, warmup + duration + 120)
 
-    def setup(gw):
-        # Unmeasured first: what starts on first use (hosts, JIT) is not
-        # what a session's setup costs.
-        run_load(gw, "setup", ["--count", str(plan["setup_warmup"])], 120)
-        return run_load(gw, "setup", ["--count", str(plan["setup"])], 300)
+        def run(gw):
+            meter = CpuMeter(gw)
+            result = run_load(gw, transport, "echo", args, warmup + duration + 120, meter.phase)
+            result.update(meter.result(result.get("round_trips")))
+            return result
+        return run
 
-    out = [("setup", setup),
-           ("teardown", lambda gw: run_load(
-               gw, "teardown", ["--count", str(plan["teardown"]), "--pid-dir", gw.pid_dir], 300)),
-           ("echo1", echo(1, 32, plan["warmup"], plan["duration"])),
-           ("echo16", echo(16, 32, plan["warmup"], plan["duration"])),
-           ("echo64", echo(64, 32, plan["warmup"], plan["duration"]))]
+    def setup(transport):
+        def run(gw):
+            # Unmeasured first: what starts on first use (hosts, JIT) is not
+            # what a session's setup costs.
+            run_load(gw, transport, "setup", ["--count", str(plan["setup_warmup"])], 120)
+            return run_load(gw, transport, "setup", ["--count", str(plan["setup"])], 300)
+        return run
+
+    def teardown(transport):
+        return lambda gw: run_load(gw, transport, "teardown",
+                                   ["--count", str(plan["teardown"]), "--pid-dir", gw.pid_dir], 300)
+
+    w, d = plan["warmup"], plan["duration"]
+    out = [("setup", "sse", setup("sse")),
+           ("teardown", "sse", teardown("sse")),
+           ("echo1", "sse", echo("sse", 1, 32, w, d)),
+           ("echo16", "sse", echo("sse", 16, 32, w, d)),
+           ("echo64", "sse", echo("sse", 64, 32, w, d))]
     for label, size in SIZES:
-        out.append((f"size {label}", echo(1, size, plan["size_warmup"], plan["size_duration"])))
+        out.append((f"size {label}", "sse", echo("sse", 1, size, plan["size_warmup"], plan["size_duration"])))
+    out += [("streamable setup", "streamable", setup("streamable")),
+            ("streamable teardown", "streamable", teardown("streamable")),
+            ("streamable echo1", "streamable", echo("streamable", 1, 32, w, d)),
+            ("streamable echo16", "streamable", echo("streamable", 16, 32, w, d)),
+            ("streamable echo64", "streamable", echo("streamable", 64, 32, w, d)),
+            ("stateless echo1", "stateless", echo("stateless", 1, 32, w, d)),
+            ("stateless echo16", "stateless", echo("stateless", 16, 32, w, d))]
     return out
 
 
-def run_instance(gw, runs, results):
-    """Starts the gateway, runs `runs` [(key, runner)] on it, stops it."""
-    runs = [(key, runner) for key, runner in runs if key not in gw.cannot]
+def run_instance(gw, mode, runs, results):
+    """Starts the gateway in `mode`, runs `runs` [(key, transport, runner)]
+    on it, stops it."""
+    runs = [(key, runner) for key, transport, runner in runs if not gw.why_not(key, transport)]
     if not runs:
         return
-    log(f"{gw.name}: starting")
+    log(f"{gw.name}: starting" + (f" ({mode})" if mode != "all" else ""))
     gw.new_pid_dir()
     try:
-        gw.start()
+        gw.start(mode)
     except Failure as e:
         for key, _ in runs:
             results[key] = f"failed: {e}"
@@ -530,10 +764,23 @@ def run_gateway(gw, plan, results):
     """Runs every scenario on one gateway; results[key] is a dict, or a
     string saying why there is no number. The idle scenario gets a fresh
     gateway of its own: a thousand sessions leave the processes bigger
-    than before, which would weigh on every scenario after them."""
-    results.update({key: why for key, why in gw.cannot.items()})
-    run_instance(gw, scenarios(plan), results)
-    run_instance(gw, [("idle", lambda g: run_idle(g, plan))], results)
+    than before, which would weigh on every scenario after them (not in a
+    smoke run, which measures nothing: there it follows the SSE runs)."""
+    runs = scenarios(plan)
+    idle = ("idle", "sse", lambda g: run_idle(g, plan))
+    for key, transport, _ in runs + [idle]:
+        why = gw.why_not(key, transport)
+        if why:
+            results[key] = why
+    results["streamable abort"] = gw.abort
+    smoke = plan.get("smoke")
+    launches = (smoke and gw.smoke_launches) or gw.launches
+    for mode, transports in launches:
+        extra = [idle] if smoke and "sse" in transports else []
+        run_instance(gw, mode, [r for r in runs if r[1] in transports] + extra, results)
+    if not smoke:
+        idle_mode = next(mode for mode, transports in launches if "sse" in transports)
+        run_instance(gw, idle_mode, [idle], results)
 
 
 # ---- the table --------------------------------------------------------------
@@ -566,7 +813,7 @@ def cell(res, base, get, fmt, with_ratio=True):
     if value is None:
         return "—"
     text = fmt(value)
-    if with_ratio and not isinstance(base, str) and base is not None and get(base):
+    if with_ratio and isinstance(base, dict) and get(base):
         text += ratio(value, get(base))
     return text
 
@@ -580,61 +827,211 @@ def latency_cell(res, base, field):
         return cell(res, base, get, fmt_us)
     s = res[field]
     text = f"{fmt_us(s['median'])} / {fmt_us(s['p99'])}"
-    if not isinstance(base, str) and base is not None and base.get(field):
+    if isinstance(base, dict) and base.get(field):
         text += ratio(s["median"], base[field]["median"])
     return text
 
 
-def table(gateways, results):
-    cols = [gw.key for gw in gateways]
-    base = results.get("direct", {})
-    rows = []
+# Short names of the gateways' processes in the CPU cells.
+PROCESS_NAMES = {"mcp-bridge-host": "host", "mcp-bridge": "serve"}
 
-    def row(scenario, metric, make):
-        rows.append([scenario, metric] + [make(results[c], base if c != "direct" else None) for c in cols])
 
-    def pick(key):
-        return lambda get: (lambda res, b: get(res.get(key), b.get(key) if isinstance(b, dict) else b))
+def cpu_cell(res):
+    if isinstance(res, str) or res is None or res.get("gateway_cpu_us_per_round_trip") is None:
+        return cell(res, None, lambda r: None, str)
+    parts = [(PROCESS_NAMES.get(comm, comm), us) for comm, us in
+             sorted(res["gateway_cpu_us_per_round_trip_by_process"].items(), key=lambda kv: -kv[1])]
+    shown = [f"{name} {us:.0f}" if len(parts) > 1 else name for name, us in parts if us >= 0.5]
+    return f"{res['gateway_cpu_us_per_round_trip']:.0f} µs ({' + '.join(shown)})"
 
-    for key, label in [("echo1", "echo, 1 session"), ("echo16", "echo, 16 sessions"),
-                       ("echo64", "echo, 64 sessions")]:
-        if key != "echo1":
-            row(label, "round trips/s", pick(key)(lambda r, b: cell(
-                r, b, lambda x: x["throughput_per_s"], lambda v: f"{v:,.0f}")))
-        row(label, "latency median / p99", pick(key)(lambda r, b: latency_cell(r, b, "latency_us")))
-    for label, _ in SIZES:
-        row(f"echo {label}, 1 session", "latency median / p99",
-            pick(f"size {label}")(lambda r, b: latency_cell(r, b, "latency_us")))
-    row("setup: GET → endpoint event", "median / p99", pick("setup")(
-        lambda r, b: "n/a: no HTTP" if r is not None and not isinstance(r, str) and r.get("target") == "stdio"
-        else latency_cell(r, None, "endpoint_us")))
-    row("setup: → initialize response", "median / p99", pick("setup")(
-        lambda r, b: latency_cell(r, b, "initialize_us")))
-    row("teardown: disconnect → SIGTERM at backend", "median / p99", pick("teardown")(
-        lambda r, b: latency_cell(r, b, "sigterm_us")))
-    row("teardown: disconnect → backend gone", "median / p99", pick("teardown")(
-        lambda r, b: latency_cell(r, b, "gone_us")))
-    idle_label = "idle"
+
+def idle_label(results):
     for res in results.values():
         idle = res.get("idle")
         if isinstance(idle, dict):
-            idle_label = f"idle: {idle['sessions']:,} sessions, {idle['measured_s']:.2g} s"
-            break
-    row(idle_label, "gateway CPU time", pick("idle")(lambda r, b: cell(
-        r, None, lambda x: x["gateway_cpu_s"], lambda v: f"{v:.2f} s")))
-    row(idle_label, "gateway memory per session (Pss, peak)", pick("idle")(lambda r, b: cell(
-        r, None, lambda x: x["pss_per_session_kib"], lambda v: f"{v:.0f} KiB")))
-    for key, label in [("echo1", "echo, 1 session"), ("echo16", "echo, 16 sessions"),
-                       ("echo64", "echo, 64 sessions")]:
-        row(f"load client CPU, {label}", "share of one core", pick(key)(lambda r, b: cell(
-            r, None, lambda x: x["client_cpu_share"], lambda v: f"{v * 100:.0f}%")))
+            return f"idle: {idle['sessions']:,} SSE sessions, {idle['measured_s']:.2g} s"
+    return "idle"
+
+
+def row_specs(results):
+    """(scenario, metric, key, kind) of every row. kind: throughput,
+    latency (of the field), cpu, endpoint, idle_cpu, idle_mem, client (the
+    keys of one transport's echo runs), text."""
+    rows = []
+
+    def echo(label, key, many):
+        if many:
+            rows.append((label, "round trips/s", key, "throughput"))
+        rows.append((label, "latency median / p99", key, ("latency", "latency_us")))
+        rows.append((label, "gateway CPU per round trip", key, "cpu"))
+
+    echo("SSE echo, 1 session", "echo1", False)
+    echo("SSE echo, 16 sessions", "echo16", True)
+    echo("SSE echo, 64 sessions", "echo64", True)
+    for label, _ in SIZES:
+        echo(f"SSE echo {label}, 1 session", f"size {label}", False)
+    rows += [("SSE setup: GET → endpoint event", "median / p99", "setup", "endpoint"),
+             ("SSE setup: → initialize response", "median / p99", "setup", ("latency", "initialize_us")),
+             ("SSE teardown: disconnect → SIGTERM at backend", "median / p99", "teardown",
+              ("latency", "sigterm_us")),
+             ("SSE teardown: disconnect → backend gone", "median / p99", "teardown", ("latency", "gone_us"))]
+    echo("Streamable echo, 1 session", "streamable echo1", False)
+    echo("Streamable echo, 16 sessions", "streamable echo16", True)
+    echo("Streamable echo, 64 sessions", "streamable echo64", True)
+    rows += [("Streamable setup: → initialize response with Mcp-Session-Id", "median / p99", "streamable setup",
+              ("latency", "initialize_us")),
+             ("Streamable teardown: DELETE → SIGTERM at backend", "median / p99", "streamable teardown",
+              ("latency", "sigterm_us")),
+             ("Streamable teardown: DELETE → backend gone", "median / p99", "streamable teardown",
+              ("latency", "gone_us")),
+             ("Streamable teardown: abort (no DELETE) → backend gone", "", "streamable abort", "text")]
+    echo("stateless (2026-07-28) echo, 1 client", "stateless echo1", False)
+    echo("stateless (2026-07-28) echo, 16 clients", "stateless echo16", True)
+    label = idle_label(results)
+    rows += [(label, "gateway CPU time", "idle", "idle_cpu"),
+             (label, "gateway memory per session (Pss, peak)", "idle", "idle_mem"),
+             ("load client CPU, SSE echo, 1 / 16 / 64 sessions", "share of one core", "", ("client", (
+                 "echo1", "echo16", "echo64"))),
+             ("load client CPU, Streamable echo, 1 / 16 / 64 sessions", "share of one core", "", ("client", (
+                 "streamable echo1", "streamable echo16", "streamable echo64"))),
+             ("load client CPU, stateless echo, 1 / 16 clients", "share of one core", "", ("client", (
+                 "stateless echo1", "stateless echo16")))]
+    return rows
+
+
+def lookup(results, col, key):
+    """The result of `key` in column `col` (direct stdio: the run that
+    stands for it, see BASELINE)."""
+    if col == "direct":
+        key = BASELINE.get(key, key)
+    return results[col].get(key)
+
+
+def render(kind, res, base, col, results):
+    if kind == "throughput":
+        return cell(res, base, lambda x: x["throughput_per_s"], lambda v: f"{v:,.0f}")
+    if kind == "cpu":
+        return "— (no gateway)" if col == "direct" else cpu_cell(res)
+    if kind == "endpoint":
+        if isinstance(res, dict) and res.get("target") == "stdio":
+            return "n/a: no HTTP"
+        return latency_cell(res, None, "endpoint_us")
+    if kind == "idle_cpu":
+        return cell(res, None, lambda x: x["gateway_cpu_s"], lambda v: f"{v:.2f} s")
+    if kind == "idle_mem":
+        return cell(res, None, lambda x: x["pss_per_session_kib"], lambda v: f"{v:.0f} KiB")
+    if kind == "text":
+        return cell(res, None, lambda r: None, str)
+    if kind[0] == "latency":
+        return latency_cell(res, base, kind[1])
+    if kind[0] == "client":
+        texts = []
+        for key in kind[1]:
+            r = lookup(results, col, key)
+            if isinstance(r, dict) and r.get("client_cpu_share") is not None:
+                texts.append(f"{r['client_cpu_share'] * 100:.0f}%")
+            else:
+                texts.append("—")
+        return " / ".join(texts)
+    raise ValueError(kind)
+
+
+def table(gateways, results):
+    cols = [gw.key for gw in gateways]
+    rows = []
+    for scenario, metric, key, kind in row_specs(results):
+        base = lookup(results, "direct", key) if "direct" in results else None
+        rows.append([scenario, metric] + [render(kind, lookup(results, c, key), None if c == "direct" else base,
+                                                 c, results) for c in cols])
     if any("left_running" in results[c] for c in cols):
-        row("left running after stop", "", lambda r, b: r.get("left_running", "nothing"))
+        rows.append(["left running after stop", ""] + [results[c].get("left_running", "nothing") for c in cols])
 
     header = ["scenario", "metric"] + [gw.name for gw in gateways]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * len(cols)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def comparable(kind, res):
+    """(value, higher is better) of a row's result, for comparing
+    gateways, or None."""
+    if not isinstance(res, dict):
+        return None
+    try:
+        if kind == "throughput":
+            return res["throughput_per_s"], True
+        if kind == "cpu":
+            return res["gateway_cpu_us_per_round_trip"], False
+        if kind == "endpoint":
+            return res["endpoint_us"]["median"], False
+        if kind == "idle_cpu":
+            return res["gateway_cpu_s"], False
+        if kind == "idle_mem":
+            return res["pss_per_session_kib"], False
+        if isinstance(kind, tuple) and kind[0] == "latency":
+            return res[kind[1]]["median"], False
+    except (KeyError, TypeError):
+        pass
+    return None
+
+
+# Why mcp-bridge can be behind a peer on a row, where the reason is in how
+# the gateways work: (key, kind or None for any) -> explanation.
+WHY_BEHIND = {
+    ("setup", "endpoint"):
+        "the peers run one backend for all sessions and start nothing for a new one; mcp-bridge starts the "
+        "session's own backend (fork and exec, through its host) before it sends the endpoint event.",
+    ("setup", ("latency", "initialize_us")):
+        "the peers pass `initialize` to the one backend they already run; mcp-bridge starts a backend per "
+        "session first.",
+    ("streamable setup", None):
+        "mcp-proxy answers `initialize` itself (its one backend was initialized when it started) and starts "
+        "nothing per session; mcp-bridge starts the session's own backend and passes it the `initialize`.",
+    ("teardown", ("latency", "gone_us")):
+        "likely: right after the SIGTERM, mcp-bridge's host reads /proc once for the session's escaped "
+        "descendants (on a thread of its own), which competes with the exiting backend for the cores; "
+        "supergateway only signals the group and polls it.",
+    ("streamable teardown", ("latency", "gone_us")):
+        "likely: right after the SIGTERM, mcp-bridge's host reads /proc once for the session's escaped "
+        "descendants (on a thread of its own), which competes with the exiting backend for the cores; "
+        "supergateway only signals the group and polls it.",
+    ("idle", "idle_cpu"):
+        "mcp-bridge writes an SSE keepalive comment every 15 s per session, each a frame from the host to "
+        "the nginx worker and a write to the client; supergateway writes none, mcp-proxy writes its own "
+        "from one process.",
+    ("idle", "idle_mem"):
+        "a session in mcp-bridge holds a backend's pipes and buffers in the host and a request in an nginx "
+        "worker; in the peers a session is a little state beside one shared backend.",
+}
+
+
+def why_behind(key, kind):
+    return WHY_BEHIND.get((key, kind)) or WHY_BEHIND.get((key, None))
+
+
+def behind(gateways, results):
+    """Rows where an mcp-bridge column is behind a peer's, as lines of text."""
+    bridges = [gw for gw in gateways if isinstance(gw, Bridge)]
+    peers = [gw for gw in gateways if isinstance(gw, (Supergateway, McpProxy))]
+    lines = []
+    for scenario, metric, key, kind in row_specs(results):
+        found = []
+        for b in bridges:
+            mine = comparable(kind, results[b.key].get(key))
+            if mine is None:
+                continue
+            for p in peers:
+                theirs = comparable(kind, results[p.key].get(key))
+                if theirs is not None and (mine[0] < theirs[0] if mine[1] else mine[0] > theirs[0]):
+                    found.append((b, p, mine[0], theirs[0]))
+        if not found:
+            continue
+        fmt = {"throughput": lambda v: f"{v:,.0f}/s", "idle_cpu": lambda v: f"{v:.2f} s",
+               "idle_mem": lambda v: f"{v:.0f} KiB"}.get(kind if isinstance(kind, str) else "", fmt_us)
+        what = "; ".join(f"{b.name} {fmt(m)} against {p.name} {fmt(t)}" for b, p, m, t in found)
+        why = why_behind(key, kind) or "no reason in how the gateways work is known: see the figures."
+        lines.append(f"**{scenario}** ({metric.split(' /')[0]}): {what}. Why: {why}")
+    return lines
 
 
 def failures(results):
@@ -673,6 +1070,12 @@ def machine(fd_limit):
     info["nginx"] = (command_output([nginx, "-v"]) or "?").replace("nginx version: ", "")
     info["node"] = node_version() or "not installed"
     info["supergateway"] = supergateway_version() or "not installed"
+    version = proxy_version()
+    if version:
+        python = command_output([os.path.join(PROXY_VENV, "bin", "python"), "--version"]) or "python ?"
+        info["mcp-proxy"] = f"{version} ({python})"
+    else:
+        info["mcp-proxy"] = "not installed"
     info["mcp-bridge"] = command_output([BRIDGE, "--version"]) or "?"
     commit = command_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) or "?"
     if command_output(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]):
@@ -689,40 +1092,79 @@ How to read it:
   median against **direct stdio** of the same run (lower is better for
   times, higher for round trips/s).
 - **echo**: `tools/call` of the fixture's `echo` tool with a 32-byte text
-  (and 1 KiB, 64 KiB, 1 MiB texts), each session sending its next request
-  when the previous response arrived. Over SSE a round trip is: POST (until
-  its `202`) and the response event on the session's stream.
+  (and 1 KiB, 64 KiB, 1 MiB texts over SSE), each session sending its next
+  request when the previous response arrived.
+- **SSE** rows use the HTTP+SSE transport (2024-11-05): a round trip is a
+  POST (until its `202`) and the response event on the session's stream.
+- **Streamable** rows use Streamable HTTP sessions: `initialize` (asking
+  for 2025-11-25) is answered with an `Mcp-Session-Id`, which every later
+  request carries with the revision `initialize` agreed on in
+  `MCP-Protocol-Version`. A round trip is one POST on the session's
+  keep-alive connection, answered with the response as JSON (mcp-bridge,
+  mcp-proxy) or as an event stream (supergateway): it ends when the JSON
+  body is whole, or when the response's event is read (the next request
+  still waits for the stream's end). No GET stream is opened.
+- **stateless** rows send requests of revision 2026-07-28: no session, each
+  a POST whose `params._meta` carries the revision and the client's
+  capabilities, with the headers `MCP-Protocol-Version`, `Mcp-Method` and
+  `Mcp-Name`; "16 clients" are 16 connections in a closed loop each.
+  mcp-bridge runs them on its pool of warm backends (default options: up to
+  4 per route and consumer in each worker, started when needed and kept);
+  supergateway (its stateless mode) starts a backend per request, and asks
+  it `tools/list` before each `tools/call` (to check `Mcp-Param-*` headers).
 - **direct stdio** is the load client writing to the fixture's stdin and
-  reading its stdout, one fixture per session: the physical limit.
-- **setup** starts a fresh session each time: connect, `GET …/sse`, the
-  `endpoint` event, `initialize`. Direct stdio: spawn, then `initialize`.
-  mcp-bridge starts a backend per session in that time; supergateway only
-  registers the session with the backend it already runs.
-- **teardown**: from the client's disconnect (shutdown of the stream's
-  socket) until the backend's SIGTERM handler ran (the fixture writes the
-  time to `<pid>.term`), and until the backend is gone (its pidfd becomes
-  readable). Direct stdio: the client sends SIGTERM itself and closes the
-  pipe. supergateway runs one backend for all sessions and never stops it
-  when a client leaves.
+  reading its stdout, one fixture per session: the physical limit. It has
+  no transport: its figures in the Streamable and stateless rows are those
+  of the same scenario in the SSE rows.
+- **gateway CPU per round trip**: the CPU time of the gateway's own
+  processes over the measured window (every thread's time on a CPU, the
+  first field of `/proc/PID/task/TID/schedstat`, at the window's start and
+  end) divided by the round trips in it; in parentheses by process: nginx
+  (the workers; the master does nothing meanwhile), `host`
+  (`mcp-bridge-host`), `serve` (`mcp-bridge serve`, when it shows);
+  supergateway's `node`; `mcp-proxy` (its Python process). Backends are
+  never counted. On a loaded machine this stays meaningful where latency
+  does not: it is work done, not time waited.
+- **setup** starts a fresh session each time. SSE: connect, `GET …/sse`,
+  the `endpoint` event, `initialize`. Streamable: connect, POST
+  `initialize` until its response with the session's id (then, unmeasured,
+  `notifications/initialized` and `DELETE`). Direct stdio: spawn, then
+  `initialize`. mcp-bridge, and supergateway in its Streamable (stateful)
+  mode, start a backend per session in that time; supergateway's SSE mode
+  registers the session with the backend it already runs; mcp-proxy
+  answers `initialize` itself (its one backend was initialized when it
+  started).
+- **teardown**: from the client's disconnect (SSE: shutdown of the stream's
+  socket; Streamable: sending `DELETE`) until the backend's SIGTERM handler
+  ran (the fixture writes the time to `<pid>.term`), and until the backend
+  is gone (its pidfd becomes readable). Direct stdio: the client sends
+  SIGTERM itself and closes the pipe. A Streamable session is not tied to
+  a connection: a client that goes away without `DELETE` leaves it to its
+  idle timeout, so the abort row has no figure.
 - **idle**: CPU time used by the gateway's own processes (nginx master and
   workers, `mcp-bridge-host`, the `mcp-bridge` supervisor; supergateway's
-  node process; never the backends) while the sessions stay open and
-  silent, and the growth of their summed proportional set size (Pss, from
-  `/proc/PID/smaps_rollup`) divided by the number of sessions. mcp-bridge
-  writes an SSE keepalive comment every 15 s per session; supergateway
-  writes none.
+  node process; mcp-proxy's; never the backends) while SSE sessions stay
+  open and silent, and the growth of their summed proportional set size
+  (Pss, from `/proc/PID/smaps_rollup`) divided by the number of sessions.
+  mcp-bridge and mcp-proxy write an SSE keepalive comment every 15 s per
+  session (the count is below); supergateway writes none.
 - **load client CPU**: the load client (`mcp-load`, one thread) measures
   its own CPU time (`getrusage`) over the measured window; well under
   100% means it was not the bottleneck.
-- supergateway sends every backend message to **every** open session
-  (one shared backend; responses are not routed by session), so with 16
-  or 64 sessions each client also receives the other sessions' responses
-  (the load client ignores responses to ids it did not send). Its
-  `--logLevel` is `none`.
+- supergateway runs in three modes, one per transport: stdio→SSE (one
+  backend for all sessions), stateful stdio→Streamable HTTP (a backend per
+  session) and stateless (a backend per request). In its SSE mode it sends
+  every backend message to **every** open session (responses are not
+  routed by session), so with 16 or 64 sessions each client also receives
+  the other sessions' responses (the load client ignores responses to ids
+  it did not send). Its `--logLevel` is `none`.
+- mcp-proxy serves SSE and Streamable HTTP from one process with one
+  backend for all sessions (it is an MCP server of the Python SDK in front
+  of an MCP client of that backend); its `--log-level` is `WARNING`.
 - Memory is sampled every second of the idle hold; the table shows the
-  peak. A garbage-collected runtime (node) drops what opening the sessions
-  left behind only when a collection runs: its figure at the end of the
-  hold (below) depends on whether one did.
+  peak. A garbage-collected runtime (node, Python) drops what opening the
+  sessions left behind only when a collection runs: its figure at the end
+  of the hold (below) depends on whether one did.
 - The run raises its soft limit of open files to the hard limit, for every
   process it starts. mcp-bridge needs about 4 descriptors per session in
   `mcp-bridge-host` and 2 in an nginx worker: under Debian's default soft
@@ -736,22 +1178,30 @@ def run_notes(gateways, results):
     notes = []
     for gw in gateways:
         res = results[gw.key]
-        for key in ("echo16", "echo64"):
+        for key in ("echo16", "echo64", "streamable echo16", "streamable echo64"):
             r = res.get(key)
             if isinstance(r, dict) and r.get("foreign_messages"):
-                notes.append(f"{gw.name}, {key[4:]} sessions: the clients received "
+                notes.append(f"{gw.name}, {key.replace('echo', 'echo, ')} sessions: the clients received "
                              f"{r['foreign_messages']:,} responses meant for other sessions.")
         idle = res.get("idle")
         if isinstance(idle, dict):
             parts = ", ".join(f"{kib:.0f} KiB in {comm}" for comm, kib in sorted(
                 idle["pss_per_session_kib_by_process"].items(), key=lambda kv: -kv[1]) if abs(kib) >= 0.5)
             notes.append(f"{gw.name}, idle memory per session: {parts} at the peak; "
-                         f"{idle['pss_per_session_kib_at_end']:.0f} KiB at the end of the hold.")
+                         f"{idle['pss_per_session_kib_at_end']:.0f} KiB at the end of the hold; "
+                         f"{idle['keepalives']:,} keepalive comments reached the clients.")
     return notes
 
 
 def write_doc(table_text, info, plan, gateways, results, duration_s):
     notes = run_notes(gateways, results)
+    behind_lines = behind(gateways, results)
+    if behind_lines:
+        behind_text = ("Where mcp-bridge is behind a peer in this run (by the median, or round trips/s; "
+                       "either column of mcp-bridge against either peer):\n\n"
+                       + "".join(f"- {line}\n" for line in behind_lines))
+    else:
+        behind_text = "In this run mcp-bridge is ahead of every peer on every row that both have.\n"
     machine_lines = "\n".join(f"- {k}: {v}" for k, v in [
         ("CPU", f"{info.get('cpu', '?')}, {info['cores']} cores"),
         ("memory", info.get("memory", "?")),
@@ -759,6 +1209,7 @@ def write_doc(table_text, info, plan, gateways, results, duration_s):
         ("nginx", info["nginx"]),
         ("node", info["node"]),
         ("supergateway", info["supergateway"]),
+        ("mcp-proxy", info["mcp-proxy"]),
         ("mcp-bridge", f"{info['mcp-bridge']}, commit {info['commit']}"),
         ("open files limit of the run", info["fd_limit"]),
     ])
@@ -771,6 +1222,9 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 {table_text}
 
 {NOTES}{"".join(f"- {n}{chr(10)}" for n in notes)}
+## Where mcp-bridge is behind
+
+{behind_text}
 ## Machine
 
 {machine_lines}
@@ -785,11 +1239,12 @@ target/release/mcp-load --help            # the load client on its own
 ```
 
 `make bench` installs supergateway {pinned_supergateway()} with `npm ci` in `ci/bench/` when it is
-missing (it needs node 20 or newer). Echo runs warm up for {plan['warmup']:g} s and measure
-{plan['duration']:g} s ({plan['size_warmup']:g} s and {plan['size_duration']:g} s for the message sizes);
-setup runs {plan['setup']} sessions (after {plan['setup_warmup']} unmeasured) and teardown
-{plan['teardown']}, one after the other; the idle scenario runs on a gateway started for it.
-Raw results of the last run are in `.bench/results.json`.
+missing (it needs node 20 or newer), and `ci/deps.sh bench` installs mcp-proxy {pinned_proxy()}
+with the packages it needs, pinned in `ci/bench/requirements.txt`, into `ci/bench/.venv`. Echo runs
+warm up for {plan['warmup']:g} s and measure {plan['duration']:g} s ({plan['size_warmup']:g} s and
+{plan['size_duration']:g} s for the message sizes); setup runs {plan['setup']} sessions (after
+{plan['setup_warmup']} unmeasured) and teardown {plan['teardown']}, one after the other; the idle
+scenario runs on a gateway started for it. Raw results of the last run are in `.bench/results.json`.
 """
     with open(DOC, "w") as f:
         f.write(doc)
@@ -809,13 +1264,15 @@ def raise_fd_limit():
     return f"{soft}"
 
 
+GATEWAYS = ["direct", "bridge1", "bridge2", "supergateway", "mcp-proxy"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny counts; does not write docs/benchmarks.md")
     ap.add_argument("--idle-seconds", type=float, help="how long the idle sessions are held [30]")
     ap.add_argument("--duration", type=float, help="measured seconds of each echo run [4]")
-    ap.add_argument("--only", action="append", choices=["direct", "bridge1", "bridge2", "supergateway"],
-                    help="run only these gateways (repeatable)")
+    ap.add_argument("--only", action="append", choices=GATEWAYS, help="run only these gateways (repeatable)")
     args = ap.parse_args()
     plan = dict(SMOKE if args.smoke else FULL)
     if args.idle_seconds is not None:
@@ -832,21 +1289,32 @@ def main():
     os.chmod(run_dir, 0o755)
     started = time.monotonic()
 
-    wanted = set(args.only or ["direct", "bridge1", "bridge2", "supergateway"])
-    max_sessions = max(plan["idle_sessions"], 64)
-    gateways = [Direct(run_dir), Bridge(run_dir, 1, max_sessions), Bridge(run_dir, 2, max_sessions)]
-    why_not = install_supergateway() if "supergateway" in wanted else None
-    gateways.append(Supergateway(run_dir))
+    wanted = set(args.only or GATEWAYS)
+    # Headroom over the most sessions a scenario holds: a Streamable HTTP
+    # session's slot is freed a moment after its DELETE is answered (when
+    # the host's event reaches the worker), so the next scenario's sessions
+    # can arrive while the last one's slots are still held.
+    max_sessions = max(plan["idle_sessions"], 64) + 64
+    gateways = [Direct(run_dir), Bridge(run_dir, 1, max_sessions), Bridge(run_dir, 2, max_sessions),
+                Supergateway(run_dir), McpProxy(run_dir)]
     gateways = [gw for gw in gateways if gw.key in wanted]
+    why_not = {}
+    if "supergateway" in wanted:
+        why_not["supergateway"] = install_supergateway()
+    if "mcp-proxy" in wanted and not proxy_version():
+        why_not["mcp-proxy"] = "not installed: `bash ci/deps.sh bench` installs it"
     results = {gw.key: {} for gw in gateways}
-    for gw in gateways:
-        if gw.key == "supergateway" and why_not:
-            log(f"supergateway: {why_not}")
+    for gw in list(gateways):
+        if why_not.get(gw.key):
+            log(f"{gw.name}: {why_not[gw.key]}")
             if args.smoke:
+                # The smoke run checks what is there; a missing peer is no
+                # failure of mcp-bridge's.
                 gateways.remove(gw)
                 del results[gw.key]
-                break
-            results[gw.key] = {key: why_not for key in [k for k, _ in scenarios(plan)] + ["idle"]}
+                continue
+            keys = [key for key, _, _ in scenarios(plan)] + ["idle", "streamable abort"]
+            results[gw.key] = {key: why_not[gw.key] for key in keys}
             continue
         run_gateway(gw, plan, results[gw.key])
 
@@ -863,6 +1331,9 @@ def main():
     elif not args.smoke and not args.only:
         write_doc(text, info, plan, gateways, results, duration_s)
         log(f"wrote {os.path.relpath(DOC, ROOT)}")
+    if not args.smoke:
+        for line in behind(gateways, results):
+            log(f"behind: {line}")
     shutil.rmtree(run_dir, ignore_errors=True)
     log(f"done in {duration_s:.0f} s")
     sys.exit(1 if failed else 0)

@@ -25,10 +25,14 @@ if [[ "${1:-}" == "test" ]]; then
         want+=(python3-venv)
     fi
 elif [[ "${1:-}" == "bench" ]]; then
-    # python3 runs ci/bench.py; node runs supergateway, the peer it
-    # compares with (without node that column says why it is empty).
+    # python3 runs ci/bench.py; node runs supergateway, and python3 with
+    # a virtual environment (venv) mcp-proxy, the peers it compares with
+    # (without them their columns say why they are empty).
     command -v python3 >/dev/null 2>&1 || want+=(python3)
     command -v node >/dev/null 2>&1 || optional+=(nodejs npm)
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+        optional+=(python3-venv)
+    fi
 fi
 
 missing=()
@@ -95,5 +99,30 @@ if [[ "${1:-}" == "test" ]]; then
     # The official MCP conformance suite, with the Node.js 22 it needs.
     if [[ ! -d ci/conformance/node_modules/@modelcontextprotocol/conformance ]]; then
         (cd ci/conformance && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+fi
+
+if [[ "${1:-}" == "bench" ]]; then
+    # mcp-proxy, a peer of the benchmark, into ci/bench/.venv at the pinned
+    # versions, when the venv is missing or was made from other pins. A
+    # failure is no failure of make bench: mcp-proxy's column then says it
+    # is not installed.
+    venv=ci/bench/.venv
+    pins=ci/bench/requirements.txt
+    want_stamp=$(sha256sum "$pins" | cut -d' ' -f1)
+    if [[ ! -x $venv/bin/mcp-proxy || "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want_stamp" ]]; then
+        if ! python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+            echo "ci/deps.sh: mcp-proxy needs python3 3.10 or newer with venv; make bench runs without it" >&2
+        else
+            echo "ci/deps.sh: installing mcp-proxy for make bench ($venv)"
+            rm -rf "$venv"
+            if python3 -m venv "$venv" &&
+                PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/pip" install --quiet --no-input -r "$pins"; then
+                echo "$want_stamp" >"$venv/.requirements.sha256"
+            else
+                rm -rf "$venv"
+                echo "ci/deps.sh: mcp-proxy could not be installed; make bench runs without it" >&2
+            fi
+        fi
     fi
 fi

@@ -7,25 +7,34 @@ use crate::http::Url;
 use crate::session::Target;
 
 pub const USAGE: &str = "\
-usage: mcp-load SCENARIO [OPTIONS] (--sse URL | --stdio -- COMMAND [ARGS...])
+usage: mcp-load SCENARIO [OPTIONS] (--sse URL | --streamable URL | --stateless URL
+                                     | --stdio -- COMMAND [ARGS...])
 
 Drives an MCP server that offers the `echo` and `pid` tools (mcp-fixture)
 either directly over its stdio (one process per session, the baseline) or
-through a gateway's HTTP+SSE transport (MCP 2024-11-05), and prints one line
-of JSON with the results. Exits 1 if anything failed.
+through a gateway: over HTTP+SSE (MCP 2024-11-05), over Streamable HTTP with
+sessions (2025-11-25: initialize, Mcp-Session-Id, DELETE), or with stateless
+requests (2026-07-28, echo only). Prints one line of JSON with the results
+(echo first prints {\"phase\":...} lines when its warm-up, measured window and
+end begin, for whoever measures the gateway meanwhile). Exits 1 if anything
+failed.
 
 scenarios:
   echo       tools/call of echo in a closed loop per session: throughput and
              round-trip latency
-  setup      sequential sessions: time to the endpoint event and to the
-             initialize response
-  teardown   sequential disconnects: time until SIGTERM reaches the backend
-             and until it is gone (needs --pid-dir)
+  setup      sequential sessions: time to the endpoint event (SSE) and to
+             the initialize response
+  teardown   sequential disconnects (SSE: the stream's connection closed;
+             Streamable HTTP: DELETE): time until SIGTERM reaches the
+             backend and until it is gone (needs --pid-dir)
   idle       opens sessions, prints {\"phase\":\"ready\"}, holds them until a
              line or EOF on stdin (or --hold), then closes them
 
 options:
   --sse URL           the gateway's SSE endpoint, http://HOST:PORT/PATH
+  --streamable URL    the gateway's Streamable HTTP endpoint: sessions
+  --stateless URL     the gateway's Streamable HTTP endpoint: 2026-07-28
+                      requests without a session
   --stdio             spawn COMMAND per session and speak over its pipes
   --sessions N        sessions in parallel (echo, idle) [1]
   --count N           sequential sessions (setup, teardown) [100]
@@ -67,7 +76,7 @@ pub struct Options {
 /// Parses the arguments (without argv[0]). `None`: show the help.
 pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
     let mut scenario = None;
-    let (mut sse, mut stdio, mut command) = (None, false, Vec::new());
+    let (mut http, mut stdio, mut command) = (Vec::new(), false, Vec::new());
     let (mut sessions, mut count, mut size) = (1usize, 100usize, 32usize);
     let (mut warmup, mut duration) = (Duration::from_secs(1), Duration::from_secs(5));
     let (mut pid_dir, mut hold, mut concurrency) = (None, None, 64usize);
@@ -84,7 +93,9 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--sse" => sse = Some(Url::parse(&value("a URL")?)?),
+            "--sse" => http.push(Target::Sse(Url::parse(&value("a URL")?)?)),
+            "--streamable" => http.push(Target::Streamable(Url::parse(&value("a URL")?)?)),
+            "--stateless" => http.push(Target::Stateless(Url::parse(&value("a URL")?)?)),
             "--stdio" => stdio = true,
             "--sessions" => sessions = positive(&flag, &value("a number")?)?,
             "--count" => count = positive(&flag, &value("a number")?)?,
@@ -117,14 +128,20 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
     }
 
     let scenario = scenario.ok_or("no scenario given (echo, setup, teardown or idle)")?;
-    let target = match (sse, stdio, command.is_empty()) {
-        (Some(url), false, true) => Target::Sse(url),
+    if http.len() > 1 {
+        return Err("give one of --sse, --streamable and --stateless".into());
+    }
+    let target = match (http.pop(), stdio, command.is_empty()) {
+        (Some(t), false, true) => t,
         (None, true, false) => Target::Stdio(command),
         (None, true, true) => return Err("--stdio needs `-- COMMAND [ARGS...]`".into()),
-        (None, false, _) => return Err("give --sse URL or --stdio -- COMMAND".into()),
-        (Some(_), true, _) => return Err("--sse and --stdio exclude each other".into()),
+        (None, false, _) => return Err("give --sse, --streamable or --stateless URL, or --stdio -- COMMAND".into()),
+        (Some(t), true, _) => return Err(format!("--{} and --stdio exclude each other", t.name())),
         (Some(_), false, false) => return Err("a command after `--` only goes with --stdio".into()),
     };
+    if matches!(target, Target::Stateless(_)) && scenario != Scenario::Echo {
+        return Err("stateless requests have no session: --stateless only goes with echo".into());
+    }
     if duration.is_zero() {
         return Err("--duration must be more than 0".into());
     }
@@ -191,6 +208,11 @@ mod tests {
         assert_eq!(o.count, 3);
         assert_eq!(o.pid_dir, Some(PathBuf::from("/p")));
         assert!(matches!(parse_list(&["--help"]), Ok(None)));
+
+        let o = options(&["setup", "--streamable", "http://127.0.0.1:9/mcp"]);
+        assert!(matches!(o.target, Target::Streamable(ref u) if u.target == "/mcp"));
+        let o = options(&["echo", "--stateless=http://127.0.0.1:9/mcp", "--sessions", "4"]);
+        assert!(matches!(o.target, Target::Stateless(ref u) if u.port == 9));
     }
 
     #[test]
@@ -208,6 +230,10 @@ mod tests {
             &["echo", "--sse", "https://h/sse"],
             &["echo", "--sse"],
             &["echo", "--stdio=1", "--", "x"],
+            &["echo", "--sse", "http://h/sse", "--streamable", "http://h/mcp"],
+            &["echo", "--streamable", "http://h/mcp", "--stdio", "--", "x"],
+            &["setup", "--stateless", "http://h/mcp"],
+            &["teardown", "--stateless", "http://h/mcp"],
         ] {
             assert!(parse_list(bad).is_err(), "{bad:?} accepted");
         }

@@ -1,7 +1,8 @@
 //! The little HTTP/1.1 this tool needs: `http://` URLs, response heads,
-//! chunked bodies, and POSTs on a keep-alive connection.
+//! chunked bodies, and requests (POST, DELETE) on a keep-alive connection,
+//! whose body can be watched as it arrives (a Streamable HTTP event stream).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -9,8 +10,9 @@ use tokio::time::timeout;
 
 /// Largest response head we accept.
 const MAX_HEAD: usize = 64 * 1024;
-/// Largest POST response body we keep (ours are empty or a line of JSON).
-const MAX_POST_BODY: usize = 1 << 20;
+/// Largest response body without a length we keep (ours are empty or a
+/// line of JSON).
+const MAX_BODY: usize = 1 << 20;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// An `http://host:port/path?query` URL.
@@ -96,6 +98,20 @@ pub struct Head {
     pub framing: Framing,
     /// The server will close the connection after this response.
     pub close: bool,
+    /// Every header field, names as sent.
+    pub fields: Vec<(String, String)>,
+}
+
+impl Head {
+    /// The value of the first field of that name (any case).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The media type of `Content-Type`, lower case, without parameters.
+    pub fn media_type(&self) -> Option<String> {
+        self.field("content-type").map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+    }
 }
 
 /// Where the head ends: the index just past its blank line.
@@ -118,11 +134,13 @@ pub fn parse_head(head: &[u8]) -> Result<Head, String> {
     let mut length = None;
     let mut chunked = false;
     let mut close = version == "HTTP/1.0";
+    let mut fields = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(format!("bad header line {line:?}"));
         };
         let value = value.trim();
+        fields.push((name.to_string(), value.to_string()));
         if name.eq_ignore_ascii_case("content-length") {
             length = Some(value.parse::<usize>().map_err(|_| format!("bad Content-Length {value:?}"))?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -145,7 +163,7 @@ pub fn parse_head(head: &[u8]) -> Result<Head, String> {
     } else {
         Framing::UntilClose
     };
-    Ok(Head { status, close: close || framing == Framing::UntilClose, framing })
+    Ok(Head { status, close: close || framing == Framing::UntilClose, framing, fields })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,12 +269,32 @@ impl Chunked {
     }
 }
 
-/// A response to a POST.
+/// A response to a request.
 #[derive(Debug)]
 pub struct Response {
-    pub status: u16,
+    pub head: Head,
     pub body: Vec<u8>,
+    /// When the last of the body was read.
+    pub at: Instant,
 }
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+}
+
+/// Watches a response's body as it arrives: called with the head once, then
+/// with each piece of the (de-chunked) body and when it was read.
+pub trait BodySink {
+    fn head(&mut self, _head: &Head) {}
+    fn data(&mut self, _bytes: &[u8], _at: Instant) {}
+}
+
+/// A sink that watches nothing: the body is only kept.
+pub struct Keep;
+
+impl BodySink for Keep {}
 
 struct Conn {
     stream: TcpStream,
@@ -265,7 +303,7 @@ struct Conn {
     used: bool,
 }
 
-/// POSTs to one server, reusing one keep-alive connection.
+/// Sends requests to one server, reusing one keep-alive connection.
 pub struct Poster {
     server: Url,
     conn: Option<Conn>,
@@ -278,16 +316,40 @@ impl Poster {
         Poster { server, conn: None, limit, connections: 0 }
     }
 
-    /// POSTs `body` as JSON to `target` and reads the whole response. A
-    /// reused connection the server closed before answering is replaced
-    /// once (keep-alive connections may be closed when idle).
+    pub fn server(&self) -> &Url {
+        &self.server
+    }
+
+    /// POSTs `body` as JSON to `target` and reads the whole response.
     pub async fn post(&mut self, target: &str, body: &[u8]) -> Result<Response, String> {
-        let mut request = format!(
-            "POST {target} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.server.authority(),
-            body.len()
-        )
-        .into_bytes();
+        self.request("POST", target, &[], body, &mut Keep).await
+    }
+
+    /// Sends a request (with `Content-Type: application/json` when it has a
+    /// body, and the `fields` given) and reads the whole response, handing
+    /// its body to `sink` as it arrives. A reused connection the server
+    /// closed before answering is replaced once (keep-alive connections may
+    /// be closed when idle).
+    pub async fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        fields: &[(&str, &str)],
+        body: &[u8],
+        sink: &mut dyn BodySink,
+    ) -> Result<Response, String> {
+        let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", self.server.authority());
+        for (name, value) in fields {
+            request.push_str(name);
+            request.push_str(": ");
+            request.push_str(value);
+            request.push_str("\r\n");
+        }
+        if !body.is_empty() || method == "POST" {
+            request.push_str("Content-Type: application/json\r\n");
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut request = request.into_bytes();
         request.reserve_exact(body.len());
         request.extend_from_slice(body);
         let limit = self.limit;
@@ -301,7 +363,7 @@ impl Poster {
                     }
                 };
                 let reused = conn.used;
-                match exchange(&mut conn, &request).await {
+                match exchange(&mut conn, &request, sink).await {
                     Ok((response, close)) => {
                         if !close {
                             conn.used = true;
@@ -313,9 +375,14 @@ impl Poster {
                     Err(Failure::BeforeResponse(e) | Failure::During(e)) => return Err(e),
                 }
             }
-            Err("POST failed twice".to_string())
+            Err(format!("{method} failed twice"))
         };
-        timeout(limit, fut).await.map_err(|_| format!("POST {target}: no response in {limit:?}"))?
+        timeout(limit, fut).await.map_err(|_| format!("{method} {target}: no response in {limit:?}"))?
+    }
+
+    /// Drops the connection (the server reads EOF).
+    pub fn disconnect(&mut self) {
+        self.conn = None;
     }
 }
 
@@ -326,17 +393,19 @@ enum Failure {
     During(String),
 }
 
-async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<(Response, bool), Failure> {
-    conn.stream.write_all(request).await.map_err(|e| Failure::BeforeResponse(format!("sending a POST: {e}")))?;
+async fn exchange(conn: &mut Conn, request: &[u8], sink: &mut dyn BodySink) -> Result<(Response, bool), Failure> {
+    conn.stream.write_all(request).await.map_err(|e| Failure::BeforeResponse(format!("sending a request: {e}")))?;
     let mut chunk = vec![0u8; READ_CHUNK];
+    let mut at = Instant::now();
     let end = loop {
         if let Some(end) = head_end(&conn.buf) {
             break end;
         }
         if conn.buf.len() > MAX_HEAD {
-            return Err(Failure::During("POST response head too large".into()));
+            return Err(Failure::During("response head too large".into()));
         }
         let n = conn.stream.read(&mut chunk).await.map_err(|e| Failure::During(format!("reading a response: {e}")))?;
+        at = Instant::now();
         if n == 0 {
             let e = "connection closed before a response".to_string();
             return Err(if conn.buf.is_empty() { Failure::BeforeResponse(e) } else { Failure::During(e) });
@@ -345,51 +414,72 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<(Response, bool), F
     };
     let head = parse_head(&conn.buf[..end - 2]).map_err(Failure::During)?;
     conn.buf.drain(..end);
+    sink.head(&head);
     let mut body = Vec::new();
     match head.framing {
-        Framing::Length(n) => {
-            while conn.buf.len() < n {
-                let k =
-                    conn.stream.read(&mut chunk).await.map_err(|e| Failure::During(format!("reading a body: {e}")))?;
-                if k == 0 {
-                    return Err(Failure::During("connection closed inside a body".into()));
-                }
-                conn.buf.extend_from_slice(&chunk[..k]);
+        Framing::Length(n) => loop {
+            let take = conn.buf.len().min(n - body.len());
+            if take > 0 {
+                sink.data(&conn.buf[..take], at);
+                body.extend(conn.buf.drain(..take));
             }
-            body.extend(conn.buf.drain(..n));
-        }
+            if body.len() == n {
+                break;
+            }
+            let (k, when) = read(&mut conn.stream, &mut chunk).await?;
+            if k == 0 {
+                return Err(Failure::During("connection closed inside a body".into()));
+            }
+            at = when;
+            conn.buf.extend_from_slice(&chunk[..k]);
+        },
         Framing::Chunked => {
             let mut decoder = Chunked::default();
             loop {
+                let before = body.len();
                 let used = decoder.feed(&conn.buf, &mut body).map_err(Failure::During)?;
                 conn.buf.drain(..used);
+                if body.len() > before {
+                    sink.data(&body[before..], at);
+                }
                 if decoder.done() {
                     break;
                 }
-                let k =
-                    conn.stream.read(&mut chunk).await.map_err(|e| Failure::During(format!("reading a body: {e}")))?;
+                let (k, when) = read(&mut conn.stream, &mut chunk).await?;
                 if k == 0 {
                     return Err(Failure::During("connection closed inside a chunked body".into()));
                 }
+                at = when;
                 conn.buf.extend_from_slice(&chunk[..k]);
             }
         }
         Framing::UntilClose => {
-            body.append(&mut conn.buf);
+            if !conn.buf.is_empty() {
+                sink.data(&conn.buf, at);
+                body.append(&mut conn.buf);
+            }
             loop {
-                let k =
-                    conn.stream.read(&mut chunk).await.map_err(|e| Failure::During(format!("reading a body: {e}")))?;
+                let (k, when) = read(&mut conn.stream, &mut chunk).await?;
                 if k == 0 {
                     break;
                 }
+                at = when;
+                sink.data(&chunk[..k], at);
                 body.extend_from_slice(&chunk[..k]);
-                if body.len() > MAX_POST_BODY {
-                    return Err(Failure::During("POST response body too large".into()));
+                if body.len() > MAX_BODY {
+                    return Err(Failure::During("response body too large".into()));
                 }
             }
         }
     }
-    Ok((Response { status: head.status, body }, head.close))
+    let close = head.close;
+    Ok((Response { head, body, at }, close))
+}
+
+/// Reads some of a body: how much, and when.
+async fn read(stream: &mut TcpStream, chunk: &mut [u8]) -> Result<(usize, Instant), Failure> {
+    let n = stream.read(chunk).await.map_err(|e| Failure::During(format!("reading a body: {e}")))?;
+    Ok((n, Instant::now()))
 }
 
 #[cfg(test)]
@@ -423,15 +513,24 @@ mod tests {
     fn heads() {
         let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n")
             .expect("ok");
-        assert_eq!(h, Head { status: 200, framing: Framing::Chunked, close: false });
+        assert_eq!((h.status, h.framing, h.close), (200, Framing::Chunked, false));
+        assert_eq!(h.field("CONTENT-TYPE"), Some("text/event-stream"));
+        assert_eq!(h.media_type().as_deref(), Some("text/event-stream"));
+        assert_eq!(h.field("mcp-session-id"), None);
         let h = parse_head(b"HTTP/1.1 202 Accepted\r\ncontent-length: 8\r\nConnection: keep-alive\r\n").expect("ok");
-        assert_eq!(h, Head { status: 202, framing: Framing::Length(8), close: false });
+        assert_eq!((h.status, h.framing, h.close), (202, Framing::Length(8), false));
+        assert_eq!(h.media_type(), None);
         let h = parse_head(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n").expect("ok");
         assert!(h.close);
         let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n").expect("ok");
-        assert_eq!(h, Head { status: 200, framing: Framing::UntilClose, close: true });
+        assert_eq!((h.status, h.framing, h.close), (200, Framing::UntilClose, true));
+        let h =
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Type: Application/JSON; charset=utf-8\r\nMcp-Session-Id: ab\r\n")
+                .expect("ok");
+        assert_eq!(h.media_type().as_deref(), Some("application/json"));
+        assert_eq!(h.field("mcp-session-id"), Some("ab"));
         let h = parse_head(b"HTTP/1.0 204 No Content\r\n").expect("ok");
-        assert_eq!(h, Head { status: 204, framing: Framing::Length(0), close: true });
+        assert_eq!((h.status, h.framing, h.close), (204, Framing::Length(0), true));
         assert!(parse_head(b"SSH-2.0-OpenSSH\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 abc\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nno colon here\r\n").is_err());

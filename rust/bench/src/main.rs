@@ -1,8 +1,8 @@
 //! mcp-load: the load client of mcp-bridge's benchmark (`make bench`). It
 //! speaks MCP to a server directly over stdio or through a gateway over
-//! HTTP+SSE with the same code above the transport, so the two can be
-//! compared, and reports its own CPU time so a reader can tell it was not
-//! the bottleneck.
+//! HTTP+SSE or Streamable HTTP (sessions, or stateless requests) with the
+//! same code above the transport, so they can be compared, and reports its
+//! own CPU time so a reader can tell it was not the bottleneck.
 //!
 //! It runs on one thread (a tokio `current_thread` runtime): on a small
 //! machine it then takes at most one core from what it measures.
@@ -14,6 +14,7 @@ mod scenario;
 mod session;
 mod sse;
 mod stats;
+mod streamable;
 mod sys;
 
 use std::io::Write;

@@ -14,7 +14,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+/// The revision of HTTP+SSE sessions (and over stdio).
 pub const PROTOCOL_VERSION: &str = "2024-11-05";
+/// The revision a Streamable HTTP session asks for in `initialize`.
+pub const SESSION_PROTOCOL_VERSION: &str = "2025-11-25";
+/// The revision of stateless requests: no `initialize`, every request
+/// carries it in `params._meta`.
+pub const STATELESS_PROTOCOL_VERSION: &str = "2026-07-28";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -39,9 +45,9 @@ pub fn notification(method: &str) -> Vec<u8> {
     serde_json::json!({"jsonrpc": "2.0", "method": method}).to_string().into_bytes()
 }
 
-pub fn initialize_params() -> String {
+pub fn initialize_params(version: &str) -> String {
     serde_json::json!({
-        "protocolVersion": PROTOCOL_VERSION,
+        "protocolVersion": version,
         "capabilities": {},
         "clientInfo": {"name": "mcp-load", "version": env!("CARGO_PKG_VERSION")},
     })
@@ -51,6 +57,39 @@ pub fn initialize_params() -> String {
 /// `tools/call` params for a tool; `arguments` is already JSON.
 pub fn tool_params(name: &str, arguments: &str) -> String {
     format!("{{\"name\":{},\"arguments\":{arguments}}}", Value::from(name))
+}
+
+/// `params` (a JSON object) with the `_meta` every 2026-07-28 request
+/// carries: the revision and the client's capabilities (none).
+pub fn stateless_params(params: &str) -> String {
+    let meta = format!(
+        "\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{STATELESS_PROTOCOL_VERSION}\",\
+         \"io.modelcontextprotocol/clientCapabilities\":{{}}}}"
+    );
+    let rest = params.trim_start().strip_prefix('{').unwrap_or("}").trim_start();
+    if rest.starts_with('}') {
+        format!("{{{meta}}}")
+    } else {
+        format!("{{{meta},{rest}")
+    }
+}
+
+/// What a 2026-07-28 request's `Mcp-Name` header carries: the `name` of
+/// `tools/call` and `prompts/get`, the `uri` of `resources/read`.
+pub fn header_name(method: &str, params: &str) -> Option<String> {
+    let field = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return None,
+    };
+    let v: Value = serde_json::from_str(params).ok()?;
+    v.get(field).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The revision an `initialize` result agreed on.
+pub fn negotiated_version(data: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(data).ok()?;
+    v.pointer("/result/protocolVersion").and_then(Value::as_str).map(str::to_string)
 }
 
 /// A response that arrived for one of our requests.
@@ -108,6 +147,11 @@ impl Router {
             self.pending.borrow_mut().insert(id, tx);
         }
         rx
+    }
+
+    /// Whether `id` is still waiting for its response.
+    pub fn is_pending(&self, id: u64) -> bool {
+        self.pending.borrow().contains_key(&id)
     }
 
     /// Stops waiting for `id` (after a timeout).
@@ -195,9 +239,26 @@ mod tests {
         assert_eq!(v["params"]["arguments"]["text"], "a\"b");
         let v: Value = serde_json::from_slice(&notification("notifications/initialized")).expect("json");
         assert!(v.get("id").is_none());
-        let v: Value = serde_json::from_str(&initialize_params()).expect("json");
+        let v: Value = serde_json::from_str(&initialize_params(PROTOCOL_VERSION)).expect("json");
         assert_eq!(v["protocolVersion"], PROTOCOL_VERSION);
         assert!(next_id() < next_id());
+    }
+
+    #[test]
+    fn stateless_requests_carry_their_revision() {
+        for params in [tool_params("echo", r#"{"text":"x"}"#), "{}".into(), " { } ".into()] {
+            let v: Value = serde_json::from_str(&stateless_params(&params)).expect("json");
+            assert_eq!(v["_meta"]["io.modelcontextprotocol/protocolVersion"], STATELESS_PROTOCOL_VERSION);
+            assert_eq!(v["_meta"]["io.modelcontextprotocol/clientCapabilities"], serde_json::json!({}));
+        }
+        let v: Value = serde_json::from_str(&stateless_params(&tool_params("echo", "{}"))).expect("json");
+        assert_eq!(v["name"], "echo");
+        assert_eq!(header_name("tools/call", &tool_params("echo", "{}")).as_deref(), Some("echo"));
+        assert_eq!(header_name("resources/read", r#"{"uri":"file:///a"}"#).as_deref(), Some("file:///a"));
+        assert_eq!(header_name("tools/list", "{}"), None);
+        let init = br#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{}}}"#;
+        assert_eq!(negotiated_version(init).as_deref(), Some("2025-06-18"));
+        assert_eq!(negotiated_version(b"{}"), None);
     }
 
     #[test]

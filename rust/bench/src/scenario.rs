@@ -20,16 +20,9 @@ use crate::session::{Session, Target};
 use crate::stats::{Errors, Samples};
 use crate::sys::{self, PidFd};
 
-fn target_name(t: &Target) -> &'static str {
-    match t {
-        Target::Stdio(_) => "stdio",
-        Target::Sse(_) => "sse",
-    }
-}
-
 /// Fills in what every scenario reports.
 fn finish(o: &Options, mut out: Value, errors: &Errors, cpu_s: f64, measured_s: f64) -> Value {
-    out["target"] = json!(target_name(&o.target));
+    out["target"] = json!(o.target.name());
     out["label"] = json!(o.label);
     out["errors"] = json!(errors.count());
     out["error_samples"] = json!(errors.samples());
@@ -78,22 +71,34 @@ async fn close_all(sessions: Vec<Session>, errors: &Errors) {
     }
 }
 
+/// Tells whoever runs this which part of a run begins (a line of JSON on
+/// stdout), so that it can measure the gateway over the same window.
+fn phase(name: &str) {
+    // Nobody listening is no reason to stop.
+    let _ = writeln!(std::io::stdout().lock(), "{}", json!({ "phase": name }));
+}
+
 /// `tools/call` of `echo` in a closed loop per session: each session sends
 /// its next request when the previous response arrived. Only responses that
-/// arrive within the measured window (after the warm-up) count.
+/// arrive within the measured window (after the warm-up) count. Prints the
+/// phases `warmup` (the sessions are open), `window` and `end`.
 pub async fn echo(o: &Options) -> Value {
     let errors = Rc::new(Errors::default());
     let sessions = open_many(o, o.sessions, o.sessions, true, &errors).await;
     let text = "x".repeat(o.size);
     let params: Rc<str> = rpc::tool_params("echo", &json!({ "text": text }).to_string()).into();
 
+    phase("warmup");
     let window_start = Instant::now() + o.warmup;
     let end = window_start + o.duration;
     let cpu = spawn_local(async move {
         sleep_until(window_start.into()).await;
+        phase("window");
         let before = sys::cpu_seconds();
         sleep_until(end.into()).await;
-        sys::cpu_seconds() - before
+        let used = sys::cpu_seconds() - before;
+        phase("end");
+        used
     });
     let loops: Vec<_> = sessions
         .into_iter()
@@ -204,7 +209,7 @@ async fn teardown_once(o: &Options, pid_dir: &Path) -> Result<(f64, f64), String
         // Over pipes the client itself stops the server: SIGTERM, then EOF.
         sys::sigterm(pid).map_err(|e| format!("kill({pid}, SIGTERM): {e}"))?;
     }
-    s.disconnect()?;
+    s.disconnect().await?;
     timeout(o.timeout, pidfd.exited())
         .await
         .map_err(|_| format!("backend {pid} still running {:?} after the disconnect", o.timeout))?
@@ -221,8 +226,9 @@ async fn teardown_once(o: &Options, pid_dir: &Path) -> Result<(f64, f64), String
     Ok(((term_ns - real0) as f64 / 1000.0, gone.as_secs_f64() * 1e6))
 }
 
-/// Sequential disconnects: until SIGTERM reaches the backend (the fixture
-/// records when its handler ran in `<pid>.term`) and until it is gone.
+/// Sequential disconnects (over Streamable HTTP, `DELETE`s): until SIGTERM
+/// reaches the backend (the fixture records when its handler ran in
+/// `<pid>.term`) and until it is gone.
 pub async fn teardown(o: &Options) -> Value {
     let errors = Errors::default();
     let (mut sigterm, mut gone) = (Samples::default(), Samples::default());
@@ -257,7 +263,10 @@ pub async fn teardown(o: &Options) -> Value {
 pub async fn idle(o: &Options) -> Value {
     let errors = Errors::default();
     let t0 = Instant::now();
-    let sessions = open_many(o, o.sessions, o.concurrency, false, &errors).await;
+    // A Streamable HTTP session exists once initialized; an SSE one once
+    // its stream is open.
+    let handshake = matches!(o.target, Target::Streamable(_));
+    let sessions = open_many(o, o.sessions, o.concurrency, handshake, &errors).await;
     let open_s = t0.elapsed().as_secs_f64();
     let ready = json!({"phase": "ready", "sessions": sessions.len(), "open_s": open_s, "label": o.label});
     if let Err(e) = writeln!(std::io::stdout().lock(), "{ready}") {

@@ -1,6 +1,8 @@
-//! One MCP client session, over a backend's pipes (the baseline) or over
-//! HTTP+SSE through a gateway. Either way a reader task hands each incoming
-//! message to the session's [`Router`], which wakes the request it answers.
+//! One MCP client session, over a backend's pipes (the baseline), or through
+//! a gateway over HTTP+SSE or Streamable HTTP (a session, or stateless
+//! requests). Either way each incoming message goes to the session's
+//! [`Router`], which wakes the request it answers: from a reader task over
+//! pipes and SSE, from the request's own POST over Streamable HTTP.
 
 use std::process::Stdio;
 use std::rc::Rc;
@@ -15,6 +17,7 @@ use tokio::time::timeout;
 use crate::http::{self, Chunked, Framing, Poster, Url};
 use crate::rpc::{self, Arrival, Router};
 use crate::sse::{self, Item};
+use crate::streamable::{self, Mode};
 use crate::sys;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -26,32 +29,58 @@ pub enum Target {
     Stdio(Vec<String>),
     /// The SSE endpoint of a gateway.
     Sse(Url),
+    /// The Streamable HTTP endpoint of a gateway, with sessions.
+    Streamable(Url),
+    /// The Streamable HTTP endpoint of a gateway, stateless requests.
+    Stateless(Url),
+}
+
+impl Target {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Stdio(_) => "stdio",
+            Target::Sse(_) => "sse",
+            Target::Streamable(_) => "streamable",
+            Target::Stateless(_) => "stateless",
+        }
+    }
 }
 
 enum Link {
     Stdio { child: Child, stdin: Option<ChildStdin> },
     Sse { stream: Rc<TcpStream>, poster: Poster, endpoint: String },
+    Streamable(streamable::Link),
 }
 
 pub struct Session {
     link: Link,
     router: Rc<Router>,
-    reader: JoinHandle<()>,
+    /// Reads the backend's stdout or the SSE stream (none over Streamable
+    /// HTTP).
+    reader: Option<JoinHandle<()>>,
     limit: Duration,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
     }
 }
 
 impl Session {
     /// Starts a session. Returns it and, over SSE, when the `endpoint` event
-    /// arrived. `limit` bounds every later wait too.
+    /// arrived. `limit` bounds every later wait too. Over Streamable HTTP
+    /// this sends nothing: `initialize` starts the session.
     pub async fn open(target: &Target, limit: Duration) -> Result<(Session, Option<Instant>), String> {
         match target {
             Target::Stdio(argv) => Ok((Session::spawn(argv, limit)?, None)),
+            Target::Streamable(url) | Target::Stateless(url) => {
+                let mode = if matches!(target, Target::Streamable(_)) { Mode::Session } else { Mode::Stateless };
+                let link = Link::Streamable(streamable::Link::new(url, mode, limit));
+                Ok((Session { link, router: Rc::new(Router::default()), reader: None, limit }, None))
+            }
             Target::Sse(url) => {
                 let (session, at) = timeout(limit, Session::connect(url, limit))
                     .await
@@ -75,7 +104,7 @@ impl Session {
         let stdout = child.stdout.take().ok_or("the child has no stdout pipe")?;
         let router = Rc::new(Router::default());
         let reader = spawn_local(read_lines(stdout, Rc::clone(&router)));
-        Ok(Session { link: Link::Stdio { child, stdin: Some(stdin) }, router, reader, limit })
+        Ok(Session { link: Link::Stdio { child, stdin: Some(stdin) }, router, reader: Some(reader), limit })
     }
 
     async fn connect(url: &Url, limit: Duration) -> Result<(Session, Instant), String> {
@@ -105,15 +134,23 @@ impl Session {
         let reader = spawn_local(read_events(events, Rc::clone(&router)));
         let link =
             Link::Sse { stream, poster: Poster::new(post_url.clone(), limit), endpoint: post_url.target.clone() };
-        Ok((Session { link, router, reader, limit }, at))
+        Ok((Session { link, router, reader: Some(reader), limit }, at))
     }
 
     pub fn router(&self) -> &Router {
         &self.router
     }
 
-    /// Sends one message: a line on stdin, or a POST that must get `202`.
+    /// Sends one message that is not a request: a line on stdin, or a POST
+    /// that must get `202`.
     pub async fn send(&mut self, message: &[u8]) -> Result<(), String> {
+        self.send_message(message, None).await
+    }
+
+    /// Sends one message (`request`: its method and params if it is one).
+    /// Over Streamable HTTP this returns once the POST's answer is read,
+    /// and so with the response routed.
+    async fn send_message(&mut self, message: &[u8], request: Option<(&str, &str)>) -> Result<(), String> {
         match &mut self.link {
             Link::Stdio { stdin, .. } => {
                 let stdin = stdin.as_mut().ok_or("stdin already closed")?;
@@ -127,11 +164,12 @@ impl Session {
             }
             Link::Sse { poster, endpoint, .. } => {
                 let response = poster.post(endpoint, message).await?;
-                if response.status != 202 {
-                    return Err(format!("POST answered {}: {}", response.status, rpc::preview(&response.body)));
+                if response.status() != 202 {
+                    return Err(format!("POST answered {}: {}", response.status(), rpc::preview(&response.body)));
                 }
                 Ok(())
             }
+            Link::Streamable(link) => link.post(message, request, &self.router).await,
         }
     }
 
@@ -140,11 +178,20 @@ impl Session {
     pub async fn call(&mut self, method: &str, params: &str) -> Result<(Instant, Arrival), String> {
         let id = rpc::next_id();
         let answer = self.router.expect(id);
-        let body = rpc::request(id, method, params);
+        let body = match &self.link {
+            Link::Streamable(l) if l.mode() == Mode::Stateless => {
+                rpc::request(id, method, &rpc::stateless_params(params))
+            }
+            _ => rpc::request(id, method, params),
+        };
         let sent = Instant::now();
-        if let Err(e) = self.send(&body).await {
+        if let Err(e) = self.send_message(&body, Some((method, params))).await {
             self.router.forget(id);
             return Err(format!("{method}: {e}"));
+        }
+        if matches!(self.link, Link::Streamable(_)) && self.router.is_pending(id) {
+            self.router.forget(id);
+            return Err(format!("{method}: the POST was answered without the response"));
         }
         match timeout(self.limit, answer).await {
             Ok(Ok(arrival)) => match &arrival.error {
@@ -160,9 +207,24 @@ impl Session {
     }
 
     /// The MCP handshake: `initialize`, then `notifications/initialized`.
-    /// Returns when the initialize response arrived.
+    /// Returns when the initialize response arrived. Over Streamable HTTP
+    /// the response must carry the session's id, and later requests carry
+    /// the revision it agreed on; stateless requests have no handshake.
     pub async fn initialize(&mut self) -> Result<Instant, String> {
-        let (_, arrival) = self.call("initialize", &rpc::initialize_params()).await?;
+        let version = match &self.link {
+            Link::Streamable(l) if l.mode() == Mode::Stateless => return Ok(Instant::now()),
+            Link::Streamable(_) => rpc::SESSION_PROTOCOL_VERSION,
+            _ => rpc::PROTOCOL_VERSION,
+        };
+        let (_, arrival) = self.call("initialize", &rpc::initialize_params(version)).await?;
+        if let Link::Streamable(link) = &mut self.link {
+            if link.session_id().is_none() {
+                return Err("initialize was answered without an Mcp-Session-Id".into());
+            }
+            if let Some(v) = rpc::negotiated_version(&arrival.data) {
+                link.set_protocol(v);
+            }
+        }
         self.send(&rpc::notification("notifications/initialized")).await?;
         Ok(arrival.at)
     }
@@ -170,13 +232,15 @@ impl Session {
     pub fn stdio_child(&self) -> Option<u32> {
         match &self.link {
             Link::Stdio { child, .. } => child.id(),
-            Link::Sse { .. } => None,
+            Link::Sse { .. } | Link::Streamable(_) => None,
         }
     }
 
-    /// Disconnects at once: over SSE, ends the stream's connection (the
-    /// gateway reads EOF); over stdio, closes the backend's stdin.
-    pub fn disconnect(&mut self) -> Result<(), String> {
+    /// Ends the session the transport's way, at once: over SSE, ends the
+    /// stream's connection (the gateway reads EOF); over Streamable HTTP,
+    /// `DELETE` (returns when it is answered); over stdio, closes the
+    /// backend's stdin.
+    pub async fn disconnect(&mut self) -> Result<(), String> {
         match &mut self.link {
             Link::Stdio { stdin, .. } => {
                 stdin.take();
@@ -187,12 +251,13 @@ impl Session {
                 Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
                 r => r.map_err(|e| format!("shutting the stream down: {e}")),
             },
+            Link::Streamable(link) => link.delete().await,
         }
     }
 
     /// Disconnects and, over stdio, waits for the backend to exit.
     pub async fn close(mut self) -> Result<(), String> {
-        let disconnected = self.disconnect();
+        let disconnected = self.disconnect().await;
         if let Link::Stdio { child, .. } = &mut self.link {
             match timeout(self.limit, child.wait()).await {
                 Ok(Ok(_)) => {}
