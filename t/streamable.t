@@ -311,10 +311,23 @@ location = /t {
         for _ in pairs(t.records("$TEST_NGINX_PID_DIR")) do n = n + 1 end
         ngx.say("backends started: ", n, ", slots ", t.slots("one"))
         ngx.say("the first still serves: ", (first:tool("echo", { text = "yes" })))
+        -- A grandchild that ignores SIGTERM keeps the first session's
+        -- processes until SIGKILL (kill_grace_ms) after its DELETE.
+        first:tool("spawn_grandchild", { ignore_sigterm = true })
         ngx.say("DELETE first: ", first:delete().status)
-        ngx.say("slot freed: ", (t.wait_slots("one", 0)))
-        ngx.say("a new session: ", (select(1, second:initialize())).status)
+        -- Free once the DELETE is answered, not only once its processes
+        -- are gone and the host says so.
+        ngx.say("slots right after: ", t.slots("one"))
+        local function status_of(reply, err)
+            return reply and reply.status or err
+        end
+        ngx.say("a new session: ", status_of(second:initialize()))
         ngx.say("DELETE it: ", second:delete().status)
+        -- Then the host's word on the ended sessions changes nothing.
+        ngx.sleep(0.8)
+        local fresh = t.client("/one")
+        ngx.say("and another: ", status_of(fresh:initialize()), ", slots ", t.slots("one"))
+        ngx.say("DELETE it: ", fresh:delete().status)
         t.say_cleanup("$TEST_NGINX_PID_DIR", "one")
     }
 }
@@ -323,8 +336,10 @@ refusal: 429 -32000 too many sessions: at most 1 per worker at a time (max_sessi
 backends started: 1, slots 1
 the first still serves: yes
 DELETE first: 200
-slot freed: true
+slots right after: 0
 a new session: 200
+DELETE it: 200
+and another: 200, slots 1
 DELETE it: 200
 processes left: none
 idle: true

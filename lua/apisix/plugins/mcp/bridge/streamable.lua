@@ -58,13 +58,21 @@ local kept = {}
 local ended_early, ended_early_count = {}, 0
 local ENDED_EARLY_MAX = 1000
 
-local function release(id)
+-- Frees the slot kept for session `id`, and forgets the session unless
+-- `deleted` (then its host's "ended" event, which comes once its processes
+-- are gone, does that). Returns whether the session was kept here.
+local function release(id, deleted)
     local k = kept[id]
     if not k then
         return false
     end
-    kept[id] = nil
-    session_limit.release(k.slot)
+    if not k.freed then
+        k.freed = true
+        session_limit.release(k.slot)
+    end
+    if not deleted then
+        kept[id] = nil
+    end
     return true
 end
 
@@ -168,6 +176,12 @@ local function relay_reply(route, sock, head)
     if body == "none" then
         local kind = wire.receive(sock)
         hosts.done(sock, kind == wire.EXIT)
+        if status == 200 and req.get_method() == "DELETE" then
+            -- The session is gone from its host: a slot this worker keeps
+            -- for it is free now, not only once its processes are (the
+            -- host's event says so to the other workers).
+            release(ngx.var.http_mcp_session_id, true)
+        end
         return respond.empty(status, headers)
     end
     if body == "json" then
