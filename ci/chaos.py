@@ -1,18 +1,29 @@
 #!/usr/bin/env python3
-"""Chaos run: thousands of sessions against `mcp-bridge serve`, aborted at
-random stages, with misbehaving backends, worker and host kills, reloads and
-floods; then counts what the gateway left behind.
+"""Chaos run: thousands of sessions and requests against `mcp-bridge serve`,
+on both transports, aborted at random stages, with misbehaving backends,
+worker and host kills, reloads and floods; then counts what the gateway left
+behind.
 
 Starts the standalone gateway with 2 workers bridging the fixture server (all
-its test tools) and drives a few dozen sessions at a time, each running a
-scenario picked at random, while a chaos thread kills workers and hosts,
-reloads nginx and opens bursts of sessions over the limits. Then it stops
-driving, closes every client connection, waits for the sessions to end,
-checks that the gateway still serves, and measures the leaks while it runs:
-live backend processes, zombies, slots held, session ids still accepted,
-shared-dict keys left. Last it stops the gateway and checks that nothing it
-started is left. Prints one table; exits 1 if any leak figure is not 0 or the
-gateway stopped serving.
+its test tools), with short Streamable HTTP session TTLs and a small pool for
+stateless requests, and drives a few dozen clients at a time, each running a
+scenario picked at random: HTTP+SSE sessions, Streamable HTTP sessions
+(2025-11-25: initialize, requests answered as JSON or as event streams, the
+GET stream, DELETE, TTL expiry) and stateless requests (2026-07-28, on the
+pool), each aborted at some stage or misbehaving in some way; meanwhile a
+chaos thread kills workers and hosts, reloads nginx and opens bursts of
+sessions and requests over the limits. Every answer's status is checked
+against what the endpoint documents.
+
+Then it stops driving, closes every client connection, checks that every
+backend still running belongs to a live session or pooled backend, waits
+for the sessions and pools to end by their TTLs, checks that aborted
+stateless calls are cancelled (their backends read notifications/cancelled)
+and that the gateway still serves each transport, and measures the leaks
+while it runs: live backend processes, zombies, slots held, pooled backends,
+session ids still accepted, shared-dict keys left. Last it stops the gateway
+and checks that nothing it started is left. Prints one table; exits 1 if any
+leak or check figure is not 0 or the gateway stopped serving.
 
 Every choice comes from a seeded RNG (session #i has a stream of its own), so
 CHAOS_SEED=<seed> replays a run's choices; the interleaving still depends on
@@ -45,9 +56,10 @@ BIN = os.path.join(ROOT, "target", "release")
 
 WORKERS = 2
 # Per worker and per node: low enough that the clients and the bursts meet
-# them now and then (429 is not an error).
-MAX_SESSIONS = 12
-MAX_SESSIONS_PER_NODE = 20
+# them now and then (429 is not an error), with room for the Streamable
+# sessions left to expire, which hold theirs for SESSION_IDLE_MS.
+MAX_SESSIONS = 16
+MAX_SESSIONS_PER_NODE = 28
 KILL_GRACE_MS = 300
 SLOW_CLIENT_MS = 1000
 # Small, so that a backend that stops reading fills its inbox (twice this,
@@ -56,21 +68,55 @@ MAX_MESSAGE = 65536
 KEEPALIVE_MS = 2000
 BASE_URI = "/mcp"
 STATUS_URI = "/-/status"
+METRICS_URI = "/-/metrics"
+# Streamable HTTP sessions end after this long without a request, or this
+# long after they started: short, so that sessions left behind expire
+# during the run and both paths run often.
+SESSION_IDLE_MS = 3000
+SESSION_LIFETIME_MS = 6000
+# The pool of stateless requests: small, so that bursts saturate it (503
+# with Retry-After), backends are recycled under load (after a few
+# requests, or once idle and old), and pools shrink between bursts.
+POOL_MAX_PER_KEY = 4
+POOL_MAX_PER_WORKER = 3
+POOL_WAIT_MS = 300
+POOL_MAX_REQUESTS = 5
+POOL_IDLE_MS = 1500
+POOL_MAX_AGE_MS = 4000
+LEGACY_VERSION = "2025-11-25"
+MODERN_VERSION = "2026-07-28"
+VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
 
 SHORT_SECONDS = 30
 # The longest any single wait on the gateway may take.
 IO_TIMEOUT = 10
-# After the chaos: for the sessions to end, and for the gateway to stop.
-SETTLE_LIMIT = 10
+# The longest a request to the Streamable HTTP endpoint may wait for its
+# response (the longest tool call of the chaos sleeps 4 s): keepalives do
+# not count as an answer.
+ANSWER_LIMIT = 10
+# After the chaos: for the sessions to end (Streamable ones by their idle
+# timeout or lifetime, pooled backends by theirs), and for the gateway to
+# stop.
+SETTLE_LIMIT = 15
 STOP_LIMIT = 20
 # Sessions opened at once by a burst (over both ceilings).
 BURST = 40
-# Normal sessions after the chaos, which must all succeed.
-FINAL_SESSIONS = 16
+# Normal sessions after the chaos, which must all succeed: HTTP+SSE,
+# Streamable HTTP, stateless.
+FINAL_SESSIONS = 8
+FINAL_STREAMABLE = 6
+FINAL_STATELESS = 6
+# Stateless calls aborted after the chaos, whose backends must each read
+# the notifications/cancelled the abort sends them.
+CANCEL_PROBES = 3
 # Ended session ids checked for 404 at the end (all of them if fewer).
 ID_CHECKS = 1500
 
-# Scenario name -> weight.
+# Scenario name -> weight: HTTP+SSE sessions, Streamable HTTP sessions,
+# stateless requests.
 SCENARIOS = {
     "normal": 28,
     "abort during spawn": 10,
@@ -82,9 +128,23 @@ SCENARIOS = {
     "over-long line": 3,
     "stop reading": 3,
     "bad input": 6,
+    "streamable normal": 16,
+    "streamable abort": 14,
+    "streamable streams": 8,
+    "streamable delete race": 7,
+    "streamable crash": 7,
+    "streamable grandchild": 6,
+    "streamable expiry": 3,
+    "streamable bad input": 4,
+    "stateless requests": 12,
+    "stateless abort": 6,
+    "stateless burst": 3,
+    "stateless listen": 3,
+    "stateless crash": 4,
+    "stateless bad input": 3,
 }
 
-CHAOS_EVENTS = ("worker kill", "reload", "host kill", "burst")
+CHAOS_EVENTS = ("worker kill", "reload", "host kill", "burst", "streamable burst", "stateless burst")
 
 LOG_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(emerg|alert|crit|error)\] \d+#\d+: (?:\*\d+ )?(.*)$")
 # Error-log lines the chaos itself causes (messages after normalize_log),
@@ -99,12 +159,12 @@ EXPECTED_LOG = [
     # A GET that reached a worker as it began to shut down, or a host that
     # was just killed (with its worker, or alone): 503.
     (re.compile(r"^\[lua\] sse\.lua:N: \w+\(\): mcp-bridge: worker is exiting \["), "reloads"),
-    (re.compile(r"^\[lua\] sse\.lua:N: \w+\(\): mcp-bridge: host at \S+: (closed|connection reset by peer) \["),
-     "kills"),
+    (re.compile(r"^\[lua\] (sse|streamable)\.lua:N: \w+\(\): mcp-bridge: host at \S+: "
+                r"(closed|connection reset by peer) \["), "kills"),
     # A POST for a session of a host that was killed (its socket is left
     # behind), or that died while the POST was delivered: 404.
-    (re.compile(r"^connect\(\) to unix:\S+ failed \(N: Connection refused\) \[POST"), "kills"),
-    (re.compile(r"^send\(\) failed \(N: Broken pipe\) \[POST"), "kills"),
+    (re.compile(r"^connect\(\) to unix:\S+ failed \(N: Connection refused\) \[(POST|GET|DELETE)"), "kills"),
+    (re.compile(r"^send\(\) failed \(N: Broken pipe\) \[(POST|GET|DELETE)"), "kills"),
 ]
 # Error-log lines that are a bug whatever caused them.
 BUG_LOG = re.compile(r"runtime error|lua entry thread aborted|attempt to (index|call|compare|perform|concatenate)"
@@ -119,12 +179,20 @@ def free_port():
 
 class Ended(Exception):
     """A session ended before the scenario was done with it. `clean`: the
-    gateway ended the stream (its last chunk came), rather than it being cut."""
+    gateway ended the stream (its last chunk came), rather than it being cut.
+    `status`: the HTTP status that ended it, if one did; `reported`: a
+    finding says why already."""
 
-    def __init__(self, how, clean=False):
+    def __init__(self, how, clean=False, status=None, reported=False):
         super().__init__(how)
         self.how = how
         self.clean = clean
+        self.status = status
+        self.reported = reported
+
+
+class Unanswered(Exception):
+    """A request's response did not come within its deadline."""
 
 
 class Stats:
@@ -137,6 +205,7 @@ class Stats:
         self.findings = collections.Counter()
         self.first_session = {}
         self.session_ids = []
+        self.streamable_ids = []
 
     def add(self, key, n=1):
         with self._lock:
@@ -154,17 +223,30 @@ class Stats:
             self.findings[what] += 1
             self.first_session.setdefault(what, session)
 
+    def unexpected(self, what, session=None):
+        """A status the gateway should not have answered with: a finding
+        that fails the run."""
+        self.add("unexpected statuses")
+        self.finding(what, session)
+
     def session_id(self, sid):
         with self._lock:
             self.session_ids.append(sid)
 
+    def streamable_id(self, sid):
+        with self._lock:
+            self.streamable_ids.append(sid)
 
-class Stream:
-    """One SSE stream over a raw socket: the GET, its head, then its events
-    (chunked decoding). Registered with the run so that it can be cut at the
-    end."""
 
-    def __init__(self, run, rcvbuf=None):
+class Exchange:
+    """One HTTP/1.1 request on a raw socket of its own, then its answer: the
+    head, then the body, whole (Content-Length, chunked, or up to the close)
+    or event by event. The one HTTP client of the chaos run: HTTP+SSE
+    streams, Streamable HTTP requests and stateless ones all use it.
+    Registered with the run so that it can be cut at the end. `cut`: send
+    only that many bytes of the body (a client that leaves mid-body)."""
+
+    def __init__(self, run, method, path, headers=None, body=b"", rcvbuf=None, cut=None):
         self.run = run
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
@@ -172,21 +254,44 @@ class Stream:
         self.sock.settimeout(IO_TIMEOUT)
         self.raw = b""
         self.body = b""
+        # How the body is delimited, known once the head is read: "chunked",
+        # "length" (self.left bytes still to come) or "close".
+        self.framing = None
+        self.left = 0
+        # When set (monotonic), reading past it raises Unanswered.
+        self.deadline = None
+        self.status = None
+        self.headers = {}
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{run.port}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if body or method == "POST":
+            lines.append(f"Content-Length: {len(body)}")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body if cut is None else body[:cut])
         run.track(self)
         try:
             self.sock.connect(("127.0.0.1", run.port))
-            self.sock.sendall(f"GET {BASE_URI}/sse HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\n"
-                              "Accept: text/event-stream\r\n\r\n".encode())
+            self.sock.sendall(data)
         except OSError:
             self.close()
             raise
 
-    def _recv(self):
+    def _recv(self, eof_ends=False):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise Unanswered()
+            self.sock.settimeout(min(left, IO_TIMEOUT))
         try:
             data = self.sock.recv(65536)
         except ConnectionError as e:
             raise Ended(f"stream cut ({type(e).__name__})") from None
+        except TimeoutError:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise Unanswered() from None
+            raise
         if not data:
+            if eof_ends:
+                raise Ended("stream ended by the gateway", clean=True)
             raise Ended("stream cut (EOF without the last chunk)")
         self.raw += data
 
@@ -204,20 +309,65 @@ class Stream:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self.framing = "chunked"
+        elif "content-length" in headers:
+            self.framing, self.left = "length", int(headers["content-length"])
+        else:
+            self.framing = "close"
+        self.status, self.headers = status, headers
         return status, headers
+
+    def is_event_stream(self):
+        return self.headers.get("content-type", "").startswith("text/event-stream")
+
+    def _piece(self):
+        """The next piece of the body; Ended (clean) at its end. Consumes
+        nothing until a whole piece is there, so that a read timeout leaves
+        the exchange as it was."""
+        if self.framing == "chunked":
+            while True:
+                line_end = self.raw.find(b"\r\n")
+                if line_end >= 0:
+                    size = int(self.raw[:line_end].split(b";")[0], 16)
+                    if size == 0:
+                        raise Ended("stream ended by the gateway", clean=True)
+                    end = line_end + 2 + size
+                    if len(self.raw) >= end + 2:
+                        piece, self.raw = self.raw[line_end + 2:end], self.raw[end + 2:]
+                        return piece
+                self._recv()
+        if self.framing == "length":
+            if self.left == 0:
+                raise Ended("stream ended by the gateway", clean=True)
+            if not self.raw:
+                self._recv()
+            piece, self.raw = self.raw[:self.left], self.raw[self.left:]
+            self.left -= len(piece)
+            return piece
+        if not self.raw:
+            self._recv(eof_ends=True)
+        piece, self.raw = self.raw, b""
+        return piece
+
+    def read_body(self):
+        """The rest of the body, whole."""
+        body = self.body
+        self.body = b""
+        try:
+            while True:
+                body += self._piece()
+        except Ended as e:
+            if not e.clean:
+                raise
+        return body
 
     def event(self):
         """The next event's fields (comments skipped). Raises Ended at the end
         of the stream."""
         while True:
             while b"\n\n" not in self.body:
-                size = int(self._until(b"\r\n").split(b";")[0], 16)
-                if size == 0:
-                    raise Ended("stream ended by the gateway", clean=True)
-                while len(self.raw) < size + 2:
-                    self._recv()
-                self.body += self.raw[:size]
-                self.raw = self.raw[size + 2:]
+                self.body += self._piece()
             block, self.body = self.body.split(b"\n\n", 1)
             fields = {}
             for line in block.decode("utf-8", "replace").split("\n"):
@@ -232,14 +382,30 @@ class Stream:
         """The next JSON-RPC message on the stream."""
         while True:
             ev = self.event()
-            if ev.get("event") == "message":
-                return json.loads(ev["data"])
+            if ev.get("event", "message") == "message" and "data" in ev:
+                try:
+                    return json.loads(ev["data"])
+                except ValueError:
+                    raise ValueError(f"an event whose data is not JSON: {ev!r:.300}") from None
 
     def response(self, want):
         while True:
             msg = self.message()
             if isinstance(msg, dict) and msg.get("id") == want:
                 return msg
+
+    def message_until(self, deadline):
+        """The next JSON-RPC message, or None once `deadline` (monotonic)
+        has passed."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(min(left, 0.25))
+            try:
+                return self.message()
+            except TimeoutError:
+                continue
 
     def error_text(self):
         """The `error` of a refusal's JSON body, best effort."""
@@ -250,7 +416,7 @@ class Stream:
                 self._recv()
         except (Ended, OSError):
             pass
-        m = re.search(rb'"error":"([^"]*)"', self.raw)
+        m = re.search(rb'"(?:error|message)":"([^"]*)"', self.raw)
         return m.group(1).decode("utf-8", "replace") if m else "no error text"
 
     def session_id_seen(self):
@@ -272,6 +438,13 @@ class Stream:
             self.sock.close()
         except OSError:
             pass
+
+
+class Stream(Exchange):
+    """The GET of an HTTP+SSE session's stream."""
+
+    def __init__(self, run, rcvbuf=None):
+        super().__init__(run, "GET", f"{BASE_URI}/sse", {"Accept": "text/event-stream"}, rcvbuf=rcvbuf)
 
 
 def http_post(port, path, body, keep=None):
@@ -353,7 +526,7 @@ class Session:
     def send(self, message):
         status, _ = self.post(json.dumps(message).encode())
         if status != 202:
-            raise Ended(f"POST answered {status}" if status else "POST got no answer")
+            raise Ended(f"POST answered {status}" if status else "POST got no answer", status=status)
 
     def request(self, id_, method, params):
         self.step = method
@@ -562,7 +735,7 @@ def slow_client(s):
             s.stats.add("slow clients ended")
             break
         if status != 202:
-            raise Ended(f"POST answered {status}" if status else "POST got no answer")
+            raise Ended(f"POST answered {status}" if status else "POST got no answer", status=status)
         if now > give_up:
             if not s.disrupted():
                 s.stats.finding(f"a slow client's session still took messages after {now - started:.0f} s",
@@ -607,7 +780,7 @@ def stop_reading(s):
             s.stats.add("stopped readers: 503")
             break
         if status != 202:
-            raise Ended(f"POST answered {status}" if status else "POST got no answer")
+            raise Ended(f"POST answered {status}" if status else "POST got no answer", status=status)
     else:
         s.stats.finding("no 503 after 60 messages to a backend that stopped reading", s.index)
     s.close()
@@ -668,10 +841,1035 @@ SCENARIO_FUNCS = {
 }
 
 
+# ---- Streamable HTTP: sessions and stateless requests ----
+
+class Expired(Exception):
+    """A Streamable session ended by its idle timeout or lifetime before the
+    scenario was done with it: not an error."""
+
+
+class Answer:
+    """An answer of the Streamable HTTP endpoint: status, headers, and what
+    its body held (the messages before the response, and the response)."""
+
+    def __init__(self, status, headers):
+        self.status = status
+        self.headers = headers
+        self.sse = False
+        self.messages = []
+        self.response = None
+
+    @property
+    def result(self):
+        return (self.response or {}).get("result")
+
+    @property
+    def error(self):
+        return (self.response or {}).get("error")
+
+    def notifications(self, method="notifications/message"):
+        return [m for m in self.messages if isinstance(m, dict) and m.get("method") == method]
+
+
+def is_response(msg):
+    return isinstance(msg, dict) and "method" not in msg and ("result" in msg or "error" in msg)
+
+
+class Client:
+    """A client of the Streamable HTTP endpoint for one scenario: a session
+    of LEGACY_VERSION once `initialize` has given it an id, and stateless
+    requests of MODERN_VERSION. Each HTTP request is an Exchange of its own.
+    Knows when its session may have ended by itself (a kill or reload, its
+    idle timeout, its lifetime), so that a 404 then is no surprise."""
+
+    def __init__(self, run, index, rng):
+        self.run = run
+        self.stats = run.stats
+        self.index = index
+        self.rng = rng
+        self.started = time.monotonic()
+        self.sid = None
+        self.version = None
+        # When initialize went out, and the last POST of the session: its
+        # end by lifetime or idle timeout cannot come earlier than that
+        # plus the limit.
+        self.init_sent = None
+        self.last_sent = None
+        self.exchanges = []
+        self.next_id = 1
+        self.step = "open"
+        self.tried = False
+
+    def disrupted(self):
+        return self.run.disrupted_since(self.started)
+
+    def nap(self, seconds):
+        """Sleeps, unless the run stops meanwhile (then raises Ended)."""
+        if self.run.stop.wait(seconds):
+            raise Ended("stopped")
+
+    def may_have_expired(self):
+        now = time.monotonic()
+        return ((self.last_sent is not None and now - self.last_sent >= SESSION_IDLE_MS / 1000)
+                or (self.init_sent is not None and now - self.init_sent >= SESSION_LIFETIME_MS / 1000))
+
+    def new_id(self):
+        id_ = self.next_id
+        self.next_id += 1
+        return id_
+
+    def exchange(self, method, message=None, headers=None, session=True, raw=None, cut=None, rcvbuf=None):
+        """Sends one request to the endpoint (with the session's headers
+        unless `session` is false); its answer is read with `answer`."""
+        h = {}
+        if method == "POST":
+            h["Content-Type"] = "application/json"
+            h["Accept"] = "application/json, text/event-stream"
+        elif method == "GET":
+            h["Accept"] = "text/event-stream"
+        if session and self.sid:
+            h["Mcp-Session-Id"] = self.sid
+            if self.version:
+                h["MCP-Protocol-Version"] = self.version
+            if method == "POST":
+                self.last_sent = time.monotonic()
+        h.update(headers or {})
+        body = raw if raw is not None else json.dumps(message).encode() if message is not None else b""
+        ex = Exchange(self.run, method, BASE_URI, h, body, rcvbuf=rcvbuf, cut=cut)
+        self.exchanges.append(ex)
+        return ex
+
+    def done(self, ex):
+        if ex in self.exchanges:
+            self.exchanges.remove(ex)
+        ex.close()
+
+    def answer(self, ex, what, want=None):
+        """Reads `ex`'s answer: its head, then its JSON body, or its event
+        stream up to a response (which must answer `want`) or to its end.
+        Records the status. The response must come within ANSWER_LIMIT."""
+        ex.deadline = time.monotonic() + ANSWER_LIMIT
+        try:
+            status, headers = ex.head()
+        except Unanswered:
+            self.done(ex)
+            self.hung(what, "no response head")
+        a = Answer(status, headers)
+        try:
+            if ex.is_event_stream():
+                a.sse = True
+                try:
+                    while True:
+                        msg = ex.message()
+                        if is_response(msg):
+                            a.response = msg
+                            break
+                        a.messages.append(msg)
+                except Ended as e:
+                    if not e.clean:
+                        raise
+            else:
+                body = ex.read_body()
+                if body.strip():
+                    try:
+                        msg = json.loads(body)
+                    except ValueError:
+                        raise ValueError(f"{status} {headers.get('content-type')} with a body that is not JSON: "
+                                         f"{body[:300]!r}") from None
+                    if is_response(msg):
+                        a.response = msg
+        except Unanswered:
+            self.hung(what, f"{status}, {'an event stream' if a.sse else 'JSON'} without the response")
+        finally:
+            text = (a.error or {}).get("message") if status >= 500 else None
+            self.run.record_status(what, status, headers, self.index, text=text, excused=self.disrupted())
+            self.done(ex)
+        got = (a.response or {}).get("id")
+        # A refusal of the gateway's own (Lua does not read the body) has id null.
+        if a.response is not None and want is not None and got != want and (got is not None or status == 200):
+            self.stats.finding(f"{what}: a response with id {a.response.get('id')!r} to the request with id {want!r}",
+                               self.index)
+        return a
+
+    def hung(self, what, how):
+        """A request got no response within ANSWER_LIMIT: raises."""
+        if self.disrupted():
+            raise Ended(f"{what}: no answer within {ANSWER_LIMIT} s")
+        self.stats.add("requests hung")
+        self.stats.finding(f"{what}: no answer within {ANSWER_LIMIT} s ({how}; at {self.step})", self.index)
+        raise Ended(f"{what}: hung", reported=True)
+
+    def crash_error(self, a, what):
+        """The error response a request gets when its backend ends must come
+        from the backend's end, not from a TTL that ended the session later
+        (the crash went unnoticed until then)."""
+        message = (a.error or {}).get("message", "")
+        if "(backend" in message or self.disrupted():
+            return True
+        self.stats.add("requests hung")
+        self.stats.finding(f"{what}: the backend's end went unnoticed, the error says {message[:90]!r}", self.index)
+        return False
+
+    def ended_here(self, what, status):
+        """A session request answered 404 (or, after a kill, without a
+        session): explained by a kill or reload, or by a TTL; raises."""
+        if self.disrupted():
+            raise Ended(f"{what} answered {status}", status=status)
+        if status == 404 and self.may_have_expired():
+            raise Expired()
+
+    def expect(self, a, what, wanted):
+        """Checks an answer's status: another one than `wanted` is an
+        unexpected status (raises), unless the session may have ended."""
+        if a.status in wanted:
+            return
+        if self.sid:
+            self.ended_here(what, a.status)
+        elif a.status == 503 and a.headers.get("retry-after") and self.disrupted():
+            raise Ended(f"{what} answered 503", status=503)
+        self.stats.unexpected(f"{what} answered {a.status}, expected {'/'.join(map(str, wanted))}", self.index)
+        raise Ended(f"{what} answered {a.status}", status=a.status, reported=True)
+
+    def responded(self, a, what, error_ok=False):
+        """A request's answer must carry its response: a result, or an error
+        when `error_ok` or when the session may have ended meanwhile."""
+        if a.response is None:
+            if self.disrupted():
+                raise Ended(f"{what}: no response")
+            self.stats.unexpected(f"{what} answered {a.status} without a response", self.index)
+            raise Ended(f"{what}: no response", reported=True)
+        if a.error is not None and not error_ok:
+            if self.sid:
+                self.ended_here(what, a.status)
+            if self.disrupted():
+                raise Ended(f"{what}: error response")
+            self.stats.finding(f"{what}: error response {a.error.get('message', '')[:80]!r}", self.index)
+            raise Ended(f"{what}: error response", reported=True)
+
+    # -- sessions --
+
+    def initialize(self, cut=None):
+        """Starts a session; False when the gateway refused it (429, or 503
+        after a kill or reload)."""
+        self.step = "initialize"
+        self.stats.add("sessions run")
+        self.stats.add("streamable: initialize sent")
+        message = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                   "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {},
+                              "clientInfo": {"name": "chaos", "version": "1"}}}
+        self.init_sent = time.monotonic()
+        a = self.answer(self.exchange("POST", message), "POST /mcp initialize", want=0)
+        if a.status == 429:
+            self.stats.add("429s")
+            time.sleep(self.rng.uniform(0.02, 0.2))
+            return False
+        self.expect(a, "POST /mcp initialize", (200,))
+        self.responded(a, "POST /mcp initialize")
+        sid = a.headers.get("mcp-session-id")
+        if not sid:
+            self.stats.unexpected("POST /mcp initialize answered 200 without Mcp-Session-Id", self.index)
+            raise Ended("no session id", reported=True)
+        self.sid = sid
+        self.version = a.result.get("protocolVersion") if self.rng.random() < 0.9 else None
+        self.last_sent = self.init_sent
+        self.stats.streamable_id(sid)
+        self.stats.add("streamable: sessions started")
+        self.step = "initialized"
+        return True
+
+    def notify(self, method="notifications/initialized", params=None):
+        self.step = method
+        message = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        a = self.answer(self.exchange("POST", message), "POST /mcp notification")
+        self.expect(a, "POST /mcp notification", (202,))
+
+    def send(self, method, params=None, id_=None, cut=None):
+        """Sends a request of the session without reading its answer."""
+        id_ = self.new_id() if id_ is None else id_
+        message = {"jsonrpc": "2.0", "id": id_, "method": method, "params": params or {}}
+        return self.exchange("POST", message, cut=cut), id_
+
+    def request(self, method, params=None, id_=None, error_ok=False):
+        self.step = method
+        ex, id_ = self.send(method, params, id_)
+        return self.finish(ex, id_, method, error_ok)
+
+    def finish(self, ex, id_, method, error_ok=False):
+        """Reads the answer of a request sent with `send` and checks it."""
+        what = f"POST /mcp {method}"
+        a = self.answer(ex, what, want=id_)
+        self.expect(a, what, (200,))
+        self.responded(a, what, error_ok)
+        if a.sse:
+            self.stats.add("streamable: event-stream replies")
+        return a
+
+    def call(self, tool, args, id_=None, error_ok=False, meta=None):
+        params = {"name": tool, "arguments": args}
+        if meta:
+            params["_meta"] = meta
+        self.step = f"tools/call {tool}"
+        ex, id_ = self.send("tools/call", params, id_)
+        return self.finish(ex, id_, "tools/call", error_ok)
+
+    def echo(self, id_=None):
+        text = f"chaos {self.index} {self.rng.getrandbits(64):016x}"
+        a = self.call("echo", {"text": text}, id_)
+        self.check_echo(a, text)
+
+    def check_echo(self, a, text):
+        got = ((a.result or {}).get("content") or [{}])[0].get("text")
+        if got != text:
+            self.stats.finding(f"echo returned {str(got)[:60]!r} instead of the text sent", self.index)
+
+    def notifying_call(self, stateless=False):
+        """A call whose reply must be an event stream: notifications, then
+        the result."""
+        if self.rng.random() < 0.5:
+            n, tool, args = 1, "notify", {"text": f"note {self.index}"}
+        else:
+            n = self.rng.randint(2, 60)
+            tool, args = "flood", {"count": n, "size": self.rng.choice([16, 64, 1000])}
+        if stateless:
+            a = self.stateless("tools/call", {"name": tool, "arguments": args}, log_level="info")
+            if a.status != 200:
+                return a
+        else:
+            a = self.call(tool, args)
+        got = len(a.notifications())
+        if stateless and got > n:
+            # A pooled backend serves one call at a time: the others were
+            # an earlier call's (one its client gave up on).
+            self.stats.add("stateless: replies with another call's notifications")
+        if not a.sse or got != n:
+            self.stats.finding(f"a {'stateless ' if stateless else ''}reply preceded by {n} notification(s) came "
+                               f"{'as an event stream' if a.sse else 'as JSON'} with {got}", self.index)
+        else:
+            self.stats.add("stateless: event-stream replies" if stateless
+                           else "streamable: notifications before a result")
+        return a
+
+    def open_get(self):
+        """Opens the session's standalone stream; returns its Exchange."""
+        self.step = "GET"
+        ex = self.exchange("GET")
+        status, headers = ex.head()
+        self.run.record_status("GET /mcp", status, headers, self.index, excused=self.disrupted())
+        if status != 200:
+            self.done(ex)
+            self.expect(Answer(status, headers), "GET /mcp", (200,))
+        if not ex.is_event_stream():
+            self.done(ex)
+            self.stats.unexpected(f"GET /mcp answered 200 with {headers.get('content-type')}", self.index)
+            raise Ended("GET not an event stream", reported=True)
+        self.stats.add("streamable: GET streams opened")
+        return ex
+
+    def stream_ends(self, ex, what, limit=IO_TIMEOUT):
+        """Reads a stream until the gateway ends it; records a finding if it
+        is cut instead, or does not end within `limit` seconds. Returns the
+        messages it carried."""
+        messages = []
+        deadline = time.monotonic() + limit
+        try:
+            while True:
+                msg = ex.message_until(deadline)
+                if msg is None:
+                    break
+                messages.append(msg)
+            if not self.disrupted():
+                self.stats.finding(f"{what}: the stream did not end within {limit:g} s", self.index)
+        except Ended as e:
+            if e.clean:
+                self.stats.add(f"streamable: {what}, stream ended")
+            elif self.disrupted() or self.run.stopping:
+                raise
+            else:
+                self.stats.finding(f"{what}: the stream was cut instead of ended", self.index)
+        finally:
+            self.done(ex)
+        return messages
+
+    def delete(self):
+        self.step = "DELETE"
+        a = self.answer(self.exchange("DELETE"), "DELETE /mcp")
+        self.expect(a, "DELETE /mcp", (200,))
+        self.stats.add("streamable: DELETEs")
+
+    def check_gone(self, how, certain=True):
+        """A request of any kind to an ended session must get 404. `certain`:
+        the session surely ended (a kill or reload cannot make it live on),
+        so a 2xx is wrong whatever happened meanwhile."""
+        kind = self.rng.choice(["request", "notification", "GET", "DELETE"])
+        self.step = f"{kind} to a {how} session"
+        if kind == "request":
+            ex = self.send("tools/list")[0]
+        elif kind == "notification":
+            ex = self.exchange("POST", {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        else:
+            ex = self.exchange(kind)
+        status, headers = ex.head()
+        self.done(ex)
+        what = f"{'POST' if kind in ('request', 'notification') else kind} /mcp, ended session"
+        self.run.record_status(what, status, headers, self.index, excused=self.disrupted())
+        self.stats.add("streamable: ended sessions checked for 404")
+        if status == 404:
+            return
+        if self.disrupted() and not (certain and 200 <= status < 300):
+            raise Ended(f"{what} answered {status}", status=status)
+        since = f", {time.monotonic() - self.last_sent:.1f} s after its last POST" if self.last_sent else ""
+        self.stats.unexpected(f"a {kind} to a {how} session answered {status}, expected 404{since}", self.index)
+
+    # -- stateless --
+
+    def stateless_message(self, method, params=None, id_=None, log_level=None, meta=None):
+        id_ = self.new_id() if id_ is None else id_
+        envelope = {VERSION_KEY: MODERN_VERSION, CAPABILITIES_KEY: {}}
+        if log_level:
+            envelope[LOG_LEVEL_KEY] = log_level
+        if meta is not None:
+            envelope = meta
+        params = dict(params or {})
+        params["_meta"] = envelope
+        return {"jsonrpc": "2.0", "id": id_, "method": method, "params": params}, id_
+
+    def stateless_send(self, method, params=None, log_level=None, headers=None, cut=None, meta=None):
+        message, id_ = self.stateless_message(method, params, log_level=log_level, meta=meta)
+        h = {"MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": method}
+        if method == "tools/call":
+            h["Mcp-Name"] = message["params"]["name"]
+        h.update(headers or {})
+        self.stats.add("stateless: requests sent")
+        return self.exchange("POST", message, {k: v for k, v in h.items() if v is not None},
+                             session=False, cut=cut), id_
+
+    def stateless(self, method, params=None, log_level=None, error_ok=False):
+        """A stateless request; its answer. A 503 with Retry-After (the pool
+        is saturated) is counted and returned."""
+        self.step = f"stateless {method} {(params or {}).get('name', '')}".strip()
+        ex, id_ = self.stateless_send(method, params, log_level)
+        return self.stateless_finish(ex, id_, method, error_ok)
+
+    def stateless_finish(self, ex, id_, method, error_ok=False):
+        what = f"POST /mcp stateless {method}"
+        a = self.answer(ex, what, want=id_)
+        if a.status == 503 and a.headers.get("retry-after"):
+            self.stats.add("stateless: 503 on a saturated pool")
+            return a
+        self.expect(a, what, (200,))
+        self.responded(a, what, error_ok)
+        self.stats.add("stateless: answered")
+        return a
+
+    def close(self):
+        for ex in self.exchanges:
+            rst = self.rng.random() < 0.3
+            if rst and ex.sock.fileno() >= 0:
+                self.stats.add("resets")
+            ex.close(rst=rst)
+        self.exchanges = []
+
+
+def pause(c, choices=(0, 0, 0.001, 0.005, 0.02)):
+    time.sleep(c.rng.choice(choices))
+
+
+def streamable_normal(c):
+    if not c.initialize():
+        return
+    c.notify()
+    if c.rng.random() < 0.3:
+        a = c.request("tools/list")
+        if not (a.result or {}).get("tools"):
+            c.stats.finding("tools/list returned no tools", c.index)
+    c.echo()
+    if c.rng.random() < 0.5:
+        c.notifying_call()
+    if c.rng.random() < 0.2:
+        c.request("ping")
+    if c.rng.random() < 0.95:
+        c.delete()
+        if c.rng.random() < 0.7:
+            c.check_gone("deleted")
+    else:
+        c.stats.add("streamable: left to expire")
+    c.close()
+    c.stats.add("streamable: completed normally")
+
+
+REPLY_ROUTED = "streamable: notifications routed to the request's reply"
+STREAMABLE_ABORTS = ["mid-initialize", "after initialize", "mid-request", "mid-event-stream", "with a GET open",
+                     "mid-POST body"]
+
+
+def streamable_abort(c):
+    stage = c.rng.choice(STREAMABLE_ABORTS)
+    c.step = f"abort {stage}"
+    if stage == "mid-initialize":
+        c.stats.add("sessions run")
+        message = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                   "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {},
+                              "clientInfo": {"name": "chaos", "version": "1"}}}
+        body = json.dumps(message).encode()
+        cut = c.rng.choice([None, None, c.rng.randint(0, len(body) - 1)])
+        ex = c.exchange("POST", raw=body, cut=cut)
+        pause(c, (0, 0.001, 0.005, 0.02, 0.05))
+        if c.rng.random() < 0.3:
+            # Sometimes the answer has come by now: the id goes to the
+            # end-of-run check (the session must expire).
+            try:
+                ex.sock.settimeout(0.05)
+                ex.head()
+                if ex.headers.get("mcp-session-id"):
+                    c.stats.streamable_id(ex.headers["mcp-session-id"])
+            except (Ended, OSError, ValueError, IndexError):
+                pass
+        c.close()
+        c.stats.add("streamable aborts: mid-initialize")
+        return
+    if not c.initialize():
+        return
+    if c.rng.random() < 0.7:
+        c.notify()
+    if stage == "mid-request":
+        tool, args = c.rng.choice([
+            ("sleep", {"ms": c.rng.randint(50, 2500)}),
+            ("echo", {"text": "x" * c.rng.randint(1, 20000)}),
+            ("spawn_grandchild", {"setsid": c.rng.random() < 0.5}),
+        ])
+        c.step = f"tools/call {tool}, then abort"
+        ex, _ = c.send("tools/call", {"name": tool, "arguments": args})
+        pause(c, (0, 0.001, 0.01, 0.1))
+        c.done(ex)
+    elif stage == "mid-event-stream":
+        c.step = "flood, then abort"
+        ex, _ = c.send("tools/call", {"name": "flood", "arguments": {"count": c.rng.randint(50, 400), "size": 200}})
+        status, headers = ex.head()
+        c.run.record_status("POST /mcp tools/call", status, headers, c.index, excused=c.disrupted())
+        if status != 200:
+            c.done(ex)
+            c.expect(Answer(status, headers), "POST /mcp tools/call", (200,))
+        for _ in range(c.rng.randint(0, 5)):
+            ex.message()
+        c.done(ex)
+    elif stage == "with a GET open":
+        c.open_get()
+        if c.rng.random() < 0.5:
+            c.step = "sleep with a GET open, then abort"
+            c.send("tools/call", {"name": "sleep", "arguments": {"ms": c.rng.randint(10, 1000)}})
+            pause(c)
+        c.close()
+        c.stats.add(f"streamable aborts: {stage}")
+        c.stats.add("streamable: left to expire")
+        return
+    elif stage == "mid-POST body":
+        c.step = "POST cut mid-body"
+        ex, _ = c.send("tools/call", {"name": "echo", "arguments": {"text": "y" * 30000}},
+                       cut=c.rng.randint(0, 30000))
+        pause(c)
+        c.done(ex)
+    c.stats.add(f"streamable aborts: {stage}")
+    c.tried = True
+    # The session must not have noticed: it serves on, then ends one way
+    # or the other.
+    if stage != "after initialize" and c.rng.random() < 0.6:
+        c.echo()
+    if c.rng.random() < 0.8:
+        c.delete()
+    else:
+        c.stats.add("streamable: left to expire")
+    c.close()
+
+
+def streamable_streams(c):
+    """The standalone GET stream (sometimes replaced by a second), messages
+    on exactly one stream, concurrent requests with one client id."""
+    if not c.initialize():
+        return
+    c.notify()
+    get = c.open_get()
+    if c.rng.random() < 0.4:
+        second = c.open_get()
+        c.stream_ends(get, "GET replaced by a second GET", limit=5)
+        c.stats.add("streamable: GETs replaced")
+        get = second
+    if c.rng.random() < 0.6:
+        # Two requests in flight, then a notification from a third: it goes
+        # to the GET stream, or (if the third got there first) to the
+        # third's own reply; never to none.
+        c.step = "two sleeps and a notify"
+        sleeps = [c.send("tools/call", {"name": "sleep", "arguments": {"ms": 400}}) for _ in range(2)]
+        text = f"routed {c.index} {c.rng.getrandbits(32):08x}"
+        a = c.call("notify", {"text": text})
+        own = [m for m in a.notifications() if m.get("params", {}).get("data") == text]
+        if not own:
+            deadline = time.monotonic() + 5
+            while True:
+                msg = get.message_until(deadline)
+                if msg is None:
+                    if not c.disrupted():
+                        c.stats.finding("a notification reached neither its request's reply nor the GET stream",
+                                        c.index)
+                    break
+                if isinstance(msg, dict) and msg.get("params", {}).get("data") == text:
+                    c.stats.add("streamable: notifications routed to the GET stream")
+                    break
+        else:
+            c.stats.add(REPLY_ROUTED)
+        for ex, id_ in sleeps:
+            c.finish(ex, id_, "tools/call")
+    if c.rng.random() < 0.6:
+        # Several requests at once with the same client id.
+        c.step = "duplicate client ids"
+        id_ = c.rng.choice([1, "same", 0])
+        texts = [f"dup {c.index} {i} {c.rng.getrandbits(32):08x}" for i in range(c.rng.randint(2, 5))]
+        sent = [(c.send("tools/call", {"name": "echo", "arguments": {"text": t}}, id_=id_)[0], t) for t in texts]
+        for ex, text in sent:
+            c.check_echo(c.finish(ex, id_, "tools/call"), text)
+        c.stats.add("streamable: duplicate client ids answered", len(texts))
+    if c.rng.random() < 0.9:
+        # The GET stream must end with the session.
+        c.delete()
+        c.stream_ends(get, "GET open at DELETE", limit=5)
+        c.check_gone("deleted")
+    else:
+        c.stats.add("streamable: left to expire")
+    c.close()
+
+
+def streamable_delete_race(c):
+    if not c.initialize():
+        return
+    c.notify()
+    variant = c.rng.choice(["in-flight", "concurrent", "double"])
+    c.step = f"DELETE race: {variant}"
+    c.tried = True
+    deleted = True
+    if variant == "in-flight":
+        ex, id_ = c.send("tools/call", {"name": "sleep", "arguments": {"ms": c.rng.randint(1000, 4000)}})
+        time.sleep(c.rng.uniform(0.02, 0.3))
+        c.delete()
+        a = c.answer(ex, "POST /mcp tools/call (DELETE raced)", want=id_)
+        if a.status == 200 and a.error is not None:
+            c.stats.add("streamable: in-flight requests answered with an error at DELETE")
+        elif a.status == 200 and a.response is None and not c.disrupted():
+            c.stats.unexpected("an in-flight request answered 200 without a response at DELETE", c.index)
+        elif a.status not in (200, 404) and not c.disrupted():
+            c.stats.unexpected(f"an in-flight request answered {a.status} at DELETE", c.index)
+    elif variant == "concurrent":
+        ex, id_ = c.send("tools/call", {"name": "echo", "arguments": {"text": "race"}})
+        c.delete()
+        a = c.answer(ex, "POST /mcp tools/call (DELETE raced)", want=id_)
+        if a.status not in (200, 404) and not c.disrupted():
+            c.stats.unexpected(f"a request racing DELETE answered {a.status}", c.index)
+    else:
+        both = [c.exchange("DELETE") for _ in range(2)]
+        statuses = sorted(c.answer(ex, "DELETE /mcp (two at once)").status for ex in both)
+        if statuses not in ([200, 200], [200, 404]) and not c.disrupted():
+            c.stats.unexpected(f"two DELETEs at once answered {statuses}", c.index)
+        c.stats.add("streamable: DELETEs", 2)
+        deleted = 200 in statuses
+    c.stats.add("streamable: DELETE races")
+    c.check_gone("deleted", certain=deleted)
+    c.close()
+
+
+def streamable_crash(c):
+    if not c.initialize():
+        return
+    c.notify()
+    get = c.open_get() if c.rng.random() < 0.5 else None
+    pending = []
+    if c.rng.random() < 0.5:
+        pending.append(c.send("tools/call", {"name": "sleep", "arguments": {"ms": 60000}}))
+        time.sleep(0.05)
+    if c.rng.random() < 0.5:
+        tool, args = "crash", {"code": c.rng.choice([0, 1, 3])}
+    else:
+        tool, args = "kill_self", {"signal": c.rng.choice(["SIGKILL", "SIGSEGV", "SIGABRT", "SIGTERM"])}
+    c.step = f"tools/call {tool}"
+    crash = c.send("tools/call", {"name": tool, "arguments": args})
+    pending.append(crash)
+    c.stats.add("backend crashes")
+    c.tried = True
+    if c.rng.random() < 0.3:
+        pause(c)
+        c.close()
+        c.stats.add("streamable aborts: during teardown")
+        return
+    crashed = False
+    for ex, id_ in pending:
+        a = c.answer(ex, "POST /mcp tools/call (backend crashed)", want=id_)
+        if a.status == 200 and a.error is not None:
+            c.stats.add("error responses received")
+            c.crash_error(a, "a request pending when the backend crashed")
+            crashed = crashed or ex is crash[0]
+        elif a.status == 404 and ex is not crash[0]:
+            # Sent before the crash, it reached the host after the end.
+            c.stats.add("streamable: requests that arrived after a crash (404)")
+        elif c.disrupted():
+            c.stats.add("error responses missing after a kill")
+        elif a.status != 200:
+            c.stats.unexpected(f"a request pending when the backend crashed answered {a.status}", c.index)
+        else:
+            c.stats.add("error responses missing")
+            c.stats.finding("no error response for a pending request when the backend crashed", c.index)
+    if get:
+        c.stream_ends(get, "GET open at a crash", limit=5)
+    c.check_gone("crashed", certain=crashed)
+    c.close()
+
+
+def streamable_grandchild(c):
+    if not c.initialize():
+        return
+    how = {"setsid": c.rng.random() < 0.5, "double_fork": c.rng.random() < 0.4,
+           "ignore_sigterm": c.rng.random() < 0.5}
+    c.call("spawn_grandchild", how)
+    c.stats.add("grandchildren started")
+    for flag, on in how.items():
+        if on:
+            c.stats.add(f"grandchildren: {flag}")
+    end = c.rng.choice(["delete", "abandon", "crash", "crash"])
+    if end == "delete":
+        c.delete()
+    elif end == "crash":
+        # The grandchild holds the backend's stdout: its exit must be
+        # noticed all the same.
+        a = c.call("crash", {}, error_ok=True)
+        c.stats.add("backend crashes")
+        if a.error is not None and c.crash_error(a, "a crash with a grandchild left"):
+            c.stats.add("error responses received")
+            c.check_gone("crashed")
+    else:
+        c.stats.add("streamable: left to expire")
+    c.close()
+
+
+def streamable_expiry(c):
+    if not c.initialize():
+        return
+    c.notify()
+    kind = c.rng.choice(["idle", "idle with a GET open", "lifetime"])
+    c.step = f"waiting for the {kind} end"
+    c.tried = True
+    idle = SESSION_IDLE_MS / 1000
+    if kind == "idle":
+        c.nap(idle + c.rng.uniform(1.0, 1.5))
+        c.check_gone("expired (idle)")
+    elif kind == "idle with a GET open":
+        get = c.open_get()
+        began = c.last_sent
+        c.stream_ends(get, "GET open at the idle timeout", limit=idle + 4)
+        if time.monotonic() < began + idle and not c.disrupted():
+            c.stats.finding(f"a GET stream ended {time.monotonic() - began:.1f} s after the last request, "
+                            f"before the idle timeout", c.index)
+        c.check_gone("expired (idle, GET open)")
+    else:
+        # Busy all along: only the lifetime ends it.
+        life = SESSION_LIFETIME_MS / 1000
+        while True:
+            ex, id_ = c.send("ping")
+            a = c.answer(ex, "POST /mcp ping (until the lifetime)", want=id_)
+            now = time.monotonic()
+            if a.status == 404 or (a.status == 200 and a.error is not None):
+                if now < c.init_sent + life and not c.disrupted():
+                    c.stats.finding(f"a busy session ended {now - c.init_sent:.1f} s after initialize, before "
+                                    f"its lifetime ({a.status}, {(a.error or {}).get('message')})", c.index)
+                break
+            if a.status != 200 and not c.disrupted():
+                c.stats.unexpected(f"a ping in a busy session answered {a.status}", c.index)
+                break
+            if now > c.init_sent + life + 4:
+                if not c.disrupted():
+                    c.stats.finding("a busy session outlived its lifetime by 4 s", c.index)
+                break
+            c.nap(0.7)
+        c.check_gone("expired (lifetime)")
+    c.stats.add(f"streamable: ended by {kind.split(' with')[0]}, then 404")
+    c.close()
+
+
+STREAMABLE_BAD_INPUTS = {
+    "wrong Accept": 406,
+    "wrong Content-Type": 415,
+    "batch": 400,
+    "malformed JSON": 400,
+    "no session id": 400,
+    "GET without a session id": 400,
+    "GET with a wrong Accept": 406,
+    "unknown session id": 404,
+    "unknown session id on a live host": 404,
+    "unsupported MCP-Protocol-Version": 400,
+    "initialize again": 400,
+    "PUT": 405,
+    "oversized body": 413,
+}
+
+
+def streamable_bad_input(c):
+    if not c.initialize():
+        return
+    c.notify()
+    for name in c.rng.sample(sorted(STREAMABLE_BAD_INPUTS), c.rng.randint(1, 3)):
+        c.step = f"bad input: {name}"
+        request = {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}
+        method, message, raw, headers, session = "POST", request, None, {}, True
+        if name == "wrong Accept":
+            headers["Accept"] = "application/json"
+        elif name == "wrong Content-Type":
+            headers["Content-Type"] = "text/plain"
+        elif name == "batch":
+            message = [request]
+        elif name == "malformed JSON":
+            raw = b'{"jsonrpc": "2.0", "id": 9, "method": '
+        elif name == "no session id":
+            session = False
+        elif name == "GET without a session id":
+            method, message, session = "GET", None, False
+        elif name == "GET with a wrong Accept":
+            method, message, headers["Accept"] = "GET", None, "application/json"
+        elif name == "unknown session id":
+            headers["Mcp-Session-Id"] = f"{c.rng.getrandbits(192):048x}"
+        elif name == "unknown session id on a live host":
+            headers["Mcp-Session-Id"] = c.sid[:16] + f"{c.rng.getrandbits(128):032x}"
+        elif name == "unsupported MCP-Protocol-Version":
+            method, message, headers["MCP-Protocol-Version"] = "GET", None, "1999-01-01"
+        elif name == "initialize again":
+            message = {"jsonrpc": "2.0", "id": 9, "method": "initialize",
+                       "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {},
+                                  "clientInfo": {"name": "chaos", "version": "1"}}}
+        elif name == "PUT":
+            method = "PUT"
+        else:
+            message = {"jsonrpc": "2.0", "method": "notifications/chaos",
+                       "params": {"pad": "x" * MAX_MESSAGE}}
+        ex = c.exchange(method, message, headers, session=session, raw=raw)
+        status, _ = ex.head()
+        c.done(ex)
+        expected = STREAMABLE_BAD_INPUTS[name]
+        c.stats.status("POST /mcp (bad input)" if method == "POST" else f"{method} /mcp (bad input)", status)
+        c.stats.add("bad input sent")
+        if status == expected:
+            c.stats.add("bad input answered as documented")
+        elif c.disrupted() or (status == 404 and c.may_have_expired()):
+            c.stats.add("interrupted by a kill or reload")
+            c.stats.add("cut short: streamable bad input")
+            return
+        else:
+            c.stats.unexpected(f"Streamable HTTP {name} answered {status}, expected {expected}", c.index)
+    c.echo()
+    c.delete()
+    c.close()
+
+
+def stateless_requests(c):
+    for _ in range(c.rng.randint(1, 4)):
+        kind = c.rng.choice(["server/discover", "tools/list", "echo", "add", "event stream"])
+        a = None
+        if kind == "server/discover":
+            a = c.stateless("server/discover")
+            if a.status == 200 and MODERN_VERSION not in (a.result or {}).get("supportedVersions", []):
+                c.stats.finding("server/discover does not list 2026-07-28", c.index)
+        elif kind == "tools/list":
+            a = c.stateless("tools/list")
+            if a.status == 200 and not (a.result or {}).get("tools"):
+                c.stats.finding("stateless tools/list returned no tools", c.index)
+        elif kind == "echo":
+            text = f"stateless {c.index} {c.rng.getrandbits(64):016x}"
+            a = c.stateless("tools/call", {"name": "echo", "arguments": {"text": text}})
+            if a.status == 200:
+                c.check_echo(a, text)
+        elif kind == "add":
+            x, y = c.rng.randint(-1000, 1000), c.rng.randint(-1000, 1000)
+            a = c.stateless("tools/call", {"name": "add", "arguments": {"a": x, "b": y}})
+            if a.status == 200 and ((a.result or {}).get("content") or [{}])[0].get("text") != str(x + y):
+                c.stats.finding("stateless add returned a wrong sum", c.index)
+        else:
+            a = c.notifying_call(stateless=True)
+        if a is not None and a.status == 503:
+            # What Retry-After asks for, shortened: the chaos wants load.
+            time.sleep(c.rng.uniform(0.02, 0.2))
+            break
+    c.stats.add("stateless: scenarios completed")
+
+
+def stateless_abort(c):
+    variant = c.rng.choice(["mid-call", "mid-call", "mid-event-stream", "mid-body", "at once"])
+    c.step = f"stateless abort {variant}"
+    if variant == "mid-event-stream":
+        ex, _ = c.stateless_send("tools/call", {"name": "flood", "arguments": {"count": 300, "size": 200}},
+                                 log_level="info")
+        status, _ = ex.head()
+        if status == 200:
+            for _ in range(c.rng.randint(0, 5)):
+                ex.message()
+    elif variant == "mid-body":
+        message, _ = c.stateless_message("tools/call", {"name": "echo", "arguments": {"text": "z" * 20000}})
+        body = json.dumps(message).encode()
+        ex, _ = c.stateless_send("tools/call", {"name": "echo", "arguments": {"text": "z" * 20000}},
+                                 cut=c.rng.randint(0, len(body) - 1))
+        pause(c)
+    else:
+        ms = c.rng.randint(300, 3000)
+        ex, _ = c.stateless_send("tools/call", {"name": "sleep", "arguments": {"ms": ms}})
+        if variant == "mid-call":
+            time.sleep(c.rng.uniform(0, 0.2))
+    c.close()
+    c.stats.add(f"stateless aborts: {variant}")
+    if variant == "mid-event-stream" and c.rng.random() < 0.5:
+        # A client that gives up and asks again, often of the same pooled
+        # backend (the pool lends the one freed last): its reply must hold
+        # its own notifications only.
+        c.notifying_call(stateless=True)
+
+
+def stateless_burst(c, n=None):
+    n = n or c.rng.randint(POOL_MAX_PER_WORKER * WORKERS + 1, 3 * POOL_MAX_PER_WORKER * WORKERS)
+    c.step = f"burst of {n}"
+    sent = [c.stateless_send("tools/call", {"name": "sleep", "arguments": {"ms": c.rng.randint(50, 400)}})
+            for _ in range(n)]
+    for ex, id_ in sent:
+        a = c.stateless_finish(ex, id_, "tools/call")
+        if a.status == 200:
+            c.stats.add("stateless: burst calls served")
+    c.stats.add("stateless: bursts")
+
+
+def stateless_listen(c):
+    c.step = "subscriptions/listen"
+    ex, id_ = c.stateless_send("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+    status, headers = ex.head()
+    c.run.record_status("POST /mcp stateless subscriptions/listen", status, headers, c.index, excused=c.disrupted())
+    if status == 503 and headers.get("retry-after"):
+        c.stats.add("stateless: 503 on a saturated pool")
+        c.close()
+        return
+    c.expect(Answer(status, headers), "POST /mcp stateless subscriptions/listen", (200,))
+    first = ex.message()
+    if first.get("method") != "notifications/subscriptions/acknowledged" or \
+            first.get("params", {}).get("_meta", {}).get(SUBSCRIPTION_KEY) != id_:
+        c.stats.finding(f"subscriptions/listen began with {json.dumps(first)[:80]}", c.index)
+    c.stats.add("stateless: listen streams opened")
+    c.tried = True
+    hold = time.monotonic() + c.rng.uniform(0.2, 2.5)
+    if c.rng.random() < 0.5:
+        c.stateless("tools/call", {"name": "echo", "arguments": {"text": "meanwhile"}})
+    ex.sock.settimeout(0.2)
+    while ex.message_until(hold) is not None:
+        pass
+    c.close()
+    c.stats.add("stateless: listen streams abandoned")
+
+
+def stateless_crash(c):
+    kind = c.rng.choice(["crash", "kill_self", "grandchild"])
+    if kind == "grandchild":
+        how = {"setsid": c.rng.random() < 0.5, "double_fork": c.rng.random() < 0.4,
+               "ignore_sigterm": c.rng.random() < 0.5}
+        a = c.stateless("tools/call", {"name": "spawn_grandchild", "arguments": how})
+        if a.status == 200:
+            c.stats.add("grandchildren started")
+            c.stats.add("stateless: grandchildren of pooled backends")
+            for flag, on in how.items():
+                if on:
+                    c.stats.add(f"grandchildren: {flag}")
+        if a.status != 200 or c.rng.random() < 0.5:
+            return
+        # Often on the same pooled backend (the pool lends the one freed
+        # last): it crashes while its grandchild holds its stdout.
+        kind = "crash"
+    args = {"code": c.rng.choice([0, 1, 3])} if kind == "crash" else \
+        {"signal": c.rng.choice(["SIGKILL", "SIGSEGV", "SIGTERM"])}
+    a = c.stateless("tools/call", {"name": kind, "arguments": args}, error_ok=True)
+    if a.status == 200:
+        c.stats.add("backend crashes")
+        if a.error is not None:
+            c.stats.add("stateless: crashes answered with an error")
+            c.crash_error(a, "a stateless call whose backend died")
+        else:
+            c.stats.finding(f"a stateless call whose backend died got a result: {json.dumps(a.result)[:80]}",
+                            c.index)
+
+
+STATELESS_BAD_INPUTS = {
+    "Mcp-Method mismatch": 400,
+    "Mcp-Method missing": 400,
+    "Mcp-Name mismatch": 400,
+    "Mcp-Name missing": 400,
+    "MCP-Protocol-Version mismatch": 400,
+    "MCP-Protocol-Version missing": 400,
+    "unsupported version": 400,
+    "no client capabilities": 400,
+    "method not served": 404,
+}
+
+
+def stateless_bad_input(c):
+    for name in c.rng.sample(sorted(STATELESS_BAD_INPUTS), c.rng.randint(1, 3)):
+        c.step = f"stateless bad input: {name}"
+        method, params, headers, meta = "tools/call", {"name": "echo", "arguments": {"text": "bad"}}, {}, None
+        if name == "Mcp-Method mismatch":
+            headers["Mcp-Method"] = "tools/list"
+        elif name == "Mcp-Method missing":
+            headers["Mcp-Method"] = None
+        elif name == "Mcp-Name mismatch":
+            headers["Mcp-Name"] = "add"
+        elif name == "Mcp-Name missing":
+            headers["Mcp-Name"] = None
+        elif name == "MCP-Protocol-Version mismatch":
+            headers["MCP-Protocol-Version"] = LEGACY_VERSION
+        elif name == "MCP-Protocol-Version missing":
+            headers["MCP-Protocol-Version"] = None
+        elif name == "unsupported version":
+            headers["MCP-Protocol-Version"] = "2099-01-01"
+            meta = {VERSION_KEY: "2099-01-01", CAPABILITIES_KEY: {}}
+        elif name == "no client capabilities":
+            meta = {VERSION_KEY: MODERN_VERSION}
+        else:
+            method, params = "resources/subscribe", {"uri": "file:///x"}
+        ex, _ = c.stateless_send(method, params, headers=headers, meta=meta)
+        status, _ = ex.head()
+        c.done(ex)
+        c.stats.status("POST /mcp stateless (bad input)", status)
+        c.stats.add("bad input sent")
+        expected = STATELESS_BAD_INPUTS[name]
+        if status == expected:
+            c.stats.add("bad input answered as documented")
+        elif c.disrupted():
+            c.stats.add("interrupted by a kill or reload")
+            c.stats.add("cut short: stateless bad input")
+            return
+        else:
+            c.stats.unexpected(f"stateless {name} answered {status}, expected {expected}", c.index)
+    c.stateless("tools/list")
+
+
+STREAMABLE_SCENARIOS = {
+    "streamable normal": streamable_normal,
+    "streamable abort": streamable_abort,
+    "streamable streams": streamable_streams,
+    "streamable delete race": streamable_delete_race,
+    "streamable crash": streamable_crash,
+    "streamable grandchild": streamable_grandchild,
+    "streamable expiry": streamable_expiry,
+    "streamable bad input": streamable_bad_input,
+    "stateless requests": stateless_requests,
+    "stateless abort": stateless_abort,
+    "stateless burst": stateless_burst,
+    "stateless listen": stateless_listen,
+    "stateless crash": stateless_crash,
+    "stateless bad input": stateless_bad_input,
+}
+SCENARIO_FUNCS.update(STREAMABLE_SCENARIOS)
+
+
 # ---- processes ----
 
 class Proc:
-    __slots__ = ("pid", "comm", "state", "ppid", "starttime")
+    __slots__ = ("pid", "comm", "state", "ppid", "pgrp", "starttime")
 
     def __init__(self, pid, stat):
         self.pid = pid
@@ -679,6 +1877,7 @@ class Proc:
         fields = stat[stat.rindex(")") + 2:].split()
         self.state = fields[0]
         self.ppid = int(fields[1])
+        self.pgrp = int(fields[2])
         self.starttime = int(fields[19])
 
 
@@ -757,6 +1956,12 @@ class Gateway:
                "--max-sessions-per-node", str(MAX_SESSIONS_PER_NODE), "--kill-grace-ms", str(KILL_GRACE_MS),
                "--slow-client-timeout-ms", str(SLOW_CLIENT_MS), "--max-message-bytes", str(MAX_MESSAGE),
                "--keepalive-interval-ms", str(KEEPALIVE_MS), "--status-uri", STATUS_URI,
+               "--metrics-uri", METRICS_URI,
+               "--session-idle-timeout-ms", str(SESSION_IDLE_MS),
+               "--session-max-lifetime-ms", str(SESSION_LIFETIME_MS),
+               "--pool-max-per-key", str(POOL_MAX_PER_KEY), "--pool-max-per-worker", str(POOL_MAX_PER_WORKER),
+               "--pool-wait-ms", str(POOL_WAIT_MS), "--pool-max-requests", str(POOL_MAX_REQUESTS),
+               "--pool-idle-timeout-ms", str(POOL_IDLE_MS), "--pool-max-age-ms", str(POOL_MAX_AGE_MS),
                "--prefix", self.prefix, "--env", f"MCP_FIXTURE_PID_DIR={self.pid_dir}",
                "--", os.path.join(BIN, "mcp-fixture")]
         with open(self.log_path, "w") as log:
@@ -862,7 +2067,7 @@ class Gateway:
         for name, (pid, starttime) in list(self._records.items()):
             p = read_proc(pid)
             if p is None or p.starttime != starttime:
-                for path in (name, f"{pid}.term"):
+                for path in (name, f"{pid}.term", f"{pid}.cancelled"):
                     try:
                         os.unlink(os.path.join(self.pid_dir, path))
                     except OSError:
@@ -897,6 +2102,23 @@ class Gateway:
             self.exit_status = self.proc.wait()
 
 
+def ends_by_reason(port):
+    """{(transport, reason): sessions ended}, from the gateway's metrics."""
+    ends = collections.Counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT)
+    try:
+        conn.request("GET", METRICS_URI, headers={"Connection": "close"})
+        text = conn.getresponse().read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return ends
+    finally:
+        conn.close()
+    for m in re.finditer(r"^mcp_bridge_sessions_ended_total\{([^}]*)\} (\d+)", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        ends[(labels.get("transport"), labels.get("reason"))] += int(m.group(2))
+    return ends
+
+
 def status_reports(port, workers, tries=200):
     """GET the status report on fresh connections until every worker in
     `workers` has answered (reuseport spreads connections by source port).
@@ -921,13 +2143,34 @@ def status_reports(port, workers, tries=200):
 
 
 def held(doc):
-    """(slots held by the worker, sessions of its host, node slots, keys held)."""
+    """(slots held by the worker, sessions of its host, pooled backends of
+    its host, backends its host counts live, node slots, keys held)."""
     node = doc.get("node") or {}
     worker = doc["worker"]["pid"]
+    own = [h for h in doc.get("hosts") or [] if h.get("worker") == worker]
     return (sum((doc["worker"].get("slots") or {}).values()),
-            sum(h.get("sessions", 0) for h in doc.get("hosts") or [] if h.get("worker") == worker),
+            sum(h.get("sessions", 0) for h in own),
+            sum(h.get("pooled", 0) for h in own),
+            sum(len(h.get("backends") or []) for h in own),
             sum((node.get("routes") or {}).values()),
             node.get("keys_held", 0))
+
+
+def live_groups(docs):
+    """Process groups of every live session and pooled backend, as the hosts
+    report them."""
+    groups = set()
+    for doc in docs.values():
+        for h in doc.get("hosts") or []:
+            groups.update(h.get("backends") or [])
+    return groups
+
+
+def marker(pid):
+    for entry in read_bytes(f"/proc/{pid}/environ").split(b"\0"):
+        if entry.startswith(b"MCP_BRIDGE_SESSION="):
+            return entry
+    return None
 
 
 class Run:
@@ -948,6 +2191,7 @@ class Run:
         self.sampling_done = None
         self.stuck = 0
         self.chaos_seconds = 0.0
+        self.ends = collections.Counter()
 
     def track(self, stream):
         with self._lock:
@@ -968,20 +2212,31 @@ class Run:
         # (its GET was accepted, or its host chosen, before).
         return any(d >= t - 1.0 for d in self.disruptions)
 
-    def record_status(self, what, status, headers, session=None, stream=None):
+    def record_status(self, what, status, headers, session=None, stream=None, text=None, excused=False):
+        """Counts a status; a 5xx other than 503 with Retry-After is an
+        unexpected status, unless `excused` (a kill or reload may explain
+        it), which only makes it a finding."""
         self.stats.status(what, status)
         if status == 502 or (status >= 500 and not (status == 503 and headers.get("retry-after"))):
             extra = " without Retry-After" if status == 503 else ""
             if stream:
                 extra += f" ({stream.error_text()})"
-            self.stats.finding(f"{what} answered {status}{extra}", session)
+            elif text:
+                extra += f" ({text})"
+            if excused:
+                self.stats.finding(f"{what} answered {status}{extra}, after a kill or reload", session)
+            else:
+                self.stats.unexpected(f"{what} answered {status}{extra}", session)
 
-    def explain(self, s, name, how):
-        """A session ended before its scenario was done."""
+    def explain(self, s, name, how, status=None):
+        """A session ended before its scenario was done (by an answer with
+        `status`, if one ended it)."""
         if self.stopping or s.disrupted():
             self.stats.add("closed at the end" if self.stopping else "interrupted by a kill or reload")
             if s.tried:
                 self.stats.add(f"cut short: {name}")
+        elif status is not None:
+            self.stats.unexpected(f"{name}: {how} (at {s.step})", s.index)
         else:
             self.stats.finding(f"{name}: {how} (at {s.step})", s.index)
 
@@ -991,12 +2246,15 @@ class Run:
             index = next(self.counter)
             rng = random.Random(f"{self.seed}/{index}")
             name = rng.choices(names, weights)[0]
-            s = Session(self, index, rng)
+            s = (Client if name in STREAMABLE_SCENARIOS else Session)(self, index, rng)
             self.stats.add(f"scenario: {name}")
             try:
                 SCENARIO_FUNCS[name](s)
             except Ended as e:
-                self.explain(s, name, e.how)
+                if not e.reported:
+                    self.explain(s, name, e.how, e.status)
+            except Expired:
+                self.stats.add("streamable: sessions ended by a TTL mid-scenario")
             except TimeoutError:
                 self.explain(s, name, "timed out")
             except OSError as e:
@@ -1032,6 +2290,50 @@ class Run:
             self.stats.add("resets", rst)
             st.close(rst=rst)
 
+    def streamable_burst(self, rng):
+        """Sends BURST initializes at once; DELETEs some of the sessions
+        they open and leaves the others to expire."""
+        c = Client(self, 0, rng)
+        message = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                   "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {},
+                              "clientInfo": {"name": "chaos burst", "version": "1"}}}
+        sent = []
+        for _ in range(BURST):
+            self.stats.add("sessions run")
+            try:
+                sent.append(c.exchange("POST", message))
+            except OSError:
+                self.stats.add("burst: connect failed")
+        opened = []
+        for ex in sent:
+            try:
+                a = c.answer(ex, "POST /mcp initialize", want=0)
+                if a.status == 429:
+                    self.stats.add("429s")
+                elif a.status == 200 and a.headers.get("mcp-session-id"):
+                    opened.append(a.headers["mcp-session-id"])
+                    self.stats.streamable_id(a.headers["mcp-session-id"])
+                    self.stats.add("streamable burst sessions opened")
+            except (Ended, OSError, ValueError, IndexError, KeyError):
+                pass
+        for sid in opened:
+            if rng.random() < 0.5:
+                c.sid = sid
+                try:
+                    c.answer(c.exchange("DELETE"), "DELETE /mcp")
+                except (Ended, OSError, ValueError):
+                    pass
+        c.close()
+
+    def stateless_burst(self, rng):
+        c = Client(self, 0, rng)
+        try:
+            stateless_burst(c, BURST)
+        except (Ended, OSError, ValueError, Expired):
+            pass
+        finally:
+            c.close()
+
     def chaos(self, schedule, started):
         rng = random.Random(f"{self.seed}/chaos")
         for at, event in schedule:
@@ -1055,6 +2357,12 @@ class Run:
                     self.stats.add("host kills")
                 else:
                     self.stats.add("host kills skipped (no host)")
+            elif event == "streamable burst":
+                self.streamable_burst(rng)
+                self.stats.add("streamable bursts")
+            elif event == "stateless burst":
+                self.stateless_burst(rng)
+                self.stats.add("stateless bursts (chaos)")
             else:
                 self.burst(rng)
                 self.stats.add("bursts")
@@ -1097,18 +2405,74 @@ def final_session(run, index):
         s.close()
 
 
+def final_client(run, index, kind):
+    """A normal Streamable HTTP session, or a few stateless requests, after
+    the chaos; None if all went as it should, else why not. Any
+    unexpected status or finding meanwhile is a failure."""
+    c = Client(run, index, random.Random(f"{run.seed}/final-{kind}/{index}"))
+    unexpected = run.stats.count["unexpected statuses"]
+    findings = sum(run.stats.findings.values())
+    try:
+        if kind == "streamable":
+            if not c.initialize():
+                return "initialize answered 429"
+            c.notify()
+            get = c.open_get()
+            c.echo()
+            c.notifying_call()
+            c.delete()
+            c.stream_ends(get, "GET open at DELETE", limit=5)
+            c.check_gone("deleted")
+        else:
+            for method in ("server/discover", "tools/list"):
+                if c.stateless(method).status != 200:
+                    return f"{method}: 503"
+            text = f"final {index}"
+            a = c.stateless("tools/call", {"name": "echo", "arguments": {"text": text}})
+            if a.status != 200:
+                return "tools/call: 503"
+            c.check_echo(a, text)
+            if c.notifying_call(stateless=True).status != 200:
+                return "tools/call: 503"
+        if run.stats.count["unexpected statuses"] > unexpected:
+            return "an unexpected status"
+        if sum(run.stats.findings.values()) > findings:
+            return "a finding"
+        return None
+    except Ended as e:
+        return e.how
+    except Expired:
+        return "the session expired"
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    finally:
+        c.close()
+
+
 def settle(gateway, port, limit):
     """Waits until no backend runs, no worker is shutting down and every
-    worker reports nothing held. True if that happened within `limit`."""
+    worker reports nothing held. True if that happened within `limit`.
+    Once no session or backend is left anywhere, slots still held 1 s
+    later are leaked: nothing is left that could release them, so it stops
+    waiting then."""
     deadline = time.monotonic() + limit
+    stranded = None
     while True:
         procs = all_procs()
         busy = gateway.backends(procs, gateway.gateway_pids(procs)) or gateway.exiting_workers()
         if not busy:
             workers = gateway.workers()
             docs = status_reports(port, workers, tries=40)
-            if set(workers) <= docs.keys() and all(held(d) == (0, 0, 0, 0) for d in docs.values()):
-                return True
+            if set(workers) <= docs.keys():
+                figures = [held(d) for d in docs.values()]
+                if not any(any(f) for f in figures):
+                    return True
+                if not any(any(f[1:4]) for f in figures):
+                    stranded = stranded or time.monotonic()
+                    if time.monotonic() - stranded > 1:
+                        return False
+                else:
+                    stranded = None
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -1186,24 +2550,161 @@ def ids_still_accepted(port, ids):
     return accepted
 
 
+def streamable_ids_still_accepted(port, ids, rng):
+    """Sends each ended Streamable session id a request of a kind picked at
+    random (a POST of a request or of a notification, a GET, a DELETE): how
+    many got an answer other than 404 (no answer counts too)."""
+    accepted = unanswered = 0
+    conn = None
+    for n, sid in enumerate(ids):
+        method, body = rng.choice([
+            ("POST", {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}),
+            ("POST", {"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            ("GET", None),
+            ("DELETE", None),
+        ])
+        headers = {"Mcp-Session-Id": sid, "Accept": "application/json, text/event-stream"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            body = json.dumps(body).encode()
+        status = None
+        for _ in range(2):
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT)
+            try:
+                conn.request(method, BASE_URI, body=body, headers=headers)
+                r = conn.getresponse()
+                status = r.status
+                if status == 404 and not r.will_close:
+                    r.read()
+                    break
+            except (OSError, http.client.HTTPException):
+                pass
+            # Not reusable (an accepted GET's stream never ends): a new one.
+            conn.close()
+            conn = None
+            if status is not None:
+                break
+        if status != 404:
+            accepted += 1
+        unanswered += status is None
+        if unanswered >= 3:
+            accepted += len(ids) - 1 - n
+            break
+    if conn:
+        conn.close()
+    return accepted
+
+
+def has_thread(pid, name):
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(read_bytes(f"/proc/{pid}/task/{t}/comm").strip() == name.encode() for t in tasks)
+
+
+def cancel_probe(run):
+    """Starts CANCEL_PROBES stateless `sleep` calls on fresh pooled
+    backends and closes their connections once each backend runs its call
+    (the fixture's thread named "sleep"); each backend must then receive a
+    notifications/cancelled (the fixture records it in <pid>.cancelled).
+    Returns (calls checked, backends not told, problem or None)."""
+    gw = run.gateway
+    c = Client(run, 0, random.Random(f"{run.seed}/cancel"))
+    try:
+        for _ in range(CANCEL_PROBES):
+            c.stateless_send("tools/call", {"name": "sleep", "arguments": {"ms": 30000}})
+        deadline = time.monotonic() + 5
+        while True:
+            procs = all_procs()
+            busy = {pid for pid in gw.backends(procs, gw.gateway_pids(procs)) if has_thread(pid, "sleep")}
+            if len(busy) >= CANCEL_PROBES or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+    finally:
+        c.close()
+    untold = set(busy)
+    deadline = time.monotonic() + 3
+    while untold and time.monotonic() < deadline:
+        time.sleep(0.02)
+        untold = {pid for pid in untold if not os.path.exists(os.path.join(gw.pid_dir, f"{pid}.cancelled"))}
+    problem = None
+    if len(busy) < CANCEL_PROBES:
+        problem = f"cancel probe: {len(busy)} of {CANCEL_PROBES} calls reached a backend within 5 s"
+    for pid in untold:
+        run.stats.finding(f"backend {pid} got no notifications/cancelled when its stateless call was aborted", None)
+    return len(busy), len(untold), problem
+
+
+def unowned_backends(gateway):
+    """Backend processes (and their descendants) that belong to no live
+    session or pooled backend the hosts report: {pid: start time}. A
+    process belongs to one when it is in its process group or carries the
+    marker (MCP_BRIDGE_SESSION) of its leader."""
+    docs = status_reports(gateway.port, gateway.workers(), tries=40)
+    groups = live_groups(docs)
+    procs = all_procs()
+    markers = {marker(g) for g in groups if g in procs} - {None}
+    found = {}
+    for pid in gateway.backends(procs, gateway.gateway_pids(procs)):
+        p = procs.get(pid)
+        if p and p.pgrp not in groups and marker(pid) not in markers:
+            found[pid] = p.starttime
+    return found
+
+
+def describe_process(pid):
+    p = read_proc(pid)
+    if not p:
+        return f"process {pid} (gone now)"
+    mark = (marker(pid) or b"no marker").decode("utf-8", "replace")
+    parent = read_bytes(f"/proc/{p.ppid}/comm").strip().decode("utf-8", "replace")
+    return f"process {pid} ({p.comm}, state {p.state}, ppid {p.ppid} {parent}, pgrp {p.pgrp}, {mark}) {cmdline(pid)}"
+
+
+def unowned_after_run(gateway):
+    """Processes that belong to no live session or pooled backend right
+    after the run, and still not 2 s and 4 s later (a session's end takes
+    at most the grace period to clear its processes): (their pids, what
+    they were)."""
+    found = unowned_backends(gateway)
+    for _ in range(2):
+        if not found:
+            break
+        time.sleep(2)
+        again = unowned_backends(gateway)
+        found = {pid: st for pid, st in found.items() if again.get(pid) == st}
+    return set(found), [describe_process(pid) + ", belonging to no session" for pid in sorted(found)]
+
+
 def measure(gateway, run):
-    """Waits for the sessions to end, checks the gateway still serves, and
-    takes the leak figures while it runs; then stops it and looks for what
-    is left. Returns (leak rows, other problems, final session failures)."""
-    problems = []
+    """Checks that every backend left right after the run is a live
+    session's or a pooled one, waits for the sessions to end (by their
+    clients' departure, DELETE, or their TTLs), probes that aborted
+    stateless calls are cancelled, checks the gateway still serves every
+    transport, and takes the leak figures while it runs; then stops it and
+    looks for what is left. Returns (leak rows, other problems, final
+    session failures)."""
+    unowned, problems = unowned_after_run(gateway)
     settled = settle(gateway, gateway.port, SETTLE_LIMIT)
+    probed, untold, problem = cancel_probe(run)
+    if problem:
+        problems.append(problem)
     final_failures = collections.Counter()
-    for i in range(FINAL_SESSIONS):
-        why = final_session(run, i)
+    finals = [("sse", i) for i in range(FINAL_SESSIONS)] + [("streamable", i) for i in range(FINAL_STREAMABLE)] \
+        + [("stateless", i) for i in range(FINAL_STATELESS)]
+    for n, (kind, i) in enumerate(finals):
+        why = final_session(run, i) if kind == "sse" else final_client(run, i, kind)
         if why:
-            final_failures[why] += 1
+            final_failures[f"{kind}: {why}"] += 1
         if sum(final_failures.values()) >= 3:
             # Each failure may have waited IO_TIMEOUT: enough.
-            final_failures["not run"] += FINAL_SESSIONS - 1 - i
+            final_failures["not run"] += len(finals) - 1 - n
             break
     settled = settle(gateway, gateway.port, SETTLE_LIMIT) and settled
     if not settled:
-        problems.append(f"sessions did not all end within {SETTLE_LIMIT} s")
+        problems.append(f"the gateway did not settle (sessions ended, nothing held) within {SETTLE_LIMIT} s")
     run.sampling_done.set()
     run.sampler.join()
     gateway.sample(run.peaks)
@@ -1219,31 +2720,43 @@ def measure(gateway, run):
     if len(ids) > ID_CHECKS:
         ids = random.Random(f"{run.seed}/ids").sample(ids, ID_CHECKS)
     accepted = ids_still_accepted(gateway.port, ids)
+    sids = list(run.stats.streamable_ids)
+    if len(sids) > ID_CHECKS:
+        sids = random.Random(f"{run.seed}/streamable-ids").sample(sids, ID_CHECKS)
+    streamable_accepted = streamable_ids_still_accepted(gateway.port, sids,
+                                                        random.Random(f"{run.seed}/streamable-id-checks"))
+    run.ends = ends_by_reason(gateway.port)
 
     gateway.stop()
     if gateway.stop_seconds is None:
         problems.append(f"the gateway did not stop within {STOP_LIMIT} s")
     left = gateway.leftovers()
 
-    leaks = [("live backend processes", len(live)), ("zombies", len(zombies))]
+    leaks = [("backends of no session or pool, after the run", len(unowned)),
+             ("live backend processes, after the TTLs", len(live)), ("zombies", len(zombies))]
     node = (0, 0)
     for pid in workers:
         if pid in docs:
-            slots, sessions, node_slots, keys = held(docs[pid])
-            leaks += [(f"slots held, worker {pid}", slots), (f"host sessions, worker {pid}", sessions)]
+            slots, sessions, pooled, backends, node_slots, keys = held(docs[pid])
+            leaks += [(f"slots held, worker {pid}", slots), (f"host sessions, worker {pid}", sessions),
+                      (f"pooled backends, worker {pid}", pooled), (f"host backends, worker {pid}", backends)]
             node = (node_slots, keys)
     leaks += [
         ("slots held, node", node[0]),
         ("shared-dict keys left", node[1]),
         ("workers not reporting status", len(set(workers) - docs.keys())),
         ("old workers still shutting down", len(exiting)),
-        (f"session ids still accepted (of {len(ids)})", accepted),
+        (f"HTTP+SSE session ids still accepted (of {len(ids)})", accepted),
+        (f"Streamable session ids still accepted (of {len(sids)})", streamable_accepted),
+        (f"aborted stateless calls not cancelled (of {probed})", untold),
+        (f"requests hung (no response in {ANSWER_LIMIT} s, or only at a TTL)", run.stats.count["requests hung"]),
+        ("stateless replies with another call's notifications",
+         run.stats.count["stateless: replies with another call's notifications"]),
+        ("unexpected HTTP statuses", run.stats.count["unexpected statuses"]),
         ("left after the gateway stopped", len(left)),
     ]
     for pid in sorted(live | zombies | left):
-        p = read_proc(pid)
-        what = f"{p.comm}, state {p.state}, ppid {p.ppid}" if p else "gone now"
-        problems.append(f"process {pid} ({what}) {cmdline(pid)}".strip())
+        problems.append(describe_process(pid))
     return leaks, problems, final_failures
 
 
@@ -1292,18 +2805,27 @@ def print_table(run, elapsed, leaks, final_failures):
         cut = c[f"cut short: {scenario}"]
         return f"{done} of {tried}" + (f" ({cut} cut short by a kill, a reload or the end)" if cut else "")
 
+    def ends(transport):
+        found = sorted((reason, n) for (t, reason), n in run.ends.items() if t == transport)
+        return ", ".join(f"{reason} {n}" for reason, n in found) or "none"
+
+    def each(prefix, names):
+        return ", ".join(f"{name} {c[prefix + name]}" for name in names)
+
+    finals = FINAL_SESSIONS + FINAL_STREAMABLE + FINAL_STATELESS
+
     rows = [
         ("duration", f"{elapsed:.1f} s (chaos {run.chaos_seconds:.1f} s)"),
         ("seed", str(run.seed)),
         ("clients at once", str(run.clients)),
-        ("sessions run", str(c["sessions run"])),
-        ("completed normally", str(c["completed normally"])),
-        ("aborts: during spawn", str(c["aborts: during spawn"])),
-        ("aborts: before the endpoint event", str(c["aborts: before the endpoint event"])),
-        ("aborts: mid-message", str(c["aborts: mid-message"])),
-        ("aborts: mid-POST body", str(c["aborts: mid-POST body"])),
-        ("aborts: during teardown", str(c["aborts: during teardown"])),
-        ("backend crashes", str(c["backend crashes"])),
+        ("sessions run (both transports)", str(c["sessions run"])),
+        ("HTTP+SSE sessions completed normally", str(c["completed normally"])),
+        ("  aborts: during spawn", str(c["aborts: during spawn"])),
+        ("  aborts: before the endpoint event", str(c["aborts: before the endpoint event"])),
+        ("  aborts: mid-message", str(c["aborts: mid-message"])),
+        ("  aborts: mid-POST body", str(c["aborts: mid-POST body"])),
+        ("  aborts: during teardown", str(c["aborts: during teardown"])),
+        ("backend crashes (all transports)", str(c["backend crashes"])),
         ("error responses for pending requests",
          f"{c['error responses received']} received, {c['error responses missing']} missing"
          f" (+{c['error responses missing after a kill']} lost to a kill)"),
@@ -1313,25 +2835,61 @@ def print_table(run, elapsed, leaks, final_failures):
         ("slow clients ended by the gateway", of(c["slow clients ended"], c["slow clients"], "slow client")),
         ("over-long lines ending the session", of(c["over-long lines ended"], c["over-long lines"], "over-long line")),
         ("stopped readers reaching 503", of(c["stopped readers: 503"], c["stopped readers"], "stop reading")),
-        ("bad input answered as documented", of(c["bad input answered as documented"], c["bad input sent"], "bad input")),
+        ("bad input answered as documented", of(c["bad input answered as documented"], c["bad input sent"], "bad input")
+         + " (all transports)"),
+        ("Streamable HTTP sessions started", f"{c['streamable: sessions started']} of "
+         f"{c['streamable: initialize sent']} initialize sent (+{c['streamable burst sessions opened']} by bursts)"),
+        ("  completed normally", str(c["streamable: completed normally"])),
+        ("  aborts", each("streamable aborts: ", STREAMABLE_ABORTS + ["during teardown"])),
+        ("  event-stream replies", f"{c['streamable: event-stream replies']} (calls that notify first, with every "
+         f"notification before the result: {c['streamable: notifications before a result']})"),
+        ("  notifications routed", f"to the GET stream {c['streamable: notifications routed to the GET stream']}, "
+         f"to the request's own reply {c[REPLY_ROUTED]}"),
+        ("  GET streams", f"{c['streamable: GET streams opened']} opened, {c['streamable: GETs replaced']} replaced by "
+         f"a second GET; ended by the gateway: {c['streamable: GET replaced by a second GET, stream ended']} replaced, "
+         f"{c['streamable: GET open at DELETE, stream ended']} at DELETE, "
+         f"{c['streamable: GET open at a crash, stream ended']} at a crash, "
+         f"{c['streamable: GET open at the idle timeout, stream ended']} at the idle timeout"),
+        ("  duplicate client ids answered", str(c["streamable: duplicate client ids answered"])),
+        ("  DELETEs", f"{c['streamable: DELETEs']} ({c['streamable: DELETE races']} races with a request or a DELETE; "
+         f"{c['streamable: in-flight requests answered with an error at DELETE']} in-flight requests answered "
+         f"with an error)"),
+        ("  ended by a TTL, then 404", f"idle {c['streamable: ended by idle, then 404']}, lifetime "
+         f"{c['streamable: ended by lifetime, then 404']}; {c['streamable: sessions ended by a TTL mid-scenario']} "
+         f"more mid-scenario"),
+        ("  left to expire (never DELETEd)", str(c["streamable: left to expire"])),
+        ("  ended ids answered 404 in the run", str(c["streamable: ended sessions checked for 404"])),
+        ("  ends (metrics)", ends("streamable")),
+        ("stateless requests", f"{c['stateless: requests sent']} sent, {c['stateless: answered']} answered, "
+         f"{c['stateless: 503 on a saturated pool']} 503 with Retry-After (pool saturated)"),
+        ("  event-stream replies", str(c["stateless: event-stream replies"])),
+        ("  aborts", each("stateless aborts: ", ["mid-call", "mid-event-stream", "mid-body", "at once"])),
+        ("  listen streams", f"{c['stateless: listen streams opened']} opened, "
+         f"{c['stateless: listen streams abandoned']} held then abandoned"),
+        ("  bursts past the pool", f"{c['stateless: bursts']} ({c['stateless: burst calls served']} calls served)"),
+        ("  crashes answered with an error", str(c["stateless: crashes answered with an error"])),
+        ("  grandchildren of pooled backends", str(c["stateless: grandchildren of pooled backends"])),
+        ("  pooled backends' ends (metrics)", ends("pool")),
         ("429s", str(c["429s"])),
         ("worker kills", str(c["worker kills"])),
         ("host kills", str(c["host kills"])),
         ("reloads", str(c["reloads"])),
-        ("bursts", f"{c['bursts']} ({c['burst sessions opened']} of {c['bursts'] * BURST} sessions opened)"),
+        ("bursts", f"{c['bursts']} ({c['burst sessions opened']} of {c['bursts'] * BURST} sessions opened); "
+         f"Streamable {c['streamable bursts']}; stateless {c['stateless bursts (chaos)']}"),
         ("sessions interrupted by a kill or reload", str(c["interrupted by a kill or reload"])),
         ("sessions closed at the end", str(c["closed at the end"])),
         ("findings", str(sum(run.stats.findings.values()))),
-        ("final normal sessions", f"{FINAL_SESSIONS - sum(final_failures.values())} of {FINAL_SESSIONS} succeeded"),
+        ("final normal sessions", f"{finals - sum(final_failures.values())} of {finals} succeeded "
+         f"(HTTP+SSE {FINAL_SESSIONS}, Streamable {FINAL_STREAMABLE}, stateless {FINAL_STATELESS})"),
         ("gateway stopped (SIGTERM)", f"in {gw.stop_seconds:.1f} s, exit status {gw.exit_status}"
          if gw.stop_seconds is not None else "no: killed"),
     ]
     peaks = [(f"peak RSS, {kind}", f"{run.peaks.get(kind, 0) / 1024:.1f} MiB") for kind in ("nginx worker", "host")]
-    width = max(len(label) for label, _ in rows + leaks + peaks) + 2
+    width = max([len(label) for label, _ in rows + peaks] + [len(label) + 2 for label, _ in leaks]) + 2
     print("\nchaos run")
     for label, value in rows:
         print(f"  {label:<{width}}{value}")
-    print("  leaks (each must be 0):")
+    print("  leaks and checks (each must be 0):")
     for label, value in leaks:
         print(f"    {label:<{width - 2}}{value}")
     for label, value in peaks:
@@ -1344,7 +2902,7 @@ def main():
                     help="length of the chaos (default: $CHAOS_SECONDS or 120)")
     ap.add_argument("--short", action="store_true", help=f"{SHORT_SECONDS} s of chaos, for make test")
     ap.add_argument("--seed", type=int, default=None, help="replay a run's choices (default: $CHAOS_SEED or random)")
-    ap.add_argument("--clients", type=int, default=24, help="sessions driven at once (default 24)")
+    ap.add_argument("--clients", type=int, default=24, help="clients driven at once (default 24)")
     ap.add_argument("--keep", action="store_true", help="keep the gateway's log and files even if all went well")
     args = ap.parse_args()
     seconds = SHORT_SECONDS if args.short else args.seconds
