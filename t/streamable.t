@@ -33,6 +33,8 @@ idle = { base_uri = "/idle", command = "$fixture", args = { "--pid-dir", "$pids"
          session_idle_timeout_ms = 1000, keepalive_interval_ms = 200, kill_grace_ms = 300 },
 life = { base_uri = "/life", command = "$fixture", args = { "--pid-dir", "$pids" },
          session_max_lifetime_ms = 1500, kill_grace_ms = 300 },
+slowstart = { base_uri = "/slowstart", command = "sh",
+              args = { "-c", "sleep 0.5; exec $fixture --pid-dir $pids" }, kill_grace_ms = 300 },
 narrow = { base_uri = "/narrow", command = "$fixture", args = { "--pid-dir", "$pids" },
            pool_max_per_key = 1, pool_wait_ms = 200, pool_idle_timeout_ms = 1000,
            kill_grace_ms = 300 },
@@ -1169,6 +1171,115 @@ asked: elicitation/create
 cancel: 202
 the backend withdrew its question: notifications/cancelled for true
 the backend was told: 1 cancellation(s), of a request id it knows: true
+DELETE: 200
+processes left: none
+idle: true
+
+
+
+=== TEST 24: a backend that exits while a grandchild of its own still holds its stdout: its requests get errors at once, its session ends, and the grandchild with it; stateless alike
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local c = t.client("/mcp")
+        assert(c:initialize())
+        ngx.say("grandchild: ", c:tool("spawn_grandchild", { setsid = true }) ~= nil)
+        ngx.update_time()
+        local start = ngx.now()
+        local response = c:call("tools/call", { name = "crash", arguments = { code = 4 } })
+        ngx.update_time()
+        ngx.say("session: ", response.error and response.error.message, ", within a second ",
+                ngx.now() - start < 1)
+        ngx.say("then: ", c:post({ jsonrpc = "2.0", id = 99, method = "ping" }).status)
+        local m = t.client("/narrow")
+        m:modern("tools/call", { name = "spawn_grandchild", arguments = { setsid = true } })
+        ngx.update_time()
+        start = ngx.now()
+        response = m:modern("tools/call", { name = "crash", arguments = { code = 5 } })
+        ngx.update_time()
+        ngx.say("stateless: ", response.error and response.error.message, ", within a second ",
+                ngx.now() - start < 1)
+        local next_call = m:modern("tools/call", { name = "echo", arguments = { text = "fresh" } })
+        ngx.say("the next stateless call: ", next_call.result.content[1].text)
+        ngx.say("pooled backends gone: ", (t.wait_pool_empty(5)))
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+grandchild: true
+session: the MCP server ended before responding (backend exited with status 4), within a second true
+then: 404
+stateless: the MCP server ended before responding (backend exited with status 5), within a second true
+the next stateless call: fresh
+pooled backends gone: true
+processes left: none
+idle: true
+
+
+
+=== TEST 25: stateless: what a backend still says about a call its client gave up on never reaches the next call it serves
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local m = t.client("/narrow")
+        local logs = { [t.LOG_LEVEL_KEY] = "info" }
+        local _, err = m:modern("tools/call", { name = "flood", arguments = { count = 3000, size = 2000 } },
+                                { meta = logs, abandon_after = 0.05 })
+        ngx.say("the first client gave up: ", err)
+        local response, reply = m:modern("tools/call", { name = "flood", arguments = { count = 3 } },
+                                         { meta = logs })
+        local notes = 0
+        for _, msg in ipairs(reply.messages) do
+            if msg.method == "notifications/message" then notes = notes + 1 end
+        end
+        ngx.say("the next call: ", notes, " notifications, then ", response.result and "its result")
+        ngx.say("pooled backends gone: ", (t.wait_pool_empty(5)))
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "narrow")
+    }
+}
+--- response_body
+the first client gave up: abandoned
+the next call: 3 notifications, then its result
+pooled backends gone: true
+processes left: none
+idle: true
+
+
+
+=== TEST 26: a client that leaves while its initialize waits for the backend: no slot held, no session made, nothing left
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local c = t.client("/slowstart")
+        for _ = 1, 3 do
+            local _, err = c:post({ jsonrpc = "2.0", id = 1, method = "initialize", params = {
+                protocolVersion = "2025-11-25", capabilities = {},
+                clientInfo = { name = "x", version = "1" } } }, { session = false, abandon_after = 0.1 })
+            ngx.say("gave up: ", err)
+        end
+        -- (The worker notices the last one leave a moment later.)
+        ngx.say("slots back to 0: ", (t.wait_slots("slowstart", 0)))
+        ngx.sleep(0.8)
+        ngx.say("host sessions: ", t.host_stats().sessions)
+        local ok = assert(c:initialize())
+        ngx.say("a patient client: ", ok.status, ", slots ", t.slots("slowstart"))
+        ngx.say("DELETE: ", c:delete().status)
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "slowstart")
+    }
+}
+--- response_body
+gave up: abandoned
+gave up: abandoned
+gave up: abandoned
+slots back to 0: true
+host sessions: 0
+a patient client: 200, slots 1
 DELETE: 200
 processes left: none
 idle: true

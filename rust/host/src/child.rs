@@ -37,6 +37,10 @@ const TAIL_LINE_BYTES: usize = 300;
 /// How much of a stderr line goes to the log with `stderr: log`.
 const LOGGED_STDERR_BYTES: usize = 4096;
 
+/// Once the backend has exited, its output ends after this much silence:
+/// a descendant may hold its stdout open for ever.
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_millis(100);
+
 /// What a backend produced.
 pub enum Output {
     /// One line of stdout (a JSON-RPC message, not yet checked).
@@ -89,6 +93,8 @@ pub struct Child {
     queued: Rc<Cell<usize>>,
     output: mpsc::Receiver<Output>,
     exit: oneshot::Receiver<Exit>,
+    /// The exit has been received (`exited` says how, if the reaper could).
+    exit_seen: bool,
     exited: Option<Exit>,
     tasks: Vec<JoinHandle<()>>,
     home: Option<PathBuf>,
@@ -130,6 +136,7 @@ impl Child {
             queued,
             output,
             exit,
+            exit_seen: false,
             exited: None,
             tasks,
             home,
@@ -154,24 +161,44 @@ impl Child {
         Ok(())
     }
 
-    /// The next thing the backend produced; `Closed` once stdout ended (and
-    /// for ever after).
+    /// The next thing the backend produced; `Closed` once stdout ended, or
+    /// once the backend has exited and [`OUTPUT_AFTER_EXIT`] passed without
+    /// output (whatever still holds its stdout).
     pub async fn next(&mut self) -> Output {
-        self.output.recv().await.unwrap_or(Output::Closed { too_long: false })
+        loop {
+            if self.exit_seen {
+                return match tokio::time::timeout(OUTPUT_AFTER_EXIT, self.output.recv()).await {
+                    Ok(Some(output)) => output,
+                    _ => Output::Closed { too_long: false },
+                };
+            }
+            tokio::select! {
+                output = self.output.recv() => return output.unwrap_or(Output::Closed { too_long: false }),
+                status = &mut self.exit => {
+                    self.exit_seen = true;
+                    self.exited = status.ok();
+                }
+            }
+        }
     }
 
     /// Resolves when the backend process exits.
     pub async fn wait_exit(&mut self) -> Option<Exit> {
-        if self.exited.is_none() {
+        if !self.exit_seen {
             self.exited = (&mut self.exit).await.ok();
+            self.exit_seen = true;
         }
         self.exited
     }
 
     /// How it exited, if it has (without waiting).
     pub fn exit_status(&mut self) -> Option<Exit> {
-        if self.exited.is_none() {
-            self.exited = self.exit.try_recv().ok();
+        if !self.exit_seen {
+            match self.exit.try_recv() {
+                Ok(exit) => (self.exit_seen, self.exited) = (true, Some(exit)),
+                Err(oneshot::error::TryRecvError::Closed) => self.exit_seen = true,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
         }
         self.exited
     }

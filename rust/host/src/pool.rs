@@ -31,6 +31,15 @@ pub const TRANSPORT: &str = "pool";
 /// How long a new backend may take to answer `initialize`.
 const INITIALIZE_LIMIT: Duration = Duration::from_secs(60);
 
+/// After a cancelled call, the backend is lent again once its output has
+/// been quiet this long (or the call's response came): what it still says
+/// about the cancelled call must not reach the next one.
+const QUIET_AFTER_CANCEL: Duration = Duration::from_millis(50);
+
+/// A backend that keeps talking this long after a cancelled call is ended
+/// rather than lent again.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 /// What a call on a pooled backend hears from it.
 pub enum CallEvent {
     /// A notification related to the call (progress, log messages).
@@ -295,6 +304,7 @@ impl Pools {
             id,
             current: None,
             cancelled: Vec::new(),
+            draining: None,
             served: 0,
         };
         spawn_local(task.run(rx));
@@ -354,7 +364,17 @@ struct MemberTask {
     current: Option<(u64, mpsc::Sender<CallEvent>)>,
     /// Requests the client gave up on, whose late responses are dropped.
     cancelled: Vec<u64>,
+    /// After a cancelled call: the backend, kept until it is lent again,
+    /// with when it may be at the earliest and when it must end instead.
+    draining: Option<Drain>,
     served: u64,
+}
+
+struct Drain {
+    /// Keeps the member alive meanwhile (the lease that held it is gone).
+    _member: Rc<Member>,
+    quiet_until: Instant,
+    limit: Instant,
 }
 
 impl MemberTask {
@@ -365,7 +385,10 @@ impl MemberTask {
             let spec = self.pool.spec.borrow().clone();
             let idle_until =
                 tokio::time::Instant::from_std(idle_since + Duration::from_millis(spec.pool_idle_timeout_ms));
-            let idle = self.current.is_none();
+            let idle = self.current.is_none() && self.draining.is_none();
+            let quiet_until = tokio::time::Instant::from_std(
+                self.draining.as_ref().map(|d| d.quiet_until).unwrap_or_else(Instant::now),
+            );
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Call { message, events }) => {
@@ -379,17 +402,16 @@ impl MemberTask {
                         self.host.events.message_in(&self.pool.key.route, len);
                         self.current = Some((id, events));
                     }
-                    Some(Command::Cancel { id, member: _lent }) => {
+                    Some(Command::Cancel { id, member }) => {
                         if self.current.as_ref().is_some_and(|(c, _)| *c == id) {
                             self.current = None;
                             self.cancelled.push(id);
                             let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                                 "params": {"requestId": id, "reason": "the client closed its stream"}});
                             let _ = self.child.send(cancel.to_string().into_bytes());
-                            if self.finished_call() {
-                                break "it served its share of requests";
-                            }
-                            idle_since = Instant::now();
+                            let now = Instant::now();
+                            self.draining =
+                                Some(Drain { _member: member, quiet_until: now + QUIET_AFTER_CANCEL, limit: now + DRAIN_LIMIT });
                         }
                     }
                     None => break "the pool let it go",
@@ -397,17 +419,38 @@ impl MemberTask {
                 out = self.child.next() => match out {
                     Output::Message(line) => {
                         self.host.events.message_out(&self.pool.key.route, line.len());
+                        let cancelled_before = self.cancelled.len();
                         if self.output(&line).await {
                             if self.finished_call() {
                                 break "it served its share of requests";
                             }
                             idle_since = Instant::now();
+                        } else if let Some(drain) = &mut self.draining {
+                            // The cancelled call's response ends the drain;
+                            // anything else only delays it.
+                            if self.cancelled.len() < cancelled_before {
+                                drain.quiet_until = Instant::now();
+                            } else if Instant::now() >= drain.limit {
+                                break "it kept talking after a cancelled call";
+                            } else {
+                                drain.quiet_until = Instant::now() + QUIET_AFTER_CANCEL;
+                            }
                         }
                     }
                     Output::Stderr(_) => {}
                     Output::Closed { too_long: true } => break "it wrote a line over max_message_bytes",
+                    Output::Closed { too_long: false } if self.child.exit_status().is_some() => break "it exited",
                     Output::Closed { too_long: false } => break "it closed its output",
                 },
+                _ = tokio::time::sleep_until(quiet_until), if self.draining.is_some() => {
+                    // Quiet since the cancelled call: lent again from here.
+                    let drained = self.draining.take();
+                    if self.finished_call() {
+                        break "it served its share of requests";
+                    }
+                    drop(drained);
+                    idle_since = Instant::now();
+                }
                 _ = tokio::time::sleep_until(idle_until), if idle => {
                     if self.pool.members.get() > spec.pool_min_idle {
                         break "it was idle too long";
@@ -506,6 +549,7 @@ impl MemberTask {
             "the worker is shutting down" => "worker_shutdown",
             "it wrote a line over max_message_bytes" => "oversized_line",
             "it closed its output" => "backend_closed_output",
+            "it kept talking after a cancelled call" => "recycled",
             _ => "backend_exited",
         };
         self.host.events.session_ended(&self.pool.key, TRANSPORT, &self.id, reason, took);

@@ -373,6 +373,7 @@ async fn begin<W: AsyncWrite + Unpin>(
     let id = format!("{}{random}", host.token);
     let info = SessionInfo::new(id.clone(), request.binding.clone(), TRANSPORT, child.pid);
     let (commands, rx) = mpsc::unbounded_channel();
+    let own = commands.clone();
     host.sessions.borrow_mut().insert(
         id.clone(),
         Registered { info: Rc::clone(&info), kind: Transport::Streamable(Handle { commands, keepalive }) },
@@ -387,7 +388,14 @@ async fn begin<W: AsyncWrite + Unpin>(
         session.unrouted.push(line);
     }
     spawn_local(session.run(rx));
-    reply.json(200, Some(&id), answer.as_bytes()).await.is_ok()
+    let answered = reply.json(200, Some(&id), answer.as_bytes()).await.is_ok();
+    if !answered {
+        // The client left before it could learn the session's id: nobody
+        // can use the session, so it ends now rather than when idle.
+        let (done, _) = oneshot::channel();
+        let _ = own.send(Command::Delete { done });
+    }
+    answered
 }
 
 /// A request of the client the backend has not answered yet.

@@ -51,6 +51,7 @@ end
 
 function _M.log()
     sse.log()
+    streamable.log()
 end
 
 return _M

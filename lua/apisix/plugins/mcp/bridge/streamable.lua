@@ -51,6 +51,11 @@ local HOST_SILENCE_MARGIN_MS = 5000
 -- The host's answer to an initialize that came without a slot.
 local NEED_SLOT = 428
 
+-- ngx.ctx keys: a slot taken for an initialize and not yet kept; a new
+-- session whose id the client has not been sent yet.
+local PENDING_SLOT = "mcp-bridge.streamable.pending_slot"
+local UNANSWERED = "mcp-bridge.streamable.unanswered"
+
 -- Slots of this worker's live Streamable sessions, by session id.
 local kept = {}
 -- Sessions whose end was told before their slot was kept (a race with
@@ -191,6 +196,7 @@ local function relay_reply(route, sock, head)
         if kind ~= wire.MESSAGE then
             return respond.rpc_error(502, SERVER_ERROR, "the bridge's answer was cut short")
         end
+        ngx.ctx[UNANSWERED] = nil
         headers["Content-Type"] = "application/json"
         headers["Cache-Control"] = "no-store"
         return respond.send(status, headers, payload)
@@ -290,6 +296,9 @@ function _M.handle(route, binding)
             if not slot then
                 return nil, refused, why
             end
+            -- Until the session keeps it, or it is released below: if the
+            -- client leaves meanwhile, the log phase releases it.
+            ngx.ctx[PENDING_SLOT] = slot
         end
         local headers = json.value({
             method = method, session = session, version = var.http_mcp_protocol_version,
@@ -333,9 +342,12 @@ function _M.handle(route, binding)
                                  request_id(body))
     end
     if slot then
+        ngx.ctx[PENDING_SLOT] = nil
         local id = match(head, "^%d+ %a+ (%x+)")
         if id then
             keep(id, slot, path)
+            -- Until the answer goes out (see relay_reply).
+            ngx.ctx[UNANSWERED] = { id = id, path = path, binding = binding }
         else
             session_limit.release(slot)
             if match(head, "^502 ") then
@@ -344,6 +356,39 @@ function _M.handle(route, binding)
         end
     end
     return relay_reply(route, sock, head)
+end
+
+-- Ends session `id` at the host at `path` as a DELETE would (from a timer:
+-- the log phase cannot talk to a host).
+local function delete_session(premature, path, binding, id)
+    if premature then
+        return
+    end
+    local headers = json.value({ method = "DELETE", session = id, accept = "", slot = false })
+    local sock = hosts.request(path, wire.REQUEST, binding, u32(#headers) .. headers .. u32(0), "")
+    if sock then
+        local kind = wire.receive(sock)
+        hosts.done(sock, kind == wire.EXIT)
+    end
+    release(id, true)
+end
+
+-- The log phase. A slot taken for an initialize whose client left before
+-- the host answered is free again (the host ends a session whose id it
+-- could not give); a session the host made while its client was leaving,
+-- whose id the client never got, is ended.
+function _M.log()
+    local ctx = ngx.ctx
+    local slot = ctx[PENDING_SLOT]
+    if slot then
+        ctx[PENDING_SLOT] = nil
+        session_limit.release(slot)
+    end
+    local unanswered = ctx[UNANSWERED]
+    if unanswered then
+        ctx[UNANSWERED] = nil
+        ngx.timer.at(0, delete_session, unanswered.path, unanswered.binding, unanswered.id)
+    end
 end
 
 return _M
