@@ -11,9 +11,9 @@ use crate::message;
 use crate::reaper::Exit;
 use crate::rundir;
 use crate::spec::SpawnSpec;
+use crate::stderr::{self, StderrTail};
 use crate::teardown::{Ending, Teardown};
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -24,18 +24,10 @@ use tokio::task::{spawn_local, JoinHandle};
 
 /// Read buffers per backend (a longer line only costs more reads).
 const STDOUT_BUFFER: usize = 16 * 1024;
-const STDERR_BUFFER: usize = 1024;
 
 /// Lines read ahead of their owner: beyond this the backend waits, which is
 /// the back-pressure of a slow client.
 const OUTPUT_QUEUE: usize = 32;
-
-/// The last stderr lines kept for the log, and how much of each.
-const TAIL_LINES: usize = 5;
-const TAIL_LINE_BYTES: usize = 300;
-
-/// How much of a stderr line goes to the log with `stderr: log`.
-const LOGGED_STDERR_BYTES: usize = 4096;
 
 /// Once the backend has exited, its output ends after this much silence:
 /// a descendant may hold its stdout open for ever.
@@ -58,29 +50,6 @@ pub enum Refused {
     Busy,
     /// Its stdin is closed.
     Closed,
-}
-
-/// The last few stderr lines of a backend, for the log when it ends on its own.
-#[derive(Default)]
-pub struct StderrTail(RefCell<VecDeque<String>>);
-
-impl StderrTail {
-    pub fn push(&self, line: &[u8]) {
-        let mut lines = self.0.borrow_mut();
-        if lines.len() == TAIL_LINES {
-            lines.pop_front();
-        }
-        lines.push_back(message::printable(line, TAIL_LINE_BYTES));
-    }
-
-    pub fn describe(&self) -> String {
-        let lines = self.0.borrow();
-        if lines.is_empty() {
-            return "it wrote nothing to stderr".into();
-        }
-        let quoted: Vec<String> = lines.iter().map(|l| format!("\"{l}\"")).collect();
-        format!("its last stderr lines: {}", quoted.join(", "))
-    }
 }
 
 pub struct Child {
@@ -287,52 +256,10 @@ async fn read_stdout(out: pipe::Receiver, tx: mpsc::Sender<Output>, max: usize, 
 }
 
 async fn read_stderr(err: pipe::Receiver, tx: mpsc::Sender<Output>, tail: Rc<StderrTail>, spec: SpawnSpec, pid: i32) {
-    let max = spec.max_message_bytes;
-    let mut lines = LineReader::with_capacity(err, max, STDERR_BUFFER);
-    loop {
-        let mut line = Vec::new();
-        match lines.read_into(&mut line).await {
-            Ok(Line::Complete) => {}
-            Ok(Line::Eof) | Err(_) => return,
-            Ok(Line::TooLong) => {
-                log!(Warn, "backend {pid}: skipped a stderr line over max_message_bytes ({max})");
-                if lines.skip_line().await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        tail.push(&line);
-        match spec.stderr {
-            crate::spec::StderrMode::Log => {
-                log!(Warn, "backend {pid} stderr: {}", message::printable(&line, LOGGED_STDERR_BYTES))
-            }
-            crate::spec::StderrMode::Notify => {
-                if tx.send(Output::Stderr(line)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_stderr_tail_keeps_the_last_lines_printable() {
-        let tail = StderrTail::default();
-        assert_eq!(tail.describe(), "it wrote nothing to stderr");
-        for i in 0..7 {
-            tail.push(format!("line {i}\x1b[0m").as_bytes());
-        }
-        let text = tail.describe();
-        assert!(text.starts_with("its last stderr lines: \"line 2\\x1b[0m\""), "{text}");
-        assert!(text.ends_with("\"line 6\\x1b[0m\""), "{text}");
-        assert!(!text.contains('\x1b'));
-    }
+    let who = format!("backend {pid}");
+    stderr::read(err, tail, spec.stderr, spec.max_message_bytes, &who, |line| {
+        let tx = tx.clone();
+        async move { tx.send(Output::Stderr(line)).await.is_ok() }
+    })
+    .await;
 }

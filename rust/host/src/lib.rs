@@ -30,5 +30,6 @@ pub mod server;
 pub mod spec;
 pub mod sse;
 pub mod stateless;
+pub mod stderr;
 pub mod streamable;
 pub mod teardown;

@@ -10,7 +10,7 @@
 
 use crate::backend::{self, Backend, SpawnError};
 use crate::binding::Binding;
-use crate::child::{private_home, StderrTail};
+use crate::child::private_home;
 use crate::frame::{self, AckStatus, Kind, HEADER_LEN};
 use crate::host::{Host, Registered, SessionInfo, Transport};
 use crate::lines::{Line, LineReader};
@@ -19,6 +19,7 @@ use crate::message;
 use crate::reaper::Exit;
 use crate::rundir;
 use crate::spec::{SpawnSpec, StderrMode};
+use crate::stderr::{self, StderrTail};
 use crate::teardown::{Ending, Teardown};
 use mcp_bridge_core::random;
 use std::cell::{Cell, RefCell};
@@ -61,10 +62,6 @@ const MAX_PENDING: usize = 10_000;
 /// Read buffers, allocated (and zeroed) for every session, idle or not:
 /// small, since a longer line only costs more reads.
 const STDOUT_BUFFER: usize = 16 * 1024;
-const STDERR_BUFFER: usize = 1024;
-
-/// How much of a stderr line goes to the log with `stderr: log`.
-const LOGGED_STDERR_BYTES: usize = 4096;
 
 /// Queues a client message for a session's backend. `payload` is the
 /// session id, the binding of the request (see `binding`), then the message.
@@ -612,42 +609,17 @@ async fn pump_stderr(
     max: usize,
     pid: i32,
 ) {
-    let mut lines = LineReader::with_capacity(err, max, STDERR_BUFFER);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match lines.read_into(&mut line).await {
-            Ok(Line::Complete) => {}
-            Ok(Line::Eof) | Err(_) => return,
-            Ok(Line::TooLong) => {
-                log!(Warn, "session {pid}: skipped a backend stderr line over max_message_bytes ({max})");
-                if lines.skip_line().await.is_err() {
-                    return;
-                }
-                continue;
+    let who = format!("session {pid}");
+    stderr::read(err, tail, mode, max, &who, |line| {
+        let writer = Rc::clone(&writer);
+        async move {
+            match frame::encode(Kind::Message, &message::stderr_notification(&line)) {
+                Ok(frame) => writer.send(&frame).await.is_ok(),
+                Err(_) => true,
             }
         }
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        tail.push(&line);
-        match mode {
-            StderrMode::Log => {
-                log!(Warn, "session {pid}: backend stderr: {}", message::printable(&line, LOGGED_STDERR_BYTES))
-            }
-            StderrMode::Notify => {
-                let Ok(frame) = frame::encode(Kind::Message, &message::stderr_notification(&line)) else {
-                    continue;
-                };
-                if writer.send(&frame).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if line.capacity() > 4 * STDERR_BUFFER {
-            line = Vec::new();
-        }
-    }
+    })
+    .await;
 }
 
 /// Why a session ended, for the client (the Exit frame) and the log.
