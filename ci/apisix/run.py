@@ -829,6 +829,11 @@ class Run:
         self.results = []
         self.children = []
         self.tmp_tokens = set()
+        # The backends' shared HOME in the default runtime directory: made
+        # by this run unless it was there before (see cleanup).
+        uid = pwd.getpwnam(WORKER_USER).pw_uid if os.geteuid() == 0 else os.geteuid()
+        self.tmp_home = os.path.join(tempfile.gettempdir(), f"mcp-bridge-{uid}-home")
+        self.tmp_home_existed = os.path.exists(self.tmp_home)
 
     def pid_dir(self, name):
         d = os.path.join(self.scratch, "pids", name)
@@ -902,6 +907,8 @@ class Run:
             d = os.path.join(tempfile.gettempdir(), f"mcp-bridge-{uid}.{token}")
             if os.path.isdir(d):
                 shutil.rmtree(d, ignore_errors=True)
+        if not self.tmp_home_existed and os.path.isdir(self.tmp_home):
+            shutil.rmtree(self.tmp_home, ignore_errors=True)
         if self.keep:
             say(f"(kept {self.scratch})")
         else:
