@@ -29,6 +29,10 @@ scenarios:
              backend and until it is gone (needs --pid-dir)
   idle       opens sessions, prints {\"phase\":\"ready\"}, holds them until a
              line or EOF on stdin (or --hold), then closes them
+  steps      a fixed workload, for instruction counts: --count round trips
+             of echo per session unmeasured, then prints {\"phase\":\"window\"}
+             and waits for a line on stdin, then --count more per session,
+             then prints {\"phase\":\"end\"} and waits again before closing
 
 options:
   --sse URL           the gateway's SSE endpoint, http://HOST:PORT/PATH
@@ -37,7 +41,8 @@ options:
                       requests without a session
   --stdio             spawn COMMAND per session and speak over its pipes
   --sessions N        sessions in parallel (echo, idle) [1]
-  --count N           sequential sessions (setup, teardown) [100]
+  --count N           sequential sessions (setup, teardown), round trips
+                      per session and phase (steps) [100]
   --size BYTES        length of the echoed text [32]
   --warmup SECS       echo: unmeasured time first [1]
   --duration SECS     echo: measured time [5]
@@ -55,6 +60,7 @@ pub enum Scenario {
     Setup,
     Teardown,
     Idle,
+    Steps,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +123,7 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
                     "setup" => Scenario::Setup,
                     "teardown" => Scenario::Teardown,
                     "idle" => Scenario::Idle,
+                    "steps" => Scenario::Steps,
                     _ => return Err(format!("unknown scenario {s:?}")),
                 })
             }
@@ -127,7 +134,7 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
         }
     }
 
-    let scenario = scenario.ok_or("no scenario given (echo, setup, teardown or idle)")?;
+    let scenario = scenario.ok_or("no scenario given (echo, setup, teardown, idle or steps)")?;
     if http.len() > 1 {
         return Err("give one of --sse, --streamable and --stateless".into());
     }
@@ -139,8 +146,8 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
         (Some(t), true, _) => return Err(format!("--{} and --stdio exclude each other", t.name())),
         (Some(_), false, false) => return Err("a command after `--` only goes with --stdio".into()),
     };
-    if matches!(target, Target::Stateless(_)) && scenario != Scenario::Echo {
-        return Err("stateless requests have no session: --stateless only goes with echo".into());
+    if matches!(target, Target::Stateless(_)) && !matches!(scenario, Scenario::Echo | Scenario::Steps) {
+        return Err("stateless requests have no session: --stateless only goes with echo and steps".into());
     }
     if duration.is_zero() {
         return Err("--duration must be more than 0".into());

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             Scenario::Setup => scenario::setup(&options).await,
             Scenario::Teardown => scenario::teardown(&options).await,
             Scenario::Idle => scenario::idle(&options).await,
+            Scenario::Steps => scenario::steps(&options).await,
         }
     });
     if let Err(e) = writeln!(std::io::stdout().lock(), "{result}") {

@@ -153,6 +153,72 @@ pub async fn echo(o: &Options) -> Value {
     finish(o, out, &errors, cpu_s, measured)
 }
 
+/// `count` round trips of echo on each session, one after the other.
+async fn echo_rounds(sessions: Vec<Session>, params: &Rc<str>, count: usize, errors: &Rc<Errors>) -> Vec<Session> {
+    let loops: Vec<_> = sessions
+        .into_iter()
+        .map(|mut s| {
+            let (params, errors) = (Rc::clone(params), Rc::clone(errors));
+            spawn_local(async move {
+                for _ in 0..count {
+                    if let Err(e) = s.call("tools/call", &params).await {
+                        errors.add(e);
+                        break;
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for l in loops {
+        match l.await {
+            Ok(s) => out.push(s),
+            Err(e) => errors.add(format!("session task failed: {e}")),
+        }
+    }
+    out
+}
+
+/// Waits for a line (or EOF) on stdin: whoever runs this is ready.
+async fn wait_for_go() {
+    let mut stdin = tokio::io::stdin();
+    let mut byte = [0u8; 1];
+    while let Ok(1) = stdin.read(&mut byte).await {
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+}
+
+/// A fixed workload between two phase lines, each held until a line on
+/// stdin, so that whoever runs this counts the gateway's instructions for
+/// exactly `count` round trips per session (the same number ran before, so
+/// what starts on first use is not counted).
+pub async fn steps(o: &Options) -> Value {
+    let errors = Rc::new(Errors::default());
+    let sessions = open_many(o, o.sessions, o.sessions, true, &errors).await;
+    let text = "x".repeat(o.size);
+    let params: Rc<str> = rpc::tool_params("echo", &json!({ "text": text }).to_string()).into();
+    let sessions = echo_rounds(sessions, &params, o.count, &errors).await;
+    phase("window");
+    wait_for_go().await;
+    let (cpu0, t0) = (sys::cpu_seconds(), Instant::now());
+    let sessions = echo_rounds(sessions, &params, o.count, &errors).await;
+    let (cpu_s, wall) = (sys::cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
+    phase("end");
+    wait_for_go().await;
+    let opened = sessions.len();
+    close_all(sessions, &errors).await;
+    let out = json!({
+        "scenario": "steps",
+        "sessions": opened,
+        "size": o.size,
+        "round_trips": opened * o.count,
+    });
+    finish(o, out, &errors, cpu_s, wall)
+}
+
 /// Sequential session setups: from the connection (or the spawn) to the
 /// `endpoint` event, and to the `initialize` response.
 pub async fn setup(o: &Options) -> Value {
