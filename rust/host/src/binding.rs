@@ -29,6 +29,20 @@ impl Binding {
         Ok((Binding { route: route.to_owned(), consumer: consumer.to_owned() }, rest))
     }
 
+    /// Whether the binding at the front of `payload` is this one; returns
+    /// the rest after it. Allocates nothing: it runs for every message.
+    pub fn strip<'a>(&self, payload: &'a [u8]) -> Option<&'a [u8]> {
+        let [a, b, rest @ ..] = payload else { return None };
+        let len = u16::from_be_bytes([*a, *b]) as usize;
+        let (text, rest) = (rest.get(..len)?, rest.get(len..)?);
+        let (route, consumer) = (self.route.as_bytes(), self.consumer.as_bytes());
+        let same = text.len() == route.len() + 1 + consumer.len()
+            && text.starts_with(route)
+            && text[route.len()] == b'\n'
+            && text.ends_with(consumer);
+        same.then_some(rest)
+    }
+
     /// The wire form (see the module documentation).
     pub fn encode(&self) -> Vec<u8> {
         let text = format!("{}\n{}", self.route, self.consumer);
@@ -50,6 +64,20 @@ impl fmt::Display for Binding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_matches_only_the_same_binding() {
+        let b = Binding { route: "r1".into(), consumer: "alice".into() };
+        let mut wire = b.encode();
+        wire.extend_from_slice(b"rest");
+        assert_eq!(b.strip(&wire), Some(&b"rest"[..]));
+        for other in [("r1", "bob"), ("r", "1\nalice"), ("r1", "alicex"), ("r1", ""), ("r1\nalice", "")] {
+            let o = Binding { route: other.0.into(), consumer: other.1.into() };
+            assert_eq!(o.strip(&wire), None, "{other:?}");
+        }
+        assert_eq!(b.strip(&wire[..4]), None, "cut short");
+        assert_eq!(b.strip(b""), None);
+    }
 
     #[test]
     fn bindings_round_trip_and_bad_ones_are_named() {

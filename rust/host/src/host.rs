@@ -9,6 +9,7 @@ use crate::reaper::Reaper;
 use crate::sse::Inbox;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
@@ -87,6 +88,32 @@ impl Worker {
     }
 }
 
+/// Hashes session ids by their last 16 bytes, which are random (see
+/// `sse::SESSION_ID_LEN`): cheaper than the default keyed hash, and as safe
+/// here, since only the host makes the ids the table holds (a client's id
+/// is only ever looked up).
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(16)..];
+        for chunk in tail.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 pub struct Host {
     pub token: String,
     pub worker: Worker,
@@ -97,7 +124,7 @@ pub struct Host {
     /// Backends serving stateless requests.
     pub pools: Rc<Pools>,
     /// Live sessions by id.
-    pub(crate) sessions: RefCell<HashMap<String, Registered>>,
+    pub(crate) sessions: RefCell<HashMap<String, Registered, BuildHasherDefault<IdHasher>>>,
     /// Process groups of the live sessions (a group's id is its backend's pid).
     backends: RefCell<BTreeSet<i32>>,
     shutdown: watch::Sender<bool>,

@@ -26,6 +26,7 @@ pub mod message;
 pub mod pool;
 pub mod reaper;
 pub mod rundir;
+pub mod scan;
 pub mod server;
 pub mod spec;
 pub mod sse;

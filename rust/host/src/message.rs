@@ -6,6 +6,7 @@
 //! between tokens (inside strings they must be escaped), so replacing them
 //! with spaces changes nothing a JSON parser sees.
 
+use crate::scan::{self, Members, Scanned, Top};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -17,6 +18,8 @@ pub struct Ids {
     pub requests: Vec<String>,
     /// Responses: an `id` and no `method`.
     pub responses: Vec<String>,
+    /// Whether the text has raw line breaks (see [`flatten_line_breaks`]).
+    pub line_breaks: bool,
 }
 
 /// The members of a JSON-RPC message that say what it is.
@@ -43,8 +46,35 @@ impl Envelope<'_> {
 /// batch) in UTF-8, and returns the ids it carries. The error says why not,
 /// for the client or the log.
 pub fn inspect(bytes: &[u8]) -> Result<Ids, String> {
+    match scan::scan(bytes) {
+        Some(scanned) => Ok(ids_of(bytes, scanned)),
+        None => inspect_with_serde(bytes),
+    }
+}
+
+fn ids_of(bytes: &[u8], scanned: Scanned) -> Ids {
+    let mut ids = Ids { line_breaks: scanned.line_breaks, ..Ids::default() };
+    let mut sort = |m: Members| {
+        let Some(id) = m.id else { return };
+        // The scanner accepted the text, so this is UTF-8.
+        let id = String::from_utf8_lossy(&bytes[id]).into_owned();
+        match m.method {
+            Some(_) => ids.requests.push(id),
+            None => ids.responses.push(id),
+        }
+    };
+    match scanned.top {
+        Top::Object(m) => sort(m),
+        Top::Array(batch) => batch.into_iter().for_each(sort),
+    }
+    ids
+}
+
+/// [`inspect`] for what the scanner left to serde_json, which decides and
+/// words the error.
+fn inspect_with_serde(bytes: &[u8]) -> Result<Ids, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
-    let mut ids = Ids::default();
+    let mut ids = Ids { line_breaks: bytes.contains(&b'\n') || bytes.contains(&b'\r'), ..Ids::default() };
     match text.trim_start().as_bytes().first() {
         Some(b'{') => {
             let one: Envelope = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
@@ -138,6 +168,7 @@ pub fn printable(bytes: &[u8], max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn objects_and_batches_pass_and_everything_else_is_named() {
@@ -156,14 +187,81 @@ mod tests {
     #[test]
     fn ids_of_requests_and_responses_are_told_apart() {
         let ids = inspect(br#"{"jsonrpc":"2.0","method":"tools/call","id":"a\"b","params":{"id":9}}"#).expect("ok");
-        assert_eq!(ids, Ids { requests: vec![r#""a\"b""#.into()], responses: vec![] });
+        assert_eq!(ids, Ids { requests: vec![r#""a\"b""#.into()], ..Ids::default() });
         let ids = inspect(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#).expect("ok");
-        assert_eq!(ids, Ids { requests: vec![], responses: vec!["7".into()] });
+        assert_eq!(ids, Ids { responses: vec!["7".into()], ..Ids::default() });
         let ids = inspect(br#"[{"method":"a","id":1},{"method":"n"},{"id":2,"error":{}}]"#).expect("ok");
-        assert_eq!(ids, Ids { requests: vec!["1".into()], responses: vec!["2".into()] });
+        assert_eq!(ids, Ids { requests: vec!["1".into()], responses: vec!["2".into()], line_breaks: false });
         assert_eq!(inspect(br#"{"method":"notifications/x"}"#).expect("ok"), Ids::default());
         assert_eq!(inspect(br#"{"method":"x","id":null}"#).expect("ok"), Ids::default());
         assert_eq!(inspect(b"[1, 2]").expect("a JSON array still passes"), Ids::default());
+    }
+
+    /// JSON texts near what clients and servers send: messages with the
+    /// members of interest, nested values, escapes, numbers of every kind,
+    /// pretty or compact, then maybe damaged.
+    fn near_json() -> impl Strategy<Value = Vec<u8>> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            2 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::from),
+            4 => (-99999i64..99999).prop_map(Value::from),
+            1 => any::<u64>().prop_map(Value::from),
+            1 => (-999i32..999).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+            4 => "[a-z\\\"/ é\u{1F600}\u{7}\n]{0,12}".prop_map(Value::from),
+        ];
+        let tree = leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                prop::collection::vec(("(id|method|params|result|error|jsonrpc|x|\\u0069d)", inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        });
+        let key = "(id|method|params|result|error|jsonrpc|x|\\\\u0069d)";
+        let message = prop::collection::vec((key, tree.clone()), 0..6)
+            .prop_map(|members| Value::Object(members.into_iter().collect()));
+        let top = prop_oneof![4 => message.clone(), 1 => prop::collection::vec(message, 0..4).prop_map(Value::from), 1 => tree];
+        let text = (top, any::<bool>()).prop_map(|(v, pretty)| {
+            if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap_or_default()
+        });
+        let damage = prop::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 0..3);
+        (text, damage).prop_map(|(mut text, damage)| {
+            for (at, how, byte) in damage {
+                if text.is_empty() {
+                    break;
+                }
+                let i = at.index(text.len());
+                const SPECIAL: &[u8] = b"{}[]\",:\\ \nu0e-.1";
+                let special = SPECIAL[byte as usize % SPECIAL.len()];
+                match how {
+                    0 => drop(text.remove(i)),
+                    1 => text.insert(i, special),
+                    2 => text[i] = byte,
+                    _ => {
+                        let dup = text[i..].to_vec();
+                        text.extend_from_slice(&dup);
+                    }
+                }
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        /// What the scanner accepts, serde_json accepts too, with the same
+        /// ids; a message it does not accept gets serde_json's answer.
+        #[test]
+        fn the_scanner_agrees_with_serde_json(text in prop_oneof![near_json(), prop::collection::vec(any::<u8>(), 0..40)]) {
+            let slow = inspect_with_serde(&text);
+            if let Some(top) = scan::scan(&text) {
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(&text).is_ok());
+                prop_assert_eq!(Ok(ids_of(&text, top)), slow);
+            } else {
+                prop_assert_eq!(inspect(&text), slow);
+            }
+        }
     }
 
     #[test]

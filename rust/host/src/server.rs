@@ -6,12 +6,12 @@ use crate::host::{Host, Worker};
 use crate::log;
 use crate::{endpoint, sse};
 use mcp_bridge_core::{launcher, procfs, procs};
+use std::borrow::Cow;
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::spawn_local;
@@ -176,8 +176,19 @@ async fn control_event(control: &mut UnixStream) -> Control {
     }
 }
 
-async fn serve_connection(host: Rc<Host>, mut stream: UnixStream) {
-    let first = match frame::read(&mut stream).await {
+/// Frames from a worker are read through this much buffer: a frame and its
+/// header then take one read.
+const READ_BUFFER: usize = 8 << 10;
+
+/// The Ack of a delivered message, the answer to almost every Deliver.
+const ACCEPTED: [u8; 6] = [b'A', 0, 0, 0, 1, b'0'];
+
+/// A worker's connection, read through a buffer.
+type Connection = BufReader<UnixStream>;
+
+async fn serve_connection(host: Rc<Host>, stream: UnixStream) {
+    let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
+    let first = match frame::read(&mut conn).await {
         Ok(Some(f)) => f,
         Ok(None) => return,
         Err(e) => {
@@ -186,35 +197,52 @@ async fn serve_connection(host: Rc<Host>, mut stream: UnixStream) {
         }
     };
     match first.0 {
-        Kind::Spawn => sse::run(host, stream, first.1).await,
-        Kind::Watch => {
-            let events = Rc::clone(&host.events);
-            let (_reader, writer) = stream.into_split();
-            events.watch(writer).await
+        Kind::Spawn | Kind::Watch => {
+            let Some(stream) = unbuffered(conn) else { return };
+            if first.0 == Kind::Spawn {
+                sse::run(host, stream, first.1).await
+            } else {
+                let events = Rc::clone(&host.events);
+                let (_reader, writer) = stream.into_split();
+                events.watch(writer).await
+            }
         }
         Kind::Deliver | Kind::Query | Kind::End | Kind::Request | Kind::Notify => {
-            serve_requests(host, stream, first).await
+            serve_requests(host, conn, first).await
         }
         other => log!(Warn, "unexpected {other:?} frame opening a connection"),
     }
+}
+
+/// The connection without its buffer, for a use that reads it directly.
+/// The worker sends nothing more until it is answered, so the buffer is
+/// empty; if not, the worker broke the protocol and the connection ends.
+fn unbuffered(conn: Connection) -> Option<UnixStream> {
+    if !conn.buffer().is_empty() {
+        log!(Warn, "the worker sent more after a frame that needs an answer first; closing the connection");
+        return None;
+    }
+    Some(conn.into_inner())
 }
 
 /// Answers Deliver and Query frames on one connection, in order, until the
 /// worker closes it. The host never closes such a connection itself while
 /// running: the worker pools them, and only the side that reuses a pooled
 /// connection may close it without racing a write.
-async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Vec<u8>)) {
+async fn serve_requests(host: Rc<Host>, mut conn: Connection, first: (Kind, Vec<u8>)) {
     let mut next = Some(first);
     while let Some((kind, payload)) = next {
         let reply = match kind {
-            Kind::Deliver => {
-                let (status, reason) = sse::deliver(&host, payload);
-                let mut body = Vec::with_capacity(1 + reason.len());
-                body.push(status.byte());
-                body.extend_from_slice(reason.as_bytes());
-                frame::encode(Kind::Ack, &body)
-            }
-            Kind::Query => frame::encode(Kind::Stats, host.stats().to_string().as_bytes()),
+            Kind::Deliver => match sse::deliver(&host, payload) {
+                (AckStatus::Accepted, _) => Ok(Cow::Borrowed(&ACCEPTED[..])),
+                (status, reason) => {
+                    let mut body = Vec::with_capacity(1 + reason.len());
+                    body.push(status.byte());
+                    body.extend_from_slice(reason.as_bytes());
+                    frame::encode(Kind::Ack, &body).map(Cow::Owned)
+                }
+            },
+            Kind::Query => frame::encode(Kind::Stats, host.stats().to_string().as_bytes()).map(Cow::Owned),
             Kind::Notify => {
                 let status = match crate::binding::Binding::split(&payload) {
                     Ok((key, method)) if host.pools.notify(&key, &String::from_utf8_lossy(method)) => {
@@ -222,7 +250,7 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
                     }
                     _ => AckStatus::UnknownSession,
                 };
-                frame::encode(Kind::Ack, &[status.byte()])
+                frame::encode(Kind::Ack, &[status.byte()]).map(Cow::Owned)
             }
             Kind::End => {
                 let prefix = String::from_utf8_lossy(&payload);
@@ -230,17 +258,24 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
                     0 => AckStatus::UnknownSession,
                     _ => AckStatus::Accepted,
                 };
-                frame::encode(Kind::Ack, &[status.byte()])
+                frame::encode(Kind::Ack, &[status.byte()]).map(Cow::Owned)
             }
             // A worker's connection pool handed this connection to a new
             // session (a proxy in front of the pool may ignore pool names):
             // it is the session's connection from now on.
-            Kind::Spawn => return sse::run(host, stream, payload).await,
+            Kind::Spawn => {
+                let Some(stream) = unbuffered(conn) else { return };
+                return sse::run(host, stream, payload).await;
+            }
             Kind::Request => {
-                if !endpoint::serve(&host, &mut stream, &payload).await {
+                if !conn.buffer().is_empty() {
+                    log!(Warn, "the worker sent more after a request; closing the connection");
                     return;
                 }
-                next = read_next(&mut stream).await;
+                if !endpoint::serve(&host, conn.get_mut(), &payload).await {
+                    return;
+                }
+                next = read_next(&mut conn).await;
                 continue;
             }
             other => {
@@ -249,15 +284,15 @@ async fn serve_requests(host: Rc<Host>, mut stream: UnixStream, first: (Kind, Ve
             }
         };
         let Ok(reply) = reply else { return };
-        if stream.write_all(&reply).await.is_err() {
+        if conn.get_mut().write_all(&reply).await.is_err() {
             return;
         }
-        next = read_next(&mut stream).await;
+        next = read_next(&mut conn).await;
     }
 }
 
-async fn read_next(stream: &mut UnixStream) -> Option<(Kind, Vec<u8>)> {
-    match frame::read(stream).await {
+async fn read_next(conn: &mut Connection) -> Option<(Kind, Vec<u8>)> {
+    match frame::read(conn).await {
         Ok(f) => f,
         Err(e) => {
             log!(Info, "request connection: {e}");
@@ -269,6 +304,11 @@ async fn read_next(stream: &mut UnixStream) -> Option<(Kind, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prepared_ack_is_an_accepted_ack() {
+        assert_eq!(frame::encode(Kind::Ack, &[AckStatus::Accepted.byte()]).expect("encode"), ACCEPTED);
+    }
 
     #[test]
     fn only_workers_of_the_same_nginx_and_user_are_admitted() {

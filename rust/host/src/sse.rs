@@ -63,19 +63,19 @@ const MAX_PENDING: usize = 10_000;
 /// small, since a longer line only costs more reads.
 const STDOUT_BUFFER: usize = 16 * 1024;
 
-/// Queues a client message for a session's backend. `payload` is the
-/// session id, the binding of the request (see `binding`), then the message.
-pub fn deliver(host: &Host, payload: Vec<u8>) -> (AckStatus, String) {
+/// Passes a client message to a session's backend. `payload` is the
+/// session id, the binding of the request (see `binding`), then the
+/// message.
+pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
     let unknown = || (AckStatus::UnknownSession, "session not found".to_string());
-    if payload.len() < SESSION_ID_LEN {
+    let Some(id) = payload.get(..SESSION_ID_LEN).and_then(|id| std::str::from_utf8(id).ok()) else {
         return unknown();
-    }
-    let Ok(id) = std::str::from_utf8(&payload[..SESSION_ID_LEN]) else { return unknown() };
-    let Ok((binding, message)) = Binding::split(&payload[SESSION_ID_LEN..]) else { return unknown() };
+    };
     let sessions = host.sessions.borrow();
+    let Some(session) = sessions.get(id) else { return unknown() };
     // A session of another route or consumer, or of the other transport,
     // looks exactly like none.
-    let Some(session) = sessions.get(id).filter(|s| s.info.binding == binding) else { return unknown() };
+    let Some(message) = session.info.binding.strip(&payload[SESSION_ID_LEN..]) else { return unknown() };
     let Transport::Sse(inbox) = &session.kind else { return unknown() };
     let len = message.len();
     if len > inbox.max_message {
@@ -91,15 +91,17 @@ pub fn deliver(host: &Host, payload: Vec<u8>) -> (AckStatus, String) {
     if inbox.pending.len() + ids.requests.len() > MAX_PENDING {
         return (AckStatus::Busy, format!("{MAX_PENDING} requests are already waiting for a response"));
     }
-    let mut line = Vec::with_capacity(len + 1);
-    line.extend_from_slice(message);
-    message::flatten_line_breaks(&mut line);
-    line.push(b'\n');
-    match inbox.offer(line) {
+    // The line goes out of the payload's own buffer, flattened in place.
+    let from = payload.len() - len;
+    if ids.line_breaks {
+        message::flatten_line_breaks(&mut payload[from..]);
+    }
+    payload.push(b'\n');
+    match inbox.offer(payload, from) {
         Offer::Queued => {
             inbox.pending.sent(ids.requests);
             session.info.last_activity.set(Instant::now());
-            host.events.message_in(&binding.route, len);
+            host.events.message_in(&session.info.binding.route, len);
             (AckStatus::Accepted, String::new())
         }
         Offer::Busy => (AckStatus::Busy, "the backend is not reading its input; try again later".into()),
@@ -113,9 +115,19 @@ enum Offer {
     Closed,
 }
 
-/// Client messages waiting for the backend's stdin, bounded in bytes.
+/// Bytes for the backend's stdin: `bytes[from..]`.
+struct Input {
+    bytes: Vec<u8>,
+    from: usize,
+}
+
+/// Client messages on their way to the backend's stdin: written at once
+/// when nothing waits before them (the backend wakes before the client
+/// hears back), else queued, bounded in bytes.
 pub struct Inbox {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    stdin: Rc<pipe::Sender>,
+    tx: mpsc::UnboundedSender<Input>,
+    /// Bytes accepted and not yet written; the writer task's, while not 0.
     queued: Rc<Cell<usize>>,
     limit: usize,
     max_message: usize,
@@ -123,14 +135,22 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    fn offer(&self, message: Vec<u8>) -> Offer {
+    fn offer(&self, bytes: Vec<u8>, mut from: usize) -> Offer {
         let queued = self.queued.get();
-        if queued > 0 && queued + message.len() > self.limit {
+        if queued == 0 {
+            match self.stdin.try_write(&bytes[from..]) {
+                Ok(n) if from + n == bytes.len() => return Offer::Queued,
+                Ok(n) => from += n,
+                // Full, or failing: the writer task waits, or meets the
+                // error and says so.
+                Err(_) => {}
+            }
+        } else if queued + (bytes.len() - from) > self.limit {
             return Offer::Busy;
         }
-        let len = message.len();
+        let len = bytes.len() - from;
         self.queued.set(queued + len);
-        if self.tx.send(message).is_err() {
+        if self.tx.send(Input { bytes, from }).is_err() {
             self.queued.set(queued);
             return Offer::Closed;
         }
@@ -338,7 +358,9 @@ impl Running {
         let pending = Rc::new(Pending::default());
         let tail = Rc::new(StderrTail::default());
         let (tx, rx) = mpsc::unbounded_channel();
+        let stdin = Rc::new(stdin);
         let inbox = Inbox {
+            stdin: Rc::clone(&stdin),
             tx,
             queued: Rc::clone(&queued),
             limit: spec.inbox_limit(),
@@ -528,14 +550,27 @@ async fn closed(reader: &mut OwnedReadHalf) {
 }
 
 async fn feed_stdin(
-    mut stdin: pipe::Sender,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    stdin: Rc<pipe::Sender>,
+    mut rx: mpsc::UnboundedReceiver<Input>,
     queued: Rc<Cell<usize>>,
     pid: i32,
 ) {
-    while let Some(message) = rx.recv().await {
-        let written = stdin.write_all(&message).await;
-        queued.set(queued.get().saturating_sub(message.len()));
+    while let Some(Input { bytes, mut from }) = rx.recv().await {
+        let len = bytes.len() - from;
+        let written = loop {
+            if from == bytes.len() {
+                break Ok(());
+            }
+            if let Err(e) = stdin.writable().await {
+                break Err(e);
+            }
+            match stdin.try_write(&bytes[from..]) {
+                Ok(n) => from += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => break Err(e),
+            }
+        };
+        queued.set(queued.get().saturating_sub(len));
         if let Err(e) = written {
             log!(Info, "session {pid}: backend stopped taking input: {e}");
             return;
@@ -580,13 +615,17 @@ async fn pump_stdout(
             continue;
         }
         match message::inspect(line) {
-            Ok(ids) => pending.answered(&ids.responses),
+            Ok(ids) => {
+                pending.answered(&ids.responses);
+                if ids.line_breaks {
+                    message::flatten_line_breaks(line);
+                }
+            }
             Err(why) => {
                 log!(Warn, "session {pid}: dropped a backend output line that is {why}: {}", message::excerpt(line));
                 continue;
             }
         }
-        message::flatten_line_breaks(line);
         if frame::seal(&mut frame, Kind::Message).is_err() {
             continue;
         }
