@@ -12,12 +12,11 @@ use crate::reaper::Exit;
 use crate::rundir;
 use crate::spec::SpawnSpec;
 use crate::stderr::{self, StderrTail};
+use crate::stdin::Stdin;
 use crate::teardown::{Ending, Teardown};
-use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{spawn_local, JoinHandle};
@@ -43,14 +42,7 @@ pub enum Output {
     Closed { too_long: bool },
 }
 
-/// Why a queued write to stdin was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refused {
-    /// The backend is not reading fast enough.
-    Busy,
-    /// Its stdin is closed.
-    Closed,
-}
+pub use crate::stdin::Refused;
 
 pub struct Child {
     pub pid: i32,
@@ -58,8 +50,7 @@ pub struct Child {
     pub spec: SpawnSpec,
     pub started: Instant,
     pub tail: Rc<StderrTail>,
-    stdin: mpsc::UnboundedSender<Vec<u8>>,
-    queued: Rc<Cell<usize>>,
+    stdin: Stdin,
     output: mpsc::Receiver<Output>,
     exit: oneshot::Receiver<Exit>,
     /// The exit has been received (`exited` says how, if the reaper could).
@@ -87,11 +78,10 @@ impl Child {
         let Backend { pid, stdin, stdout, stderr } = backend;
         host.backend_started(pid);
         let tail = Rc::new(StderrTail::default());
-        let queued = Rc::new(Cell::new(0));
-        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        let (stdin, stdin_task) = Stdin::start(stdin, spec.inbox_limit(), format!("backend {pid}"));
         let (out_tx, output) = mpsc::channel(OUTPUT_QUEUE);
         let tasks = vec![
-            spawn_local(feed_stdin(stdin, stdin_rx, Rc::clone(&queued), pid)),
+            stdin_task,
             spawn_local(read_stdout(stdout, out_tx.clone(), spec.max_message_bytes, pid)),
             spawn_local(read_stderr(stderr, out_tx, Rc::clone(&tail), spec.clone(), pid)),
         ];
@@ -101,8 +91,7 @@ impl Child {
             spec,
             started: Instant::now(),
             tail,
-            stdin: stdin_tx,
-            queued,
+            stdin,
             output,
             exit,
             exit_seen: false,
@@ -112,22 +101,16 @@ impl Child {
         })
     }
 
-    /// Queues one message for stdin (a newline is added). A message that
-    /// fits `max_message_bytes` always goes into an empty queue.
+    /// Sends one message to stdin (a newline is added).
     pub fn send(&self, mut line: Vec<u8>) -> Result<(), Refused> {
         message::flatten_line_breaks(&mut line);
+        self.send_line(line)
+    }
+
+    /// [`Child::send`] for a message known to hold no raw line breaks.
+    pub fn send_line(&self, mut line: Vec<u8>) -> Result<(), Refused> {
         line.push(b'\n');
-        let queued = self.queued.get();
-        if queued > 0 && queued + line.len() > self.spec.inbox_limit() {
-            return Err(Refused::Busy);
-        }
-        let len = line.len();
-        self.queued.set(queued + len);
-        if self.stdin.send(line).is_err() {
-            self.queued.set(queued);
-            return Err(Refused::Closed);
-        }
-        Ok(())
+        self.stdin.offer(line, 0)
     }
 
     /// The next thing the backend produced; `Closed` once stdout ended, or
@@ -205,22 +188,6 @@ pub fn private_home(host: &Host) -> Result<PathBuf, SpawnError> {
         reason: "the MCP server could not be started",
         detail: format!("cannot create the session home {}: {e}", home.display()),
     })
-}
-
-async fn feed_stdin(
-    mut stdin: pipe::Sender,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    queued: Rc<Cell<usize>>,
-    pid: i32,
-) {
-    while let Some(message) = rx.recv().await {
-        let written = stdin.write_all(&message).await;
-        queued.set(queued.get().saturating_sub(message.len()));
-        if let Err(e) = written {
-            log!(Info, "backend {pid} stopped taking input: {e}");
-            return;
-        }
-    }
 }
 
 async fn read_stdout(out: pipe::Receiver, tx: mpsc::Sender<Output>, max: usize, pid: i32) {

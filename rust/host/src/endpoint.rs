@@ -7,9 +7,8 @@
 use crate::host::Host;
 use crate::http::Request;
 use crate::log;
-use crate::mcp::{self, Shape};
+use crate::mcp::{self, Message};
 use crate::{stateless, streamable};
-use serde_json::Value;
 use std::rc::Rc;
 use tokio::net::UnixStream;
 
@@ -28,17 +27,18 @@ pub async fn serve(host: &Rc<Host>, stream: &mut UnixStream, payload: &[u8]) -> 
     };
     let (mut reader, writer) = stream.split();
     let parsed = match request.headers.method.as_str() {
-        "POST" => mcp::parse(&request.body).ok(),
+        "POST" => Message::parse(request.body.clone()).ok(),
         _ => None,
     };
     if request.headers.method == "POST" && is_stateless(&request, parsed.as_ref()) {
-        return stateless::serve(host, request, parsed, &mut reader, writer).await;
+        // It parses the message its own way.
+        return stateless::serve(host, request, None, &mut reader, writer).await;
     }
     streamable::serve(host, request, parsed, &mut reader, writer).await
 }
 
-fn is_stateless(request: &Request, parsed: Option<&(Value, Shape)>) -> bool {
-    let enveloped = parsed.and_then(|(v, _)| mcp::meta(v)).is_some_and(|m| m.contains_key(VERSION_KEY));
+fn is_stateless(request: &Request, parsed: Option<&Message>) -> bool {
+    let enveloped = parsed.is_some_and(|m| m.param(&["_meta", VERSION_KEY]).is_some());
     let version = request.headers.version.as_str();
     // A request of a session with a version it does not speak is still the
     // session's to refuse.

@@ -220,10 +220,9 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<(Kind, V
             format!("{kind:?} frame of {len} bytes (at most {limit})"),
         ));
     }
-    let mut payload = Vec::new();
     // One byte more than announced: a message delivered to a backend gets
     // its line end in place.
-    payload.reserve(len.min(READ_CHUNK) + 1);
+    let mut payload = Vec::with_capacity(len.min(READ_CHUNK) + 1);
     read_payload(r, len, &mut payload).await?;
     Ok(Some((kind, payload)))
 }

@@ -32,5 +32,6 @@ pub mod spec;
 pub mod sse;
 pub mod stateless;
 pub mod stderr;
+pub mod stdin;
 pub mod streamable;
 pub mod teardown;

@@ -4,7 +4,11 @@
 //! `message`); these are parsed, because their ids are rewritten and their
 //! results completed.
 
+use crate::message;
+use crate::scan::{self, Members, Scanned, Top};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+use std::ops::Range;
 
 /// The protocol revisions of the sessionful leg (the client's `initialize`
 /// picks one), newest first.
@@ -81,6 +85,150 @@ pub fn shape(value: &Value) -> Result<Shape, (i64, String)> {
     }
 }
 
+/// One JSON-RPC message (not a batch) as text, and where its members are:
+/// what a session needs of a message, without building a tree of it. The
+/// text holds no raw line breaks (see `message::flatten_line_breaks`).
+#[derive(Debug)]
+pub struct Message {
+    text: Vec<u8>,
+    members: Members,
+}
+
+/// What a [`Message`] is: [`Shape`] with the id as its JSON text.
+#[derive(Debug, PartialEq)]
+pub enum Form<'a> {
+    Request { id: &'a str, method: Cow<'a, str> },
+    Notification { method: Cow<'a, str> },
+    Response { id: &'a str },
+}
+
+impl Message {
+    /// Parses one message; the errors are [`parse`]'s, word for word.
+    pub fn parse(bytes: Vec<u8>) -> Result<Message, (i64, String)> {
+        Message::try_parse(bytes).map_err(|(_, e)| e)
+    }
+
+    /// [`Message::parse`] that gives the bytes back with its error.
+    pub fn try_parse(bytes: Vec<u8>) -> Result<Message, (Vec<u8>, (i64, String))> {
+        match scan::scan(&bytes) {
+            Some(Scanned { top: Top::Object(members), line_breaks }) => {
+                let mut text = bytes;
+                if line_breaks {
+                    message::flatten_line_breaks(&mut text);
+                }
+                let message = Message { text, members };
+                match message.form() {
+                    Ok(_) => Ok(message),
+                    Err(e) => Err((message.text, e)),
+                }
+            }
+            // Left to serde_json, which decides and words the error.
+            _ => match parse(&bytes) {
+                Ok((value, _)) => Message::of_value(&value).map_err(|e| (bytes, e)),
+                Err(e) => Err((bytes, e)),
+            },
+        }
+    }
+
+    /// The message `value` is.
+    pub fn of_value(value: &Value) -> Result<Message, (i64, String)> {
+        let text = value.to_string().into_bytes();
+        match scan::scan_serialized(&text) {
+            Some(Scanned { top: Top::Object(members), .. }) => {
+                let message = Message { text, members };
+                message.form()?;
+                Ok(message)
+            }
+            _ => Err((code::INVALID_REQUEST, "a message must be a JSON object".into())),
+        }
+    }
+
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    pub fn into_text(self) -> Vec<u8> {
+        self.text
+    }
+
+    /// As a tree, for what is done rarely.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.text).unwrap_or(Value::Null)
+    }
+
+    fn raw(&self, range: &Range<usize>) -> &str {
+        // The scanner accepted the text: it is UTF-8.
+        std::str::from_utf8(&self.text[range.clone()]).unwrap_or("null")
+    }
+
+    /// What it is, by [`shape`]'s rules.
+    pub fn form(&self) -> Result<Form<'_>, (i64, String)> {
+        let invalid = |why: &str| (code::INVALID_REQUEST, why.to_string());
+        let m = &self.members;
+        let id = m.id.as_ref().map(|r| self.raw(r));
+        if id.is_some_and(|id| !(id.starts_with('"') || id.starts_with('-') || id.as_bytes()[0].is_ascii_digit())) {
+            return Err(invalid("a request id must be a string or a number"));
+        }
+        let method = match &m.method {
+            None => None,
+            Some(r) if self.text[r.start] == b'"' => Some(match scan::plain_str(&self.text, r) {
+                Some(plain) => Cow::Borrowed(plain),
+                None => Cow::Owned(serde_json::from_slice::<String>(&self.text[r.clone()]).unwrap_or_default()),
+            }),
+            Some(_) => return Err(invalid("method must be a string")),
+        };
+        match (method, id) {
+            (Some(method), Some(id)) => Ok(Form::Request { id, method }),
+            (Some(method), None) => Ok(Form::Notification { method }),
+            (None, Some(id)) if m.result || m.error => Ok(Form::Response { id }),
+            (None, _) => Err(invalid("a message needs a method, or an id with a result or an error")),
+        }
+    }
+
+    /// The text with its id replaced by `id` (JSON text).
+    pub fn with_id(&self, id: &[u8]) -> Vec<u8> {
+        let Some(r) = &self.members.id else { return self.text.clone() };
+        let mut out = Vec::with_capacity(self.text.len() + id.len());
+        out.extend_from_slice(&self.text[..r.start]);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&self.text[r.end..]);
+        out
+    }
+
+    /// `params.<path...>` as canonical JSON text (serde_json's; `null` for
+    /// null), if present.
+    pub fn param(&self, path: &[&str]) -> Option<String> {
+        let mut at = self.members.params.clone();
+        for key in path {
+            match scan::member(&self.text, at?, key) {
+                Some(found) => at = found,
+                // Not certain: ask the tree.
+                None => {
+                    let value = self.value();
+                    let found = path.iter().try_fold(value.get("params")?, |v, k| v.get(k))?;
+                    return Some(found.to_string());
+                }
+            }
+        }
+        at.map(|r| canonical(&self.text[r]))
+    }
+}
+
+/// JSON text as serde_json writes it, so that two texts of one value
+/// compare equal: most ids and tokens already are.
+pub fn canonical(raw: &[u8]) -> String {
+    let plain_string = raw.len() >= 2 && raw[0] == b'"' && raw[1..].iter().all(|&c| c >= 0x20 && c != b'\\');
+    let digits = raw.strip_prefix(b"-").unwrap_or(raw);
+    let plain_integer = !digits.is_empty()
+        && digits.len() < 16
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits[0] != b'0' || raw == b"0");
+    match (plain_string || plain_integer, std::str::from_utf8(raw)) {
+        (true, Ok(text)) => text.to_owned(),
+        _ => serde_json::from_slice::<Value>(raw).map(|v| v.to_string()).unwrap_or_default(),
+    }
+}
+
 /// A JSON-RPC error response.
 pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
     let mut error = json!({"code": code, "message": message});
@@ -132,6 +280,54 @@ mod tests {
         assert!(parse(br#"{"method":3}"#).is_err());
         let (_, s) = parse(br#"{"method":"n","id":null}"#).expect("a null id is a notification");
         assert_eq!(s, Shape::Notification { method: "n".into() });
+    }
+
+    #[test]
+    fn messages_as_text_agree_with_the_tree() {
+        let form = |t: &str| Message::parse(t.as_bytes().to_vec()).map(|m| format!("{:?}", m.form().expect("form")));
+        assert_eq!(
+            form(r#"{"id":1,"method":"tools/list"}"#).expect("ok"),
+            r#"Request { id: "1", method: "tools/list" }"#
+        );
+        assert_eq!(form(r#"{"id":"a","method":"x\/y"}"#).expect("ok"), r#"Request { id: "\"a\"", method: "x/y" }"#);
+        assert_eq!(form(r#"{"method":"n","id":null}"#).expect("ok"), r#"Notification { method: "n" }"#);
+        assert_eq!(form(r#"{"id":2,"error":{}}"#).expect("ok"), r#"Response { id: "2" }"#);
+        // Errors are parse()'s, whichever path found them.
+        for bad in
+            ["{", "[{}]", r#"{"id":{},"method":"x"}"#, r#"{"id":1}"#, r#"{"method":3}"#, "\u{ff}", r#"{"\u0069d":1}"#]
+        {
+            assert_eq!(Message::parse(bad.as_bytes().to_vec()).map(drop), parse(bad.as_bytes()).map(drop), "{bad}");
+        }
+        // What the scanner leaves to serde_json still becomes a message.
+        let m = Message::parse(br#"{"\u0069d":1e2,"method":"a","params":{"_meta":{"progressToken":1.5e3}}}"#.to_vec())
+            .expect("parse");
+        assert_eq!(m.form().expect("form"), Form::Request { id: "100.0", method: "a".into() });
+        assert_eq!(m.param(&["_meta", "progressToken"]).as_deref(), Some("1500.0"));
+        let m = Message::parse(
+            b"{\n\"id\":7,\r\n\"method\":\"a\",\"params\":{\"_meta\":{\"progressToken\":\"t\"}}}".to_vec(),
+        )
+        .expect("parse");
+        assert!(!m.text().contains(&b'\n') && !m.text().contains(&b'\r'));
+        assert_eq!(
+            m.with_id(b"42"),
+            b"{ \"id\":42,  \"method\":\"a\",\"params\":{\"_meta\":{\"progressToken\":\"t\"}}}"
+        );
+        assert_eq!(m.param(&["_meta", "progressToken"]).as_deref(), Some("\"t\""));
+        assert_eq!(m.param(&["_meta", "other"]), None);
+        assert_eq!(m.param(&["_meta", "progressToken", "deeper"]), None);
+        let m = Message::parse(br#"{"method":"a","params":{"_meta":{"k":null}}}"#.to_vec()).expect("parse");
+        assert_eq!(m.param(&["_meta", "k"]).as_deref(), Some("null"));
+        for (raw, canon) in [
+            ("12", "12"),
+            ("-3", "-3"),
+            ("0", "0"),
+            ("\"a\"", "\"a\""),
+            ("1.50", "1.5"),
+            ("\"\\u0061\"", "\"a\""),
+            ("007", ""),
+        ] {
+            assert_eq!(canonical(raw.as_bytes()), canon, "{raw}");
+        }
     }
 
     #[test]

@@ -52,45 +52,58 @@ pub struct Scanned {
 /// valid, or not an object or an array of objects (see the module
 /// documentation).
 pub fn scan(text: &[u8]) -> Option<Scanned> {
-    let mut s = Scanner { b: text, i: 0, breaks: false };
-    s.ws();
-    let top = match s.peek()? {
-        b'{' => Top::Object(s.members(1)?),
-        b'[' => {
-            s.i += 1;
-            let mut batch = Vec::new();
-            s.ws();
-            if s.peek()? == b']' {
+    Scanner { b: text, i: 0, breaks: false, any_number: false }.top()
+}
+
+/// [`scan`] for a text serde_json wrote from a value it had parsed: its
+/// numbers are certain, whatever their size.
+pub fn scan_serialized(text: &[u8]) -> Option<Scanned> {
+    Scanner { b: text, i: 0, breaks: false, any_number: true }.top()
+}
+
+impl Scanner<'_> {
+    fn top(mut self) -> Option<Scanned> {
+        let s = &mut self;
+        let text = s.b;
+        s.ws();
+        let top = match s.peek()? {
+            b'{' => Top::Object(s.members(1)?),
+            b'[' => {
                 s.i += 1;
-            } else {
-                loop {
-                    s.ws();
-                    if s.peek()? != b'{' {
-                        return None;
-                    }
-                    batch.push(s.members(2)?);
-                    s.ws();
-                    match s.next()? {
-                        b',' => continue,
-                        b']' => break,
-                        _ => return None,
+                let mut batch = Vec::new();
+                s.ws();
+                if s.peek()? == b']' {
+                    s.i += 1;
+                } else {
+                    loop {
+                        s.ws();
+                        if s.peek()? != b'{' {
+                            return None;
+                        }
+                        batch.push(s.members(2)?);
+                        s.ws();
+                        match s.next()? {
+                            b',' => continue,
+                            b']' => break,
+                            _ => return None,
+                        }
                     }
                 }
+                Top::Array(batch)
             }
-            Top::Array(batch)
-        }
-        _ => return None,
-    };
-    s.ws();
-    (s.i == text.len()).then_some(Scanned { top, line_breaks: s.breaks })
+            _ => return None,
+        };
+        s.ws();
+        (s.i == text.len()).then_some(Scanned { top, line_breaks: s.breaks })
+    }
 }
 
 /// The value of member `key` of the object at `range` of `text`, a text
-/// `scan` accepted: `Some(None)` when the object has no such member (or it
-/// is `null`), `None` when that is not certain (a name with escapes, the
+/// `scan` accepted: `Some(None)` when the object has no such member, `None`
+/// when that is not certain (a name with escapes, the
 /// name twice, or `range` is not an object): ask serde_json.
 pub fn member(text: &[u8], range: Range<usize>, key: &str) -> Option<Option<Range<usize>>> {
-    let mut s = Scanner { b: &text[..range.end], i: range.start, breaks: false };
+    let mut s = Scanner { b: &text[..range.end], i: range.start, breaks: false, any_number: true };
     if s.peek()? != b'{' {
         return None;
     }
@@ -124,7 +137,7 @@ pub fn member(text: &[u8], range: Range<usize>, key: &str) -> Option<Option<Rang
             _ => break,
         }
     }
-    Some(found.filter(|r| &text[r.clone()] != b"null"))
+    Some(found)
 }
 
 /// The text of a string value (its range includes the quotes) when it has
@@ -142,6 +155,8 @@ struct Scanner<'a> {
     i: usize,
     /// Whether whitespace so far held a line break.
     breaks: bool,
+    /// Whether numbers of any size are certain (the text is serde_json's).
+    any_number: bool,
 }
 
 impl Scanner<'_> {
@@ -322,6 +337,19 @@ impl Scanner<'_> {
                 return None;
             }
             self.digits();
+        }
+        if self.any_number {
+            if matches!(self.peek(), Some(b'e' | b'E')) {
+                self.i += 1;
+                if matches!(self.peek(), Some(b'+' | b'-')) {
+                    self.i += 1;
+                }
+                if !self.peek()?.is_ascii_digit() {
+                    return None;
+                }
+                self.digits();
+            }
+            return Some(());
         }
         if matches!(self.peek(), Some(b'e' | b'E')) || self.i - start > MAX_NUMBER_LEN {
             return None;
@@ -523,7 +551,7 @@ mod tests {
         assert_eq!(&t[member(t.as_bytes(), meta, "progressToken").expect("sure").expect("token")], "5");
         let t = r#"{"params":{"_meta":null,"x":{}}}"#;
         let params = object(t).params.expect("params");
-        assert_eq!(member(t.as_bytes(), params.clone(), "_meta"), Some(None));
+        assert_eq!(member(t.as_bytes(), params.clone(), "_meta").map(|r| r.map(|r| &t[r])), Some(Some("null")));
         assert_eq!(member(t.as_bytes(), params, "y"), Some(None));
         let t = r#"{"params":{"\u005fmeta":{}}}"#;
         assert_eq!(member(t.as_bytes(), object(t).params.expect("params"), "_meta"), None, "escaped name");

@@ -20,6 +20,7 @@ use crate::reaper::Exit;
 use crate::rundir;
 use crate::spec::{SpawnSpec, StderrMode};
 use crate::stderr::{self, StderrTail};
+use crate::stdin::{Refused, Stdin};
 use crate::teardown::{Ending, Teardown};
 use mcp_bridge_core::random;
 use std::cell::{Cell, RefCell};
@@ -31,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{oneshot, Mutex};
 use tokio::task::{spawn_local, JoinHandle};
 
 /// The transport's name, in events and the status report.
@@ -97,65 +98,24 @@ pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
         message::flatten_line_breaks(&mut payload[from..]);
     }
     payload.push(b'\n');
-    match inbox.offer(payload, from) {
-        Offer::Queued => {
+    match inbox.stdin.offer(payload, from) {
+        Ok(()) => {
             inbox.pending.sent(ids.requests);
             session.info.last_activity.set(Instant::now());
             host.events.message_in(&session.info.binding.route, len);
             (AckStatus::Accepted, String::new())
         }
-        Offer::Busy => (AckStatus::Busy, "the backend is not reading its input; try again later".into()),
-        Offer::Closed => (AckStatus::UnknownSession, "session is ending".into()),
+        Err(Refused::Busy) => (AckStatus::Busy, "the backend is not reading its input; try again later".into()),
+        Err(Refused::Closed) => (AckStatus::UnknownSession, "session is ending".into()),
     }
 }
 
-enum Offer {
-    Queued,
-    Busy,
-    Closed,
-}
-
-/// Bytes for the backend's stdin: `bytes[from..]`.
-struct Input {
-    bytes: Vec<u8>,
-    from: usize,
-}
-
-/// Client messages on their way to the backend's stdin: written at once
-/// when nothing waits before them (the backend wakes before the client
-/// hears back), else queued, bounded in bytes.
+/// What a session's requests need of it: its backend's stdin and what is
+/// checked before a message goes there.
 pub struct Inbox {
-    stdin: Rc<pipe::Sender>,
-    tx: mpsc::UnboundedSender<Input>,
-    /// Bytes accepted and not yet written; the writer task's, while not 0.
-    queued: Rc<Cell<usize>>,
-    limit: usize,
+    stdin: Stdin,
     max_message: usize,
     pending: Rc<Pending>,
-}
-
-impl Inbox {
-    fn offer(&self, bytes: Vec<u8>, mut from: usize) -> Offer {
-        let queued = self.queued.get();
-        if queued == 0 {
-            match self.stdin.try_write(&bytes[from..]) {
-                Ok(n) if from + n == bytes.len() => return Offer::Queued,
-                Ok(n) => from += n,
-                // Full, or failing: the writer task waits, or meets the
-                // error and says so.
-                Err(_) => {}
-            }
-        } else if queued + (bytes.len() - from) > self.limit {
-            return Offer::Busy;
-        }
-        let len = bytes.len() - from;
-        self.queued.set(queued + len);
-        if self.tx.send(Input { bytes, from }).is_err() {
-            self.queued.set(queued);
-            return Offer::Closed;
-        }
-        Offer::Queued
-    }
 }
 
 /// Ids of the client's requests the backend has not answered yet, so that
@@ -354,24 +314,14 @@ impl Running {
         // backend was starting).
         let ready_sent = writer.send(&ready).await.is_ok();
 
-        let queued = Rc::new(Cell::new(0));
         let pending = Rc::new(Pending::default());
         let tail = Rc::new(StderrTail::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stdin = Rc::new(stdin);
-        let inbox = Inbox {
-            stdin: Rc::clone(&stdin),
-            tx,
-            queued: Rc::clone(&queued),
-            limit: spec.inbox_limit(),
-            max_message: spec.max_message_bytes,
-            pending: Rc::clone(&pending),
-        };
+        let (stdin, stdin_task) = Stdin::start(stdin, spec.inbox_limit(), format!("session {pid}"));
+        let inbox = Inbox { stdin, max_message: spec.max_message_bytes, pending: Rc::clone(&pending) };
         host.sessions
             .borrow_mut()
             .insert(id.clone(), Registered { info: Rc::clone(&info), kind: Transport::Sse(inbox) });
         host.events.session_started(&info.binding, TRANSPORT, &id);
-        let stdin = spawn_local(feed_stdin(stdin, rx, queued, pid));
         let stdout = spawn_local(pump_stdout(
             stdout,
             Rc::clone(&writer),
@@ -401,7 +351,7 @@ impl Running {
             ready_sent,
             pending,
             tail,
-            stdin,
+            stdin: stdin_task,
             stdout,
             stderr,
             keepalive,
@@ -545,35 +495,6 @@ async fn closed(reader: &mut OwnedReadHalf) {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => continue,
-        }
-    }
-}
-
-async fn feed_stdin(
-    stdin: Rc<pipe::Sender>,
-    mut rx: mpsc::UnboundedReceiver<Input>,
-    queued: Rc<Cell<usize>>,
-    pid: i32,
-) {
-    while let Some(Input { bytes, mut from }) = rx.recv().await {
-        let len = bytes.len() - from;
-        let written = loop {
-            if from == bytes.len() {
-                break Ok(());
-            }
-            if let Err(e) = stdin.writable().await {
-                break Err(e);
-            }
-            match stdin.try_write(&bytes[from..]) {
-                Ok(n) => from += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => break Err(e),
-            }
-        };
-        queued.set(queued.get().saturating_sub(len));
-        if let Err(e) = written {
-            log!(Info, "session {pid}: backend stopped taking input: {e}");
-            return;
         }
     }
 }

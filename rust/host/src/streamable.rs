@@ -21,7 +21,7 @@ use crate::child::{Child, Output, Refused};
 use crate::host::{Host, Registered, SessionInfo, Transport};
 use crate::http::{relay, Body, Item, Reply, Request};
 use crate::log;
-use crate::mcp::{self, code, Shape};
+use crate::mcp::{self, code, Form, Message, Shape};
 use crate::message;
 use crate::spec::SpawnSpec;
 use mcp_bridge_core::random;
@@ -60,10 +60,23 @@ type Stream = mpsc::Sender<Item>;
 
 /// What the HTTP requests of a session ask of its task.
 enum Command {
-    Request { message: Value, client_id: Value, progress: Option<String>, stream: Stream },
-    Forward { message: Value, done: oneshot::Sender<Result<(), Refused>> },
-    Listen { stream: Stream },
-    Delete { done: oneshot::Sender<()> },
+    /// A client request; `client_id` is its id's JSON text.
+    Request {
+        message: Message,
+        client_id: String,
+        progress: Option<String>,
+        stream: Stream,
+    },
+    Forward {
+        message: Message,
+        done: oneshot::Sender<Result<(), Refused>>,
+    },
+    Listen {
+        stream: Stream,
+    },
+    Delete {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// How the HTTP requests of a session reach its task.
@@ -110,23 +123,31 @@ struct Refusal {
     body: Vec<u8>,
 }
 
-fn refuse(status: u16, id: &Value, code: i64, message: &str) -> Refusal {
+/// The id of a refusal that answers no request in particular.
+const NO_ID: &str = "null";
+
+/// `id` is the JSON text of the request's id, or [`NO_ID`].
+fn refuse(status: u16, id: &str, code: i64, message: &str) -> Refusal {
+    Refusal { status, body: mcp::error_bytes(&id_value(id), code, message, None) }
+}
+
+/// [`refuse`] with the id as a value.
+fn refuse_to(status: u16, id: &Value, code: i64, message: &str) -> Refusal {
     Refusal { status, body: mcp::error_bytes(id, code, message, None) }
 }
 
-fn session_not_found(id: &Value) -> Refusal {
+fn session_not_found(id: &str) -> Refusal {
     refuse(404, id, code::SESSION_NOT_FOUND, "Session not found")
+}
+
+/// A request id's JSON text as a value, for the rarer answers built as one.
+fn id_value(id: &str) -> Value {
+    serde_json::from_str(id).unwrap_or(Value::Null)
 }
 
 /// Serves a request of the sessionful leg on the worker's connection.
 /// Returns false when the connection cannot be used again.
-pub async fn serve<R, W>(
-    host: &Rc<Host>,
-    request: Request,
-    parsed: Option<(Value, Shape)>,
-    reader: &mut R,
-    writer: W,
-) -> bool
+pub async fn serve<R, W>(host: &Rc<Host>, request: Request, parsed: Option<Message>, reader: &mut R, writer: W) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -136,7 +157,7 @@ where
         "POST" => post(host, &request, parsed, reader, &mut reply).await,
         "GET" => get(host, &request, reader, &mut reply).await,
         "DELETE" => delete(host, &request, &mut reply).await,
-        other => Err(refuse(405, &Value::Null, code::SERVER_ERROR, &format!("method {other} is not allowed"))),
+        other => Err(refuse(405, NO_ID, code::SERVER_ERROR, &format!("method {other} is not allowed"))),
     };
     match outcome {
         Ok(reusable) => reusable,
@@ -154,7 +175,7 @@ fn find(host: &Host, request: &Request) -> Option<(Rc<SessionInfo>, mpsc::Unboun
     }
 }
 
-fn check_version(request: &Request, id: &Value) -> Result<(), Refusal> {
+fn check_version(request: &Request, id: &str) -> Result<(), Refusal> {
     let v = &request.headers.version;
     if v.is_empty() || mcp::LEGACY_VERSIONS.contains(&v.as_str()) {
         return Ok(());
@@ -165,7 +186,7 @@ fn check_version(request: &Request, id: &Value) -> Result<(), Refusal> {
 async fn post<R, W>(
     host: &Rc<Host>,
     request: &Request,
-    parsed: Option<(Value, Shape)>,
+    parsed: Option<Message>,
     reader: &mut R,
     reply: &mut Reply<W>,
 ) -> Result<bool, Refusal>
@@ -173,68 +194,68 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (message, shape) = match parsed {
-        Some(p) => p,
-        None => mcp::parse(&request.body).map_err(|(c, why)| refuse(400, &Value::Null, c, &why))?,
+    let message = match parsed {
+        Some(m) => m,
+        None => Message::parse(request.body.clone()).map_err(|(c, why)| refuse(400, NO_ID, c, &why))?,
     };
+    let form = message.form().map_err(|(c, why)| refuse(400, NO_ID, c, &why))?;
     if request.headers.session.is_empty() {
-        return match &shape {
-            Shape::Request { method, id } if method == "initialize" => {
+        return match form {
+            Form::Request { method, id } if method == "initialize" => {
                 check_version(request, id)?;
                 if !request.headers.slot {
                     // The worker takes a session slot first, then asks again.
                     return Ok(reply.empty(NEED_SLOT, None).await.is_ok());
                 }
-                initialize(host, request, message, id.clone(), reader, reply).await
+                let client_id = id_value(id);
+                initialize(host, request, message.value(), client_id, reader, reply).await
             }
-            Shape::Request { id, .. } => {
+            Form::Request { id, .. } => {
                 Err(refuse(400, id, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"))
             }
-            _ => Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required")),
+            _ => Err(refuse(400, NO_ID, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required")),
         };
     }
-    let request_id = match &shape {
-        Shape::Request { id, .. } => id.clone(),
-        _ => Value::Null,
+    let request_id = match &form {
+        Form::Request { id, .. } => *id,
+        _ => NO_ID,
     };
-    let Some((info, commands, keepalive)) = find(host, request) else { return Err(session_not_found(&request_id)) };
-    check_version(request, &request_id)?;
-    match shape {
-        Shape::Request { method, .. } if method == "initialize" => {
-            Err(refuse(400, &request_id, code::INVALID_REQUEST, "the session is already initialized"))
+    let Some((info, commands, keepalive)) = find(host, request) else { return Err(session_not_found(request_id)) };
+    check_version(request, request_id)?;
+    match form {
+        Form::Request { method, .. } if method == "initialize" => {
+            Err(refuse(400, request_id, code::INVALID_REQUEST, "the session is already initialized"))
         }
-        Shape::Request { id, .. } => {
+        Form::Request { id, .. } => {
             info.last_activity.set(Instant::now());
-            let progress = progress_token(&message);
+            let progress = message.param(&["_meta", "progressToken"]);
+            let client_id = id.to_owned();
             let (stream, items) = mpsc::channel(STREAM_QUEUE);
-            let command = Command::Request { message, client_id: id.clone(), progress, stream };
-            if commands.send(command).is_err() {
-                return Err(session_not_found(&id));
+            let command = Command::Request { message, client_id, progress, stream };
+            if let Err(mpsc::error::SendError(command)) = commands.send(command) {
+                let Command::Request { client_id, .. } = command else { unreachable!("sent a request") };
+                return Err(session_not_found(&client_id));
             }
             Ok(relay(items, reader, reply, keepalive, Some(&info.id)).await)
         }
-        Shape::Notification { .. } | Shape::Response { .. } => {
+        Form::Notification { .. } | Form::Response { .. } => {
             info.last_activity.set(Instant::now());
             let (done, outcome) = oneshot::channel();
             if commands.send(Command::Forward { message, done }).is_err() {
-                return Err(session_not_found(&Value::Null));
+                return Err(session_not_found(NO_ID));
             }
             match outcome.await {
                 Ok(Ok(())) => Ok(reply.empty(202, Some(&info.id)).await.is_ok()),
                 Ok(Err(Refused::Busy)) => Err(refuse(
                     503,
-                    &Value::Null,
+                    NO_ID,
                     code::SERVER_ERROR,
                     "the MCP server is not reading its input; try again later",
                 )),
-                _ => Err(session_not_found(&Value::Null)),
+                _ => Err(session_not_found(NO_ID)),
             }
         }
     }
-}
-
-fn progress_token(message: &Value) -> Option<String> {
-    mcp::meta(message).and_then(|m| m.get("progressToken")).map(Value::to_string)
 }
 
 async fn get<R, W>(host: &Rc<Host>, request: &Request, reader: &mut R, reply: &mut Reply<W>) -> Result<bool, Refusal>
@@ -243,13 +264,13 @@ where
     W: AsyncWrite + Unpin,
 {
     if request.headers.session.is_empty() {
-        return Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
+        return Err(refuse(400, NO_ID, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
     }
-    let Some((info, commands, keepalive)) = find(host, request) else { return Err(session_not_found(&Value::Null)) };
-    check_version(request, &Value::Null)?;
+    let Some((info, commands, keepalive)) = find(host, request) else { return Err(session_not_found(NO_ID)) };
+    check_version(request, NO_ID)?;
     let (stream, items) = mpsc::channel(STREAM_QUEUE);
     if commands.send(Command::Listen { stream }).is_err() {
-        return Err(session_not_found(&Value::Null));
+        return Err(session_not_found(NO_ID));
     }
     if reply.head(200, Body::Sse, Some(&info.id)).await.is_err() {
         return Ok(false);
@@ -263,13 +284,13 @@ async fn delete<W: AsyncWrite + Unpin>(
     reply: &mut Reply<W>,
 ) -> Result<bool, Refusal> {
     if request.headers.session.is_empty() {
-        return Err(refuse(400, &Value::Null, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
+        return Err(refuse(400, NO_ID, code::SERVER_ERROR, "Bad Request: Mcp-Session-Id header is required"));
     }
-    let Some((_, commands, _)) = find(host, request) else { return Err(session_not_found(&Value::Null)) };
-    check_version(request, &Value::Null)?;
+    let Some((_, commands, _)) = find(host, request) else { return Err(session_not_found(NO_ID)) };
+    check_version(request, NO_ID)?;
     let (done, deleted) = oneshot::channel();
     if commands.send(Command::Delete { done }).is_err() {
-        return Err(session_not_found(&Value::Null));
+        return Err(session_not_found(NO_ID));
     }
     // The session is out of the registry once this resolves.
     let _ = deleted.await;
@@ -294,14 +315,14 @@ where
         return Ok(reply.head_with(503, Body::None, None, Some(1)).await.and(reply.end().await).is_ok());
     }
     let spec = SpawnSpec::parse(&request.spec)
-        .map_err(|e| refuse(500, &client_id, code::INTERNAL_ERROR, &format!("the bridge sent {e}")))?;
+        .map_err(|e| refuse_to(500, &client_id, code::INTERNAL_ERROR, &format!("the bridge sent {e}")))?;
     let keepalive = spec.keepalive_interval();
     let mut child = match Child::spawn(host, spec) {
         Ok(c) => c,
         Err(SpawnError { reason, detail }) => {
             log!(Warn, "cannot start the MCP server: {detail}");
             let message = format!("{reason} (the gateway's error log says why)");
-            return Err(refuse(502, &client_id, code::SERVER_ERROR, &message));
+            return Err(refuse_to(502, &client_id, code::SERVER_ERROR, &message));
         }
     };
     let started = Instant::now();
@@ -355,7 +376,7 @@ where
         "backend {pid}: the MCP server did not answer initialize: it {failure} ({status}, {} ms after it started); {tail}",
         started.elapsed().as_millis()
     );
-    Err(refuse(502, &client_id, code::SERVER_ERROR, &format!("the MCP server {failure}")))
+    Err(refuse_to(502, &client_id, code::SERVER_ERROR, &format!("the MCP server {failure}")))
 }
 
 /// Registers a session whose backend answered `initialize`, answers the
@@ -400,7 +421,8 @@ async fn begin<W: AsyncWrite + Unpin>(
 
 /// A request of the client the backend has not answered yet.
 struct Pending {
-    client_id: Value,
+    /// Its id's JSON text, as the client sent it.
+    client_id: String,
     stream: Option<Stream>,
     progress: Option<String>,
 }
@@ -494,26 +516,22 @@ impl Session {
 
     async fn command(&mut self, command: Command) {
         match command {
-            Command::Request { mut message, client_id, progress, stream } => {
+            Command::Request { message, client_id, progress, stream } => {
+                let fail = |why: &str| mcp::error_bytes(&id_value(&client_id), code::SERVER_ERROR, why, None);
                 if self.pending.len() >= MAX_PENDING {
-                    let busy =
-                        mcp::error_bytes(&client_id, code::SERVER_ERROR, "too many requests awaiting a response", None);
-                    let _ = stream.send(Item::Final(200, busy)).await;
+                    let _ = stream.send(Item::Final(200, fail("too many requests awaiting a response"))).await;
                     return;
                 }
                 let backend_id = self.next_id;
                 self.next_id += 1;
-                message["id"] = json!(backend_id);
-                let bytes = message.to_string().into_bytes();
+                let bytes = message.with_id(backend_id.to_string().as_bytes());
                 let len = bytes.len();
-                if let Err(refused) = self.child.send(bytes) {
+                if let Err(refused) = self.child.send_line(bytes) {
                     let why = match refused {
                         Refused::Busy => "the MCP server is not reading its input; try again later",
                         Refused::Closed => "the MCP server stopped reading its input",
                     };
-                    let _ = stream
-                        .send(Item::Final(200, mcp::error_bytes(&client_id, code::SERVER_ERROR, why, None)))
-                        .await;
+                    let _ = stream.send(Item::Final(200, fail(why))).await;
                     return;
                 }
                 self.host.events.message_in(&self.info.binding.route, len);
@@ -523,15 +541,14 @@ impl Session {
                 self.pending.insert(backend_id, Pending { client_id, stream: Some(stream), progress });
                 self.order.push_back(backend_id);
             }
-            Command::Forward { mut message, done } => {
-                if !self.cancellation_for_backend(&mut message) {
+            Command::Forward { message, done } => {
+                let Some(bytes) = self.for_backend(message) else {
                     // It names no request in flight: nothing to cancel.
                     let _ = done.send(Ok(()));
                     return;
-                }
-                let bytes = message.to_string().into_bytes();
+                };
                 let len = bytes.len();
-                let outcome = self.child.send(bytes);
+                let outcome = self.child.send_line(bytes);
                 if outcome.is_ok() {
                     self.host.events.message_in(&self.info.binding.route, len);
                 }
@@ -553,63 +570,60 @@ impl Session {
         }
     }
 
-    /// A client's `notifications/cancelled` names the request by the
-    /// client's id; the backend knows it by the bridge's. Rewrites it, and
-    /// returns false when it names no request in flight (of two in flight
-    /// under one client id, the later). Other messages pass as they are.
-    fn cancellation_for_backend(&self, message: &mut Value) -> bool {
-        if message.get("method").and_then(Value::as_str) != Some("notifications/cancelled") {
-            return true;
+    /// A client's notification or response as the backend gets it. A
+    /// `notifications/cancelled` names the request by the client's id; the
+    /// backend knows it by the bridge's: it is rewritten, or dropped (None)
+    /// when it names no request in flight (of two in flight under one
+    /// client id, the later counts). Other messages pass as they are.
+    fn for_backend(&self, message: Message) -> Option<Vec<u8>> {
+        if !matches!(message.form(), Ok(Form::Notification { method }) if method == "notifications/cancelled") {
+            return Some(message.into_text());
         }
-        let Some(client_id) = message.get("params").and_then(|p| p.get("requestId")).cloned() else { return false };
-        let backend_id =
-            self.order.iter().rev().find(|b| self.pending.get(b).is_some_and(|p| p.client_id == client_id));
-        match backend_id {
-            Some(&b) => {
-                message["params"]["requestId"] = json!(b);
-                true
-            }
-            None => false,
-        }
+        let mut value = message.value();
+        let client_id = value.get("params").and_then(|p| p.get("requestId")).map(Value::to_string)?;
+        let backend_id = self
+            .order
+            .iter()
+            .rev()
+            .find(|b| self.pending.get(b).is_some_and(|p| mcp::canonical(p.client_id.as_bytes()) == client_id))?;
+        value["params"]["requestId"] = json!(backend_id);
+        Some(value.to_string().into_bytes())
     }
 
     /// Routes one line of the backend's output.
     async fn route(&mut self, line: Vec<u8>) {
-        let (mut value, shape) = match mcp::parse(&line) {
-            Ok(parsed) => parsed,
-            Err((_, why)) => {
-                log!(
-                    Warn,
-                    "session {}: dropped a backend output line: {why}: {}",
-                    self.child.pid,
-                    message::excerpt(&line)
-                );
+        let len = line.len();
+        let message = match Message::try_parse(line) {
+            Ok(message) => message,
+            Err((line, (_, why))) => {
+                let pid = self.child.pid;
+                log!(Warn, "session {pid}: dropped a backend output line: {why}: {}", message::excerpt(&line));
                 return;
             }
         };
-        self.host.events.message_out(&self.info.binding.route, line.len());
-        match shape {
-            Shape::Response { id } => {
-                let Some(backend_id) = id.as_u64() else { return };
+        self.host.events.message_out(&self.info.binding.route, len);
+        match message.form() {
+            Ok(Form::Response { id }) => {
+                let Ok(backend_id) = id.parse::<u64>() else { return };
                 let Some(pending) = self.pending.remove(&backend_id) else { return };
                 self.order.retain(|&b| b != backend_id);
                 if let Some(token) = &pending.progress {
                     self.progress.remove(token);
                 }
                 self.info.last_activity.set(Instant::now());
-                value["id"] = pending.client_id;
                 if let Some(stream) = pending.stream {
-                    let _ = stream.send(Item::Final(200, value.to_string().into_bytes())).await;
+                    let _ = stream.send(Item::Final(200, message.with_id(pending.client_id.as_bytes()))).await;
                 }
             }
-            Shape::Notification { method } if method == "notifications/progress" => {
-                let token = value.get("params").and_then(|p| p.get("progressToken")).map(Value::to_string);
+            Ok(Form::Notification { method }) if method == "notifications/progress" => {
+                let token = message.param(&["progressToken"]);
                 match token.and_then(|t| self.progress.get(&t).copied()) {
-                    Some(backend_id) => self.send_to_request(backend_id, line).await,
-                    None => self.unsolicited(line).await,
+                    Some(backend_id) => self.send_to_request(backend_id, message.into_text()).await,
+                    None => self.unsolicited(message.into_text()).await,
                 }
             }
-            _ => self.unsolicited(line).await,
+            // Parsing checked its form.
+            _ => self.unsolicited(message.into_text()).await,
         }
     }
 
@@ -694,7 +708,7 @@ impl Session {
         for backend_id in std::mem::take(&mut self.order) {
             let Some(pending) = self.pending.remove(&backend_id) else { continue };
             if let Some(stream) = pending.stream {
-                let error = message::no_response_error(&pending.client_id.to_string(), &why);
+                let error = message::no_response_error(&pending.client_id, &why);
                 let _ = stream.try_send(Item::Final(200, error));
             }
         }
