@@ -125,6 +125,8 @@ impl Child {
                 };
             }
             tokio::select! {
+                // Output first: what the backend wrote before it exited goes out.
+                biased;
                 output = self.output.recv() => return output.unwrap_or(Output::Closed { too_long: false }),
                 status = &mut self.exit => {
                     self.exit_seen = true;

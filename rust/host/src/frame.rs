@@ -187,6 +187,14 @@ pub fn encode(kind: Kind, payload: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Appends a whole frame to `out`, so that several go in one write.
+pub fn append(out: &mut Vec<u8>, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out.extend_from_slice(payload);
+    put_header(&mut out[start..], kind, payload.len())
+}
+
 /// Writes one frame in a single write where the kernel allows.
 pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, kind: Kind, payload: &[u8]) -> io::Result<()> {
     w.write_all(&encode(kind, payload)?).await
@@ -247,6 +255,10 @@ mod tests {
         write(&mut buf, Kind::Deliver, b"{\"a\":1}").await.expect("write");
         write(&mut buf, Kind::Query, b"").await.expect("write");
         assert_eq!(&buf[..HEADER_LEN], &[b'D', 0, 0, 0, 7]);
+        let mut appended = Vec::new();
+        append(&mut appended, Kind::Deliver, b"{\"a\":1}").expect("append");
+        append(&mut appended, Kind::Query, b"").expect("append");
+        assert_eq!(appended, buf, "appended frames are written frames");
         let mut r = &buf[..];
         assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Deliver, b"{\"a\":1}".to_vec())));
         assert_eq!(read(&mut r).await.expect("read"), Some((Kind::Query, Vec::new())));

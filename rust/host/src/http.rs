@@ -112,10 +112,7 @@ impl<W: AsyncWrite + Unpin> Reply<W> {
         session: Option<&str>,
         retry_after: Option<u32>,
     ) -> std::io::Result<()> {
-        let mut text = format!("{status} {} {}", body.token(), session.unwrap_or("-"));
-        if let Some(seconds) = retry_after {
-            text.push_str(&format!(" {seconds}"));
-        }
+        let text = head_text(status, body, session, retry_after);
         self.started = Some(body);
         frame::write(&mut self.out, Kind::Head, text.as_bytes()).await
     }
@@ -133,18 +130,37 @@ impl<W: AsyncWrite + Unpin> Reply<W> {
         self.out.flush().await
     }
 
-    /// A whole reply: `status` with one JSON document.
+    /// A whole reply: `status` with one JSON document, in one write.
     pub async fn json(&mut self, status: u16, session: Option<&str>, payload: &[u8]) -> std::io::Result<()> {
-        self.head(status, Body::Json, session).await?;
-        self.message(payload).await?;
-        self.end().await
+        self.whole(status, Body::Json, session, payload).await
     }
 
     /// A whole reply without a body.
     pub async fn empty(&mut self, status: u16, session: Option<&str>) -> std::io::Result<()> {
-        self.head(status, Body::None, session).await?;
-        self.end().await
+        self.whole(status, Body::None, session, b"").await
     }
+
+    async fn whole(&mut self, status: u16, body: Body, session: Option<&str>, payload: &[u8]) -> std::io::Result<()> {
+        let head = head_text(status, body, session, None);
+        let mut out = Vec::with_capacity(3 * frame::HEADER_LEN + head.len() + payload.len());
+        frame::append(&mut out, Kind::Head, head.as_bytes())?;
+        if body != Body::None {
+            frame::append(&mut out, Kind::Message, payload)?;
+        }
+        frame::append(&mut out, Kind::Exit, b"")?;
+        self.started = Some(body);
+        self.out.write_all(&out).await?;
+        self.out.flush().await
+    }
+}
+
+/// A Head frame's payload.
+fn head_text(status: u16, body: Body, session: Option<&str>, retry_after: Option<u32>) -> String {
+    let mut text = format!("{status} {} {}", body.token(), session.unwrap_or("-"));
+    if let Some(seconds) = retry_after {
+        text.push_str(&format!(" {seconds}"));
+    }
+    text
 }
 
 /// What a stream carries to the HTTP request that holds it.
@@ -175,19 +191,24 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut closed_probe = [0u8; 1];
+    // One timer for the whole reply, moved on only when it fires.
+    let every = keepalive.unwrap_or(Duration::from_secs(86_400));
+    let mut last_write = tokio::time::Instant::now();
+    let silence = tokio::time::sleep(every);
+    tokio::pin!(silence);
     loop {
-        let silence = async {
-            match keepalive {
-                Some(every) => tokio::time::sleep(every).await,
-                None => std::future::pending().await,
-            }
-        };
         let item = tokio::select! {
+            biased;
             item = items.recv() => item.unwrap_or(Item::End),
             // The worker sends nothing while a reply is under way: any
             // read completing means it closed the connection.
             _ = reader.read(&mut closed_probe) => return false,
-            _ = silence => {
+            _ = &mut silence, if keepalive.is_some() => {
+                let now = tokio::time::Instant::now();
+                if last_write + every > now {
+                    silence.as_mut().reset(last_write + every);
+                    continue;
+                }
                 let written = match reply.body() {
                     None => reply.head(200, Body::Sse, session).await.and(reply.keepalive().await),
                     Some(_) => reply.keepalive().await,
@@ -195,9 +216,12 @@ where
                 if written.is_err() {
                     return false;
                 }
+                last_write = now;
+                silence.as_mut().reset(now + every);
                 continue;
             }
         };
+        last_write = tokio::time::Instant::now();
         let written = match (item, reply.body()) {
             (Item::Final(status, bytes), None) => return reply.json(status, session, &bytes).await.is_ok(),
             (Item::Final(_, bytes), Some(_)) => {

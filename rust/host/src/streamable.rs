@@ -476,11 +476,16 @@ impl Session {
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let idle = self.child.spec.idle_timeout();
-        let lifetime = tokio::time::Instant::now() + self.child.spec.max_lifetime();
+        // Made once, not per message: the idle timer is moved on only when
+        // it fires.
+        let lifetime = tokio::time::sleep(self.child.spec.max_lifetime());
+        let idle_timer = tokio::time::sleep_until((self.info.last_activity.get() + idle).into());
         let mut shutdown = self.host.shutdown_watch();
+        let shutdown = shutdown.wait_for(|&down| down);
         let info = Rc::clone(&self.info);
+        let by_operator = info.end.notified();
+        tokio::pin!(lifetime, idle_timer, shutdown, by_operator);
         let ended = loop {
-            let idle_until = tokio::time::Instant::from_std(self.info.last_activity.get() + idle);
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Delete { done }) => {
@@ -497,7 +502,7 @@ impl Session {
                     Output::Closed { too_long: true } => break End::OversizedLine,
                     Output::Closed { too_long: false } => break End::OutputClosed,
                 },
-                _ = tokio::time::sleep_until(idle_until) => {
+                _ = &mut idle_timer => {
                     if self.info.last_activity.get() + idle <= Instant::now() && self.pending.is_empty() {
                         break End::Idle;
                     }
@@ -505,10 +510,11 @@ impl Session {
                     if !self.pending.is_empty() {
                         self.info.last_activity.set(Instant::now());
                     }
+                    idle_timer.as_mut().reset((self.info.last_activity.get() + idle).into());
                 }
-                _ = tokio::time::sleep_until(lifetime) => break End::Lifetime,
-                _ = info.end.notified() => break End::ByOperator,
-                _ = shutdown.wait_for(|&down| down) => break End::HostShutdown,
+                _ = &mut lifetime => break End::Lifetime,
+                _ = &mut by_operator => break End::ByOperator,
+                _ = &mut shutdown => break End::HostShutdown,
             }
         };
         self.end(ended).await;
