@@ -250,67 +250,74 @@ impl Scanner<'_> {
         Some(())
     }
 
-    /// Any object at `self.i`, nested at `depth`.
-    fn object(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            self.ws();
-            if self.peek()? != b'"' {
-                return None;
-            }
-            self.string()?;
-            self.colon()?;
-            self.value(depth)?;
-            self.ws();
-            match self.next()? {
-                b',' => continue,
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
-    }
-
+    /// One whole value at `self.i`, inside `depth` levels already. It
+    /// runs as one loop, with what encloses the current point as a stack of
+    /// bits (1: an object), rather than a call per value.
     fn value(&mut self, depth: usize) -> Option<()> {
-        match self.peek()? {
-            b'{' => self.object(depth + 1),
-            b'[' => self.array(depth + 1),
-            b'"' => self.string().map(drop),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
-            _ => None,
+        let mut stack: u128 = 0;
+        let mut level = 0;
+        loop {
+            // A value starts here.
+            match self.peek()? {
+                open @ (b'{' | b'[') => {
+                    if depth + level >= MAX_DEPTH {
+                        return None;
+                    }
+                    let object = open == b'{';
+                    self.i += 1;
+                    self.ws();
+                    // `}` and `]` are two past `{` and `[`.
+                    if self.peek()? == open + 2 {
+                        self.i += 1;
+                    } else {
+                        stack = (stack << 1) | u128::from(object);
+                        level += 1;
+                        if object {
+                            self.name()?;
+                        }
+                        continue;
+                    }
+                }
+                b'"' => drop(self.string()?),
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                b'-' | b'0'..=b'9' => self.number()?,
+                _ => return None,
+            }
+            // A value ended: it ends what encloses it, or another follows.
+            loop {
+                if level == 0 {
+                    return Some(());
+                }
+                self.ws();
+                let object = stack & 1 == 1;
+                match self.next()? {
+                    b',' => {
+                        self.ws();
+                        if object {
+                            self.name()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => {}
+                    b']' if !object => {}
+                    _ => return None,
+                }
+                stack >>= 1;
+                level -= 1;
+            }
         }
     }
 
-    fn array(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
+    /// A member's name and its colon, inside an object.
+    #[inline(always)]
+    fn name(&mut self) -> Option<()> {
+        if self.peek()? != b'"' {
             return None;
         }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            self.ws();
-            self.value(depth)?;
-            self.ws();
-            match self.next()? {
-                b',' => continue,
-                b']' => return Some(()),
-                _ => return None,
-            }
-        }
+        self.string()?;
+        self.colon()
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {

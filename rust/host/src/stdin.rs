@@ -105,10 +105,7 @@ mod tests {
 
     fn pipe_pair() -> (pipe::Sender, pipe::Receiver) {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-        (
-            pipe::Sender::from_owned_fd(w).expect("sender"),
-            pipe::Receiver::from_owned_fd(r).expect("receiver"),
-        )
+        (pipe::Sender::from_owned_fd(w).expect("sender"), pipe::Receiver::from_owned_fd(r).expect("receiver"))
     }
 
     #[tokio::test]
