@@ -26,22 +26,27 @@ pub async fn serve(host: &Rc<Host>, stream: &mut UnixStream, payload: &[u8]) -> 
         }
     };
     let (mut reader, writer) = stream.split();
-    let parsed = match request.headers.method.as_str() {
-        "POST" => Message::parse(request.body.clone()).ok(),
-        _ => None,
-    };
-    if request.headers.method == "POST" && is_stateless(&request, parsed.as_ref()) {
+    let post = request.headers.method == "POST";
+    if post && speaks_stateless(&request) {
         // It parses the message its own way.
+        return stateless::serve(host, request, None, &mut reader, writer).await;
+    }
+    let parsed = if post { Message::parse(request.body.clone()).ok() } else { None };
+    if post && parsed.as_ref().is_some_and(enveloped) {
         return stateless::serve(host, request, None, &mut reader, writer).await;
     }
     streamable::serve(host, request, parsed, &mut reader, writer).await
 }
 
-fn is_stateless(request: &Request, parsed: Option<&Message>) -> bool {
-    let enveloped = parsed.is_some_and(|m| m.param(&["_meta", VERSION_KEY]).is_some());
+/// A request without a session whose version header names a revision the
+/// sessions do not speak. (A request of a session with such a version is
+/// still the session's to refuse.)
+fn speaks_stateless(request: &Request) -> bool {
     let version = request.headers.version.as_str();
-    // A request of a session with a version it does not speak is still the
-    // session's to refuse.
-    let sessionless = request.headers.session.is_empty();
-    enveloped || (sessionless && !version.is_empty() && !mcp::LEGACY_VERSIONS.contains(&version))
+    request.headers.session.is_empty() && !version.is_empty() && !mcp::LEGACY_VERSIONS.contains(&version)
+}
+
+/// A message with the 2026-07-28 envelope.
+fn enveloped(message: &Message) -> bool {
+    message.param(&["_meta", VERSION_KEY]).is_some()
 }

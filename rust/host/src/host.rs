@@ -6,6 +6,7 @@ use crate::escapees::Sweeper;
 use crate::events::Events;
 use crate::pool::Pools;
 use crate::reaper::Reaper;
+use crate::spec::SpawnSpec;
 use crate::sse::Inbox;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
@@ -88,6 +89,9 @@ impl Worker {
     }
 }
 
+/// Parsed spawn requests kept (see [`Host::spec`]).
+const MAX_SPECS: usize = 64;
+
 /// Hashes session ids by their last 16 bytes, which are random (see
 /// `sse::SESSION_ID_LEN`): cheaper than the default keyed hash, and as safe
 /// here, since only the host makes the ids the table holds (a client's id
@@ -131,6 +135,9 @@ pub struct Host {
     spawned: Cell<u64>,
     ended: Cell<u64>,
     next_session: Cell<u64>,
+    /// Spawn requests already parsed, by their text: a stateless request
+    /// carries its route's with every call.
+    specs: RefCell<HashMap<Vec<u8>, SpawnSpec>>,
     idle: tokio::sync::Notify,
 }
 
@@ -156,6 +163,7 @@ impl Host {
             spawned: Cell::new(0),
             ended: Cell::new(0),
             next_session: Cell::new(0),
+            specs: RefCell::default(),
             idle: tokio::sync::Notify::new(),
         })
     }
@@ -170,6 +178,22 @@ impl Host {
     }
 
     /// Resolves (at once, if it already has) when the host starts shutting down.
+    /// The spawn request `text` says (see [`SpawnSpec::parse`]), parsed once
+    /// for as long as routes keep sending it.
+    pub fn spec(&self, text: &[u8]) -> Result<SpawnSpec, String> {
+        if let Some(spec) = self.specs.borrow().get(text) {
+            return Ok(spec.clone());
+        }
+        let spec = SpawnSpec::parse(text)?;
+        let mut specs = self.specs.borrow_mut();
+        if specs.len() >= MAX_SPECS {
+            // Routes changed many times: start over rather than grow.
+            specs.clear();
+        }
+        specs.insert(text.to_vec(), spec.clone());
+        Ok(spec)
+    }
+
     pub fn shutdown_watch(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }

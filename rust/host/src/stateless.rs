@@ -104,7 +104,8 @@ where
         }
     };
     validate(request, &message, &id, &method)?;
-    let spec = SpawnSpec::parse(&request.spec)
+    let spec = host
+        .spec(&request.spec)
         .map_err(|e| refuse(500, &id, code::INTERNAL_ERROR, &format!("the bridge sent {e}"), None))?;
     match method.as_str() {
         "server/discover" => discover(host, request, spec, &id, reply).await,
