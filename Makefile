@@ -5,6 +5,7 @@
 #   make bench  figures: mcp-bridge beside direct stdio, supergateway and
 #               mcp-proxy
 #               (prints a table, rewrites docs/benchmarks.md)
+#   make profile  host instructions per round trip (callgrind), by function
 #   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
 #   make apisix-test  the plugin inside a real Apache APISIX built from source
 #               (APISIX_TESTBED=/opt/apisix-testbed; make test runs it when there)
@@ -15,7 +16,7 @@ WORKERS ?= 1
 CMD ?=
 APISIX_TESTBED ?= /opt/apisix-testbed
 
-.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench chaos clean
+.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench profile chaos clean
 
 all: build
 
@@ -49,6 +50,9 @@ lint: test-deps
 
 bench: bench-deps build
 	python3 ci/bench.py
+
+profile: bench-deps build
+	python3 ci/profile.py
 
 chaos: build
 	python3 ci/chaos.py

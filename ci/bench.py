@@ -1193,7 +1193,20 @@ def run_notes(gateways, results):
     return notes
 
 
-def write_doc(table_text, info, plan, gateways, results, duration_s):
+def run_profile():
+    """The host's instructions per round trip (ci/profile.py, under
+    callgrind): its table, or why there is none."""
+    if not shutil.which("valgrind"):
+        return "Not measured in this run: valgrind is not installed (`apt-get install valgrind`)."
+    log("make profile: the host under callgrind")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "ci", "profile.py")], capture_output=True, text=True,
+                       timeout=900)
+    if r.returncode != 0:
+        return f"Not measured in this run: ci/profile.py failed: {' '.join(r.stderr.split())[:300]}"
+    return "\n".join(line for line in r.stdout.splitlines() if line.startswith("|"))
+
+
+def write_doc(table_text, info, plan, gateways, results, duration_s, profile_text):
     notes = run_notes(gateways, results)
     behind_lines = behind(gateways, results)
     if behind_lines:
@@ -1222,6 +1235,19 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 {table_text}
 
 {NOTES}{"".join(f"- {n}{chr(10)}" for n in notes)}
+## Host instructions per round trip
+
+{profile_text}
+
+Written by `make profile` (`ci/profile.py`) in the same run: `mcp-bridge serve` with 1 worker, its
+host program run under `valgrind --tool=callgrind`, and `mcp-load steps` doing 200 echo round trips
+on each of 16 sessions (clients), then 200 more that are counted: the instructions the host executes
+between the two phase lines, divided by the round trips. Unlike the CPU times above, this figure does
+not move with machine noise or with what else runs, so it is the one to compare from one change to
+the next; `make profile` also lists the functions that cost most. It counts instructions in the
+host's own code and the libraries it calls, not the kernel's work for its system calls, which is
+most of its CPU time per round trip above.
+
 ## Where mcp-bridge is behind
 
 {behind_text}
@@ -1235,6 +1261,7 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 make bench                                # builds, then python3 ci/bench.py
 python3 ci/bench.py --idle-seconds 10     # shorter idle phase
 python3 ci/bench.py --only direct --only bridge1
+make profile                              # host instructions per round trip, by function
 target/release/mcp-load --help            # the load client on its own
 ```
 
@@ -1329,7 +1356,7 @@ def main():
         for f in failed:
             log(f"FAILED: {f}")
     elif not args.smoke and not args.only:
-        write_doc(text, info, plan, gateways, results, duration_s)
+        write_doc(text, info, plan, gateways, results, duration_s, run_profile())
         log(f"wrote {os.path.relpath(DOC, ROOT)}")
     if not args.smoke:
         for line in behind(gateways, results):

@@ -18,7 +18,8 @@ if [[ "${1:-}" == "test" ]]; then
     # serve the Test::Nginx suites; lua-check lints the Lua code; python3
     # runs the benchmark's smoke test and, in a virtual environment (venv),
     # the end-to-end test with the MCP Python SDK.
-    want+=(lua-cjson luajit2 libtest-base-perl lua-check)
+    # valgrind runs make profile's smoke test.
+    want+=(lua-cjson luajit2 libtest-base-perl lua-check valgrind)
     command -v node >/dev/null 2>&1 || want+=(nodejs npm)
     command -v python3 >/dev/null 2>&1 || want+=(python3)
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
@@ -28,6 +29,8 @@ elif [[ "${1:-}" == "bench" ]]; then
     # python3 runs ci/bench.py; node runs supergateway, and python3 with
     # a virtual environment (venv) mcp-proxy, the peers it compares with
     # (without them their columns say why they are empty).
+    # valgrind (callgrind) counts the host's instructions (make profile).
+    want+=(valgrind)
     command -v python3 >/dev/null 2>&1 || want+=(python3)
     command -v node >/dev/null 2>&1 || optional+=(nodejs npm)
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then

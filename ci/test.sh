@@ -77,6 +77,9 @@ bash ci/conformance.sh
 step "benchmark (smoke run: tiny counts, no figures; make bench for those)"
 python3 ci/bench.py --smoke
 
+step "host instructions per round trip (smoke run of make profile)"
+python3 ci/profile.py --sessions 2 --count 20 --top 3
+
 step "chaos run (short; make chaos for the full run)"
 python3 ci/chaos.py --short
 
