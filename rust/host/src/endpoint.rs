@@ -31,7 +31,7 @@ pub async fn serve(host: &Rc<Host>, stream: &mut UnixStream, payload: &[u8]) -> 
         // It parses the message its own way.
         return stateless::serve(host, request, None, &mut reader, writer).await;
     }
-    let parsed = if post { Message::parse(request.body.clone()).ok() } else { None };
+    let parsed = if post { Message::parse(request.body.to_vec()).ok() } else { None };
     if post && parsed.as_ref().is_some_and(enveloped) {
         return stateless::serve(host, request, None, &mut reader, writer).await;
     }
@@ -42,7 +42,7 @@ pub async fn serve(host: &Rc<Host>, stream: &mut UnixStream, payload: &[u8]) -> 
 /// sessions do not speak. (A request of a session with such a version is
 /// still the session's to refuse.)
 fn speaks_stateless(request: &Request) -> bool {
-    let version = request.headers.version.as_str();
+    let version = &*request.headers.version;
     request.headers.session.is_empty() && !version.is_empty() && !mcp::LEGACY_VERSIONS.contains(&version)
 }
 

@@ -15,37 +15,46 @@
 use crate::binding::Binding;
 use crate::frame::{self, Kind};
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// The headers of a request that matter here, as the worker read them.
+/// They borrow from the frame's payload unless escaped.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct Headers {
+pub struct Headers<'a> {
     /// `POST`, `GET` or `DELETE`.
-    pub method: String,
+    #[serde(borrow)]
+    pub method: Cow<'a, str>,
     /// `Mcp-Session-Id`, empty when absent.
-    pub session: String,
+    #[serde(borrow)]
+    pub session: Cow<'a, str>,
     /// `MCP-Protocol-Version`, empty when absent.
-    pub version: String,
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
     /// `Mcp-Method` and `Mcp-Name`; `None` when absent.
-    pub mcp_method: Option<String>,
-    pub mcp_name: Option<String>,
+    #[serde(borrow)]
+    pub mcp_method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub mcp_name: Option<Cow<'a, str>>,
     /// `Accept`.
-    pub accept: String,
+    #[serde(borrow)]
+    pub accept: Cow<'a, str>,
     /// Whether the worker took a session slot for this request (it does for
     /// what looks like an `initialize`).
     pub slot: bool,
 }
 
+/// A request, borrowing from its frame's payload.
 #[derive(Debug)]
-pub struct Request {
+pub struct Request<'a> {
     pub binding: Binding,
-    pub headers: Headers,
+    pub headers: Headers<'a>,
     /// The route's spawn request, for a request that may start a backend.
-    pub spec: Vec<u8>,
-    pub body: Vec<u8>,
+    pub spec: &'a [u8],
+    pub body: &'a [u8],
 }
 
 fn take_block<'a>(payload: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
@@ -57,13 +66,13 @@ fn take_block<'a>(payload: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]),
     Ok(rest.split_at(len))
 }
 
-impl Request {
-    pub fn parse(payload: &[u8]) -> Result<Request, String> {
+impl<'a> Request<'a> {
+    pub fn parse(payload: &'a [u8]) -> Result<Request<'a>, String> {
         let (binding, rest) = Binding::split(payload)?;
         let (headers, rest) = take_block(rest, "headers")?;
         let headers: Headers = serde_json::from_slice(headers).map_err(|e| format!("headers: {e}"))?;
         let (spec, body) = take_block(rest, "spawn request")?;
-        Ok(Request { binding, headers, spec: spec.to_vec(), body: body.to_vec() })
+        Ok(Request { binding, headers, spec, body })
     }
 }
 
@@ -156,11 +165,33 @@ impl<W: AsyncWrite + Unpin> Reply<W> {
 
 /// A Head frame's payload.
 fn head_text(status: u16, body: Body, session: Option<&str>, retry_after: Option<u32>) -> String {
-    let mut text = format!("{status} {} {}", body.token(), session.unwrap_or("-"));
+    // Built by hand: it is written for every reply.
+    let session = session.unwrap_or("-");
+    let mut text = String::with_capacity(24 + session.len());
+    push_number(&mut text, status.into());
+    text.push(' ');
+    text.push_str(body.token());
+    text.push(' ');
+    text.push_str(session);
     if let Some(seconds) = retry_after {
-        text.push_str(&format!(" {seconds}"));
+        text.push(' ');
+        push_number(&mut text, seconds);
     }
     text
+}
+
+fn push_number(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| d as char));
 }
 
 /// What a stream carries to the HTTP request that holds it.
@@ -257,11 +288,11 @@ mod tests {
 
     #[test]
     fn requests_parse_and_bad_ones_are_named() {
-        let r = Request::parse(&request(r#"{"method":"POST","version":"2025-11-25","later":1}"#, "{}", "{\"a\":1}"))
-            .expect("parse");
-        assert_eq!((r.headers.method.as_str(), r.headers.version.as_str()), ("POST", "2025-11-25"));
+        let payload = request(r#"{"method":"POST","version":"2025-11-25","later":1}"#, "{}", "{\"a\":1}");
+        let r = Request::parse(&payload).expect("parse");
+        assert_eq!((&*r.headers.method, &*r.headers.version), ("POST", "2025-11-25"));
         assert_eq!(r.headers.mcp_method, None);
-        assert_eq!((r.spec.as_slice(), r.body.as_slice()), (&b"{}"[..], &b"{\"a\":1}"[..]));
+        assert_eq!((r.spec, r.body), (&b"{}"[..], &b"{\"a\":1}"[..]));
         assert_eq!(r.binding.consumer, "c");
         let mut cut = request("{}", "", "");
         cut.truncate(cut.len() - 2);
@@ -278,6 +309,8 @@ mod tests {
         reply.end().await.expect("end");
         assert_eq!(&buf[..5], &[b'H', 0, 0, 0, 12]);
         assert_eq!(&buf[5..17], b"503 json - 1");
+        assert_eq!(head_text(200, Body::Sse, Some("abc"), Some(4_000_000_000)), "200 sse abc 4000000000");
+        assert_eq!(head_text(0, Body::None, None, None), "0 none -");
         assert_eq!(buf[17], b'M');
         assert_eq!(buf[buf.len() - 5], b'X');
     }

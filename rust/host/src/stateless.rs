@@ -58,7 +58,7 @@ fn refuse(status: u16, id: &Value, code: i64, message: &str, data: Option<Value>
 /// the connection can be used again.
 pub async fn serve<R, W>(
     host: &Rc<Host>,
-    request: Request,
+    request: Request<'_>,
     parsed: Option<(Value, Shape)>,
     reader: &mut R,
     writer: W,
@@ -79,7 +79,7 @@ where
 
 async fn handle<R, W>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     parsed: Option<(Value, Shape)>,
     reader: &mut R,
     reply: &mut Reply<W>,
@@ -91,7 +91,7 @@ where
     let (message, shape) = match parsed {
         Some(p) => p,
         None => {
-            let (c, why) = mcp::parse(&request.body).map_err(|(c, why)| refuse(400, &Value::Null, c, &why, None))?;
+            let (c, why) = mcp::parse(request.body).map_err(|(c, why)| refuse(400, &Value::Null, c, &why, None))?;
             (c, why)
         }
     };
@@ -105,7 +105,7 @@ where
     };
     validate(request, &message, &id, &method)?;
     let spec = host
-        .spec(&request.spec)
+        .spec(request.spec)
         .map_err(|e| refuse(500, &id, code::INTERNAL_ERROR, &format!("the bridge sent {e}"), None))?;
     match method.as_str() {
         "server/discover" => discover(host, request, spec, &id, reply).await,
@@ -116,7 +116,7 @@ where
 
 /// Checks a request in the order the revision gives: the envelope, the
 /// version header against it, the version, the method headers, the method.
-fn validate(request: &Request, message: &Value, id: &Value, method: &str) -> Result<(), Refusal> {
+fn validate(request: &Request<'_>, message: &Value, id: &Value, method: &str) -> Result<(), Refusal> {
     let meta = mcp::meta(message);
     let version = meta.and_then(|m| m.get(VERSION_KEY)).and_then(Value::as_str);
     let capabilities = meta.and_then(|m| m.get(CAPABILITIES_KEY)).filter(|c| c.is_object());
@@ -128,7 +128,7 @@ fn validate(request: &Request, message: &Value, id: &Value, method: &str) -> Res
         };
         return Err(refuse(400, id, code::INVALID_PARAMS, &format!("the request has no {missing}"), None));
     };
-    let header = request.headers.version.as_str();
+    let header = &*request.headers.version;
     if header != version {
         let why = match header.is_empty() {
             true => "the MCP-Protocol-Version header is missing".to_string(),
@@ -234,7 +234,7 @@ fn pool_refusal(refusal: PoolRefusal, id: &Value) -> Refusal {
 /// `server/discover`, from a pooled backend's `initialize` result.
 async fn discover<W: AsyncWrite + Unpin>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     spec: SpawnSpec,
     id: &Value,
     reply: &mut Reply<W>,
@@ -289,7 +289,7 @@ fn honoured(filter: Option<&Map<String, Value>>, init: &Value) -> (Map<String, V
 /// subscription's id, until the client closes the stream.
 async fn listen<R, W>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     spec: SpawnSpec,
     message: &Value,
     id: &Value,
@@ -352,7 +352,7 @@ const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "c
 #[allow(clippy::too_many_arguments)]
 async fn call<R, W>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     spec: SpawnSpec,
     mut message: Value,
     client_id: Value,

@@ -147,13 +147,19 @@ fn id_value(id: &str) -> Value {
 
 /// Serves a request of the sessionful leg on the worker's connection.
 /// Returns false when the connection cannot be used again.
-pub async fn serve<R, W>(host: &Rc<Host>, request: Request, parsed: Option<Message>, reader: &mut R, writer: W) -> bool
+pub async fn serve<R, W>(
+    host: &Rc<Host>,
+    request: Request<'_>,
+    parsed: Option<Message>,
+    reader: &mut R,
+    writer: W,
+) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut reply = Reply::new(writer);
-    let outcome = match request.headers.method.as_str() {
+    let outcome = match &*request.headers.method {
         "POST" => post(host, &request, parsed, reader, &mut reply).await,
         "GET" => get(host, &request, reader, &mut reply).await,
         "DELETE" => delete(host, &request, &mut reply).await,
@@ -166,18 +172,21 @@ where
 }
 
 /// The live Streamable session `request` names, if its binding matches.
-fn find(host: &Host, request: &Request) -> Option<(Rc<SessionInfo>, mpsc::UnboundedSender<Command>, Option<Duration>)> {
+fn find(
+    host: &Host,
+    request: &Request<'_>,
+) -> Option<(Rc<SessionInfo>, mpsc::UnboundedSender<Command>, Option<Duration>)> {
     let sessions = host.sessions.borrow();
-    let session = sessions.get(&request.headers.session).filter(|s| s.info.binding == request.binding)?;
+    let session = sessions.get(&*request.headers.session).filter(|s| s.info.binding == request.binding)?;
     match &session.kind {
         Transport::Streamable(handle) => Some((Rc::clone(&session.info), handle.commands.clone(), handle.keepalive)),
         Transport::Sse(_) => None,
     }
 }
 
-fn check_version(request: &Request, id: &str) -> Result<(), Refusal> {
+fn check_version(request: &Request<'_>, id: &str) -> Result<(), Refusal> {
     let v = &request.headers.version;
-    if v.is_empty() || mcp::LEGACY_VERSIONS.contains(&v.as_str()) {
+    if v.is_empty() || mcp::LEGACY_VERSIONS.contains(&&**v) {
         return Ok(());
     }
     Err(refuse(400, id, code::SERVER_ERROR, &format!("unsupported MCP-Protocol-Version \"{v}\"")))
@@ -185,7 +194,7 @@ fn check_version(request: &Request, id: &str) -> Result<(), Refusal> {
 
 async fn post<R, W>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     parsed: Option<Message>,
     reader: &mut R,
     reply: &mut Reply<W>,
@@ -196,7 +205,7 @@ where
 {
     let message = match parsed {
         Some(m) => m,
-        None => Message::parse(request.body.clone()).map_err(|(c, why)| refuse(400, NO_ID, c, &why))?,
+        None => Message::parse(request.body.to_vec()).map_err(|(c, why)| refuse(400, NO_ID, c, &why))?,
     };
     let form = message.form().map_err(|(c, why)| refuse(400, NO_ID, c, &why))?;
     if request.headers.session.is_empty() {
@@ -258,7 +267,12 @@ where
     }
 }
 
-async fn get<R, W>(host: &Rc<Host>, request: &Request, reader: &mut R, reply: &mut Reply<W>) -> Result<bool, Refusal>
+async fn get<R, W>(
+    host: &Rc<Host>,
+    request: &Request<'_>,
+    reader: &mut R,
+    reply: &mut Reply<W>,
+) -> Result<bool, Refusal>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -280,7 +294,7 @@ where
 
 async fn delete<W: AsyncWrite + Unpin>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     reply: &mut Reply<W>,
 ) -> Result<bool, Refusal> {
     if request.headers.session.is_empty() {
@@ -301,7 +315,7 @@ async fn delete<W: AsyncWrite + Unpin>(
 /// the session if it did. Nothing is left of a backend that did not.
 async fn initialize<R, W>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     mut message: Value,
     client_id: Value,
     reader: &mut R,
@@ -314,7 +328,7 @@ where
     if host.shutting_down() {
         return Ok(reply.head_with(503, Body::None, None, Some(1)).await.and(reply.end().await).is_ok());
     }
-    let spec = SpawnSpec::parse(&request.spec)
+    let spec = SpawnSpec::parse(request.spec)
         .map_err(|e| refuse_to(500, &client_id, code::INTERNAL_ERROR, &format!("the bridge sent {e}")))?;
     let keepalive = spec.keepalive_interval();
     let mut child = match Child::spawn(host, spec) {
@@ -383,7 +397,7 @@ where
 /// client, and leaves the session to its task.
 async fn begin<W: AsyncWrite + Unpin>(
     host: &Rc<Host>,
-    request: &Request,
+    request: &Request<'_>,
     child: Child,
     response: Value,
     early: Vec<Vec<u8>>,
