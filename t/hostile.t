@@ -435,3 +435,41 @@ location = /t {
 }
 --- response_body
 accepted 12, answered 12, duplicates 0, mismatched 0
+
+
+
+
+=== TEST 13: a client slower than its backend whose every write completes within slow_client_timeout_ms keeps its session, however long the stream takes
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/slow"))
+        assert(s:initialize())
+        ngx.update_time()
+        local start = ngx.now()
+        local status = s:post({ jsonrpc = "2.0", id = 7, method = "tools/call",
+                                params = { name = "flood", arguments = { count = 3000, size = 1024 } } })
+        ngx.say("flood requested: ", status)
+        local notes, result = 0, nil
+        while true do
+            local msg, err = s:next_message()
+            if not msg then ngx.say("stream ended: ", err) break end
+            if msg.id == 7 then result = msg.result.content[1].text break end
+            notes = notes + 1
+            -- About 2 MB/s: each write waits for the reader 10 ms at most.
+            if notes % 20 == 0 then ngx.sleep(0.01) end
+        end
+        ngx.update_time()
+        ngx.say("notifications: ", notes, ", then: ", result)
+        ngx.say("the stream took over 3 times the limit: ", ngx.now() - start > 0.9)
+        ngx.say("the session still works: ", (s:tool("echo", { text = "yes" })))
+        s:close()
+    }
+}
+--- response_body
+flood requested: 202
+notifications: 3000, then: flooded 3000
+the stream took over 3 times the limit: true
+the session still works: yes
+--- timeout: 30
