@@ -117,14 +117,18 @@ function _M.deliver(route, binding)
         req.discard_body()
         return respond.error(400, "missing sessionId query parameter")
     end
-    local path = hosts.of_session(session_id)
-    if not path then
+    -- The connection comes first: a client gets 404 for a session that is
+    -- gone whatever its body.
+    local sock, path = hosts.connect_session(session_id)
+    if not sock then
         req.discard_body()
         return respond.error(404, "session not found")
     end
 
     local body, status, why = request_body.read(conf.max_message_bytes)
     if not body then
+        -- Nothing was sent on it.
+        hosts.done(sock, true)
         if status == 413 then
             return respond.error(413, "request body is larger than "
                                       .. route.name("max_message_bytes") .. " ("
@@ -133,7 +137,8 @@ function _M.deliver(route, binding)
         return respond.error(400, why)
     end
 
-    local sock, kind, payload = hosts.request(path, wire.DELIVER, session_id, binding, body)
+    local kind, payload
+    sock, kind, payload = hosts.exchange(sock, wire.DELIVER, session_id, binding, body)
     if not sock or kind ~= wire.ACK or payload == "" then
         if sock then
             hosts.done(sock, false)

@@ -269,10 +269,10 @@ function _M.handle(route, binding)
         end
     end
 
-    local path
+    local path, conn
     if session ~= "" then
-        path = hosts.of_session(session)
-        if not path then
+        conn, path = hosts.connect_session(session, true)
+        if not conn then
             return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found", nil,
                                      request_id(body))
         end
@@ -306,8 +306,14 @@ function _M.handle(route, binding)
             slot = slot ~= nil,
         })
         local spec = session == "" and config.spawn_request(conf) or ""
-        return hosts.request(path, wire.REQUEST, binding,
-                             u32(#headers) .. headers .. u32(#spec) .. spec, body)
+        local payload = u32(#headers) .. headers .. u32(#spec) .. spec
+        if conn then
+            -- The session's connection, for the first request only.
+            local first = conn
+            conn = nil
+            return hosts.exchange(first, wire.REQUEST, binding, payload, body)
+        end
+        return hosts.request(path, wire.REQUEST, binding, payload, body)
     end
     local looks_like_initialize = session == "" and method == "POST"
                                   and find(body, "initialize", 1, true) ~= nil
