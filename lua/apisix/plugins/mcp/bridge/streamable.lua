@@ -284,7 +284,11 @@ function _M.handle(route, binding)
     local accept = lower(var.http_accept or "")
     local body = ""
     if method == "POST" then
-        local media = lower(match(var.http_content_type or "", "^%s*([^;%s]*)") or "")
+        local media = var.http_content_type
+        if media ~= "application/json" then
+            -- Parameters, spaces and case allowed.
+            media = lower(match(media or "", "^%s*([^;%s]*)") or "")
+        end
         if media ~= "application/json" then
             req.discard_body()
             return respond.rpc_error(415, SERVER_ERROR, "Content-Type must be application/json")
