@@ -435,3 +435,166 @@ location = /t {
 }
 --- response_body
 accepted 12, answered 12, duplicates 0, mismatched 0
+
+
+
+=== TEST 11: POSTs that find a pooled connection cost no look-up of the host's socket; a killed host's sessions get 404, a new host's are reached
+--- config
+location = /t {
+    content_by_lua_block {
+        local native = require("apisix.plugins.mcp.bridge.native")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local socket_path, looked_up = native.socket_path, 0
+        native.socket_path = function(token)
+            looked_up = looked_up + 1
+            return socket_path(token)
+        end
+        local s = assert(t.session("/mcp"))
+        assert(s:initialize())
+        local before, echoed = looked_up, 0
+        for i = 1, 20 do
+            if s:tool("echo", { text = "m" .. i }) == "m" .. i then echoed = echoed + 1 end
+        end
+        ngx.say("round trips: ", echoed, ", look-ups: ", looked_up - before)
+        local dir = socket_path(s.id:sub(1, 16)):match("^(.*)/[^/]+$")
+        t.kill(native.stats().host_pid, 9)
+        local _, err = s:next_message()
+        ngx.say("stream ended: ", err)
+        local fresh = assert(t.session("/mcp"))
+        ngx.say("a new host: ", (fresh:tool("echo", { text = "ok" })))
+        -- The new host removes what the killed one left.
+        local gone = false
+        for _ = 1, 60 do
+            local f = io.open(dir .. "/nginx")
+            if not f then gone = true break end
+            f:close()
+            ngx.sleep(0.05)
+        end
+        ngx.say("the killed host's directory is gone: ", gone)
+        before = looked_up
+        local status, _, body = s:post({ jsonrpc = "2.0", method = "notifications/x" })
+        ngx.say("a POST to the killed host's session: ", status, " ", (body:gsub("%s+$", "")),
+                ", look-ups: ", looked_up - before)
+        status, _, body = s:post({ jsonrpc = "2.0", method = "notifications/x" })
+        ngx.say("and again: ", status, " ", (body:gsub("%s+$", "")))
+        ngx.say("the new host's session: ", (fresh:tool("echo", { text = "still" })))
+        native.socket_path = socket_path
+        fresh:close()
+        s:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+round trips: 20, look-ups: 0
+stream ended: eof
+a new host: ok
+the killed host's directory is gone: true
+a POST to the killed host's session: 404 {"error":"session not found"}, look-ups: 1
+and again: 404 {"error":"session not found"}
+the new host's session: still
+processes left: none
+idle: true
+--- no_error_log
+[error]
+[crit]
+[emerg]
+
+
+
+=== TEST 12: a remembered host's directory, taken by someone else once the host is gone: nothing connects there, the session gets 404
+--- config
+location = /t {
+    content_by_lua_block {
+        local native = require("apisix.plugins.mcp.bridge.native")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local s = assert(t.session("/mcp"))
+        assert(s:initialize())
+        assert(s:tool("echo", { text = "x" }) == "x")
+        local path = native.socket_path(s.id:sub(1, 16))
+        local dir = path:match("^(.*)/[^/]+$")
+        t.kill(native.stats().host_pid, 9)
+        s:next_message()
+        local fresh = assert(t.session("/mcp"))
+        for _ = 1, 60 do
+            local f = io.open(dir .. "/nginx")
+            if not f then break end
+            f:close()
+            ngx.sleep(0.05)
+        end
+        -- A directory of the same name that is not private, and a socket
+        -- listening in it that reports whether anyone connected.
+        local out = "$TEST_NGINX_PID_DIR/planted.out"
+        os.remove(out)
+        assert(os.execute("mkdir -m 0755 " .. dir) == 0)
+        os.execute("python3 -c 'import socket, sys\n"
+                   .. "s = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(8)\n"
+                   .. "s.settimeout(1.5)\ntry:\n    s.accept()\n    said = \"a connection\"\n"
+                   .. "except socket.timeout:\n    said = \"no connection\"\n"
+                   .. "open(sys.argv[2], \"w\").write(said)' " .. path .. " " .. out .. " &")
+        for _ = 1, 100 do
+            if os.execute("test -S " .. path) == 0 then break end
+            ngx.sleep(0.02)
+        end
+        local status, _, body = s:post({ jsonrpc = "2.0", method = "notifications/x" })
+        ngx.say("a POST to the session: ", status, " ", (body:gsub("%s+$", "")))
+        local said
+        for _ = 1, 150 do
+            local f = io.open(out)
+            if f then said = f:read("*a") f:close() if said ~= "" then break end end
+            ngx.sleep(0.02)
+        end
+        ngx.say("the planted socket saw: ", said)
+        os.execute("rm -rf " .. dir)
+        os.remove(out)
+        ngx.say("the new host's session: ", (fresh:tool("echo", { text = "ok" })))
+        fresh:close()
+        s:close()
+    }
+}
+--- response_body
+a POST to the session: 404 {"error":"session not found"}
+the planted socket saw: no connection
+the new host's session: ok
+--- no_error_log
+[error]
+[crit]
+[emerg]
+
+
+
+=== TEST 13: a client slower than its backend whose every write completes within slow_client_timeout_ms keeps its session, however long the stream takes
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/slow"))
+        assert(s:initialize())
+        ngx.update_time()
+        local start = ngx.now()
+        local status = s:post({ jsonrpc = "2.0", id = 7, method = "tools/call",
+                                params = { name = "flood", arguments = { count = 3000, size = 1024 } } })
+        ngx.say("flood requested: ", status)
+        local notes, result = 0, nil
+        while true do
+            local msg, err = s:next_message()
+            if not msg then ngx.say("stream ended: ", err) break end
+            if msg.id == 7 then result = msg.result.content[1].text break end
+            notes = notes + 1
+            -- About 2 MB/s: each write waits for the reader 10 ms at most.
+            if notes % 20 == 0 then ngx.sleep(0.01) end
+        end
+        ngx.update_time()
+        ngx.say("notifications: ", notes, ", then: ", result)
+        ngx.say("the stream took over 3 times the limit: ", ngx.now() - start > 0.9)
+        ngx.say("the session still works: ", (s:tool("echo", { text = "yes" })))
+        s:close()
+    }
+}
+--- response_body
+flood requested: 202
+notifications: 3000, then: flooded 3000
+the stream took over 3 times the limit: true
+the session still works: yes
+--- timeout: 30

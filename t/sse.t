@@ -516,3 +516,46 @@ location = /t {
 slots 0
 --- error_log
 cannot start the mcp-bridge host: mcp-bridge host program /nonexistent/mcp-bridge-host not found
+
+
+
+=== TEST 18: the session id reaches the session in any spelling of the query string, and only once
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local s = assert(t.session("/mcp"))
+        local id = s.id
+        local msg = '{"jsonrpc":"2.0","method":"notifications/x"}'
+        local function show(label, query)
+            local status, _, body = t.http("POST", "/mcp/message?" .. query, msg)
+            body = (body or ""):gsub("%s+$", "")
+            ngx.say(label, ": ", status, body ~= "" and " " .. body or "")
+        end
+        show("as the endpoint event gives it", "sessionId=" .. id)
+        show("another parameter after it", "sessionId=" .. id .. "&x=1")
+        show("another parameter before it", "x=1&sessionId=" .. id)
+        show("a trailing &", "sessionId=" .. id .. "&")
+        show("percent-encoded", "sessionId=%" .. string.format("%02X", id:byte(1)) .. id:sub(2))
+        show("another spelling of the name", "sessionid=" .. id)
+        show("one character short", "sessionId=" .. id:sub(1, 47))
+        show("one character more", "sessionId=" .. id .. "0")
+        show("twice", "sessionId=" .. id .. "&sessionId=" .. id)
+        show("a bare name after it", "sessionId=" .. id .. "&sessionId")
+        ngx.say("still works: ", (s:tool("echo", { text = "yes" })))
+        s:close()
+        assert(t.wait_idle("mcp"))
+    }
+}
+--- response_body
+as the endpoint event gives it: 202
+another parameter after it: 202
+another parameter before it: 202
+a trailing &: 202
+percent-encoded: 202
+another spelling of the name: 400 {"error":"missing sessionId query parameter"}
+one character short: 404 {"error":"session not found"}
+one character more: 404 {"error":"session not found"}
+twice: 400 {"error":"sessionId must be given once"}
+a bare name after it: 400 {"error":"sessionId must be given once"}
+still works: yes

@@ -3,17 +3,27 @@
 -- back-pressure: a slow client slows the host, which slows the backend, and
 -- nothing piles up here), and a watchdog that ends the request when one
 -- write takes longer than the limit.
+--
+-- The watchdog costs a write nothing but two stores: a write notes when it
+-- started (ngx.now(), the event loop's cached clock, no system call) and
+-- clears that when done. The watchdog is a light thread that sleeps a whole
+-- limit at a time while no write is in progress; when it wakes during a
+-- write, it sleeps until that write's start + limit, and if a write that
+-- started that long ago is still in progress then, it ends the request.
+-- So it fires at start + limit exactly, as a timer per write would, for one
+-- timer per limit per stream instead of two semaphores and two timers per
+-- write.
 local wire = require("apisix.plugins.mcp.bridge.wire")
-
-local new_semaphore = require("ngx.semaphore").new
 
 local get_phase = ngx.get_phase
 local ngx = ngx
 local ngx_exit = ngx.exit
 local ngx_flush = ngx.flush
 local ngx_log = ngx.log
+local ngx_now = ngx.now
 local ngx_on_abort = ngx.on_abort
 local ngx_print = ngx.print
+local ngx_sleep = ngx.sleep
 local setmetatable = setmetatable
 local thread_kill = ngx.thread.kill
 local thread_spawn = ngx.thread.spawn
@@ -24,8 +34,13 @@ local EVENT_MESSAGE = "event: message\ndata: "
 local EVENT_END = "\n\n"
 local KEEPALIVE = ": keepalive\n\n"
 
--- How long the write watchdog waits for the next write to begin.
-local WATCHDOG_IDLE_SECONDS = 86400
+-- The clock has millisecond steps, and sums of seconds in floating point
+-- are off by a little: a deadline closer than this counts as reached.
+local HALF_MS = 0.0005
+-- The shortest sleep. ngx.sleep truncates to whole milliseconds, and a
+-- sleep of 0 ms from a timer's handler would run in the same pass over the
+-- timers, before the clock moves: the watchdog would never stop.
+local MIN_SLEEP = 0.001
 
 local warned_abort_off = false
 
@@ -47,17 +62,24 @@ function _M.watch_client_abort()
             "disconnects is noticed only when a write to it fails")
 end
 
--- Sleeps between writes: `began` is posted when a write starts, `ended`
--- when it has finished.
+-- The watchdog (see the top of this file): `stream.write_started` is the
+-- start of the write in progress, false between writes.
 local function watch_writes(stream)
     local limit = stream.limit_ms / 1000
     while true do
-        if stream.began:wait(WATCHDOG_IDLE_SECONDS) and not stream.ended:wait(limit) then
-            ngx_log(ngx.WARN, "mcp-bridge: ", stream.label, " ended: the client took over ",
-                    "slow_client_timeout_ms (", stream.limit_ms, " ms) to accept one message")
-            -- Ends the request even while the main thread waits in ngx.flush.
-            return ngx_exit(ngx.ERROR)
+        local wait = limit
+        local started = stream.write_started
+        if started then
+            wait = started + limit - ngx_now()
+            if wait < HALF_MS then
+                ngx_log(ngx.WARN, "mcp-bridge: ", stream.label, " ended: the client took over ",
+                        "slow_client_timeout_ms (", stream.limit_ms, " ms) to accept one message")
+                -- Ends the request even while the main thread waits in ngx.flush.
+                return ngx_exit(ngx.ERROR)
+            end
         end
+        -- Rounded to the nearest millisecond, at least one.
+        ngx_sleep((wait > MIN_SLEEP and wait or MIN_SLEEP) + HALF_MS)
     end
 end
 
@@ -69,8 +91,8 @@ Stream.__index = Stream
 -- respond.start_stream), if not through ngx.print.
 function _M.start(slow_client_timeout_ms, label, raw)
     local stream = setmetatable({
-        began = new_semaphore(), ended = new_semaphore(), limit_ms = slow_client_timeout_ms,
-        label = label, phase = get_phase(), raw = raw,
+        write_started = false, limit_ms = slow_client_timeout_ms, label = label,
+        phase = get_phase(), raw = raw, pieces = raw and {},
     }, Stream)
     stream.watchdog = thread_spawn(watch_writes, stream)
     return stream
@@ -84,9 +106,13 @@ function Stream:stop()
 end
 
 local function write_raw(stream, a, b, c)
-    stream.began:post(1)
-    local ok, err = stream.raw:send({ a, b, c })
-    stream.ended:post(1)
+    -- The socket copies the pieces before send() returns or yields.
+    local pieces = stream.pieces
+    pieces[1], pieces[2], pieces[3] = a, b, c
+    stream.write_started = ngx_now()
+    local ok, err = stream.raw:send(pieces)
+    stream.write_started = false
+    pieces[2] = ""
     if not ok then
         return nil, "client write failed: " .. (err or "unknown")
     end
@@ -101,9 +127,9 @@ local function write(stream, a, b, c)
     if not ok then
         return nil, "client write failed: " .. (err or "unknown")
     end
-    stream.began:post(1)
+    stream.write_started = ngx_now()
     ok, err = ngx_flush(true)
-    stream.ended:post(1)
+    stream.write_started = false
     if not ok then
         return nil, "client write failed: " .. (err or "unknown")
     end

@@ -42,9 +42,11 @@ end
 -- nil when the request may go on; else a message for the 403.
 function _M.check(conf)
     local hosts = conf.allowed_hosts
-    local host = ngx.var.http_host
-    if hosts and #hosts > 0 and (not host or not listed(hosts, host)) then
-        return "Host \"" .. (host or "") .. "\" is not allowed (allowed_hosts)"
+    if hosts and #hosts > 0 then
+        local host = ngx.var.http_host
+        if not host or not listed(hosts, host) then
+            return "Host \"" .. (host or "") .. "\" is not allowed (allowed_hosts)"
+        end
     end
     local origin = ngx.var.http_origin
     if not origin then

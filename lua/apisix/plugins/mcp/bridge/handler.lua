@@ -14,6 +14,42 @@ local req_get_method = ngx.req.get_method
 
 local _M = {}
 
+-- Bindings per consumer that one route keeps, all forgotten when there are
+-- more.
+local MAX_BINDINGS = 256
+
+-- The binding of `route` and `consumer` (see wire.binding), made once per
+-- route object.
+local function binding_of(route, consumer)
+    local bindings = route.bindings
+    if not bindings then
+        bindings = { n = 0 }
+        route.bindings = bindings
+    end
+    local key = consumer or ""
+    local binding = bindings[key]
+    if not binding then
+        if bindings.n >= MAX_BINDINGS then
+            bindings = { n = 0 }
+            route.bindings = bindings
+        end
+        binding = wire.binding(route.key, consumer)
+        bindings[key] = binding
+        bindings.n = bindings.n + 1
+    end
+    return binding
+end
+
+-- The URIs of a route's HTTP+SSE endpoints, made once per route object.
+local function sse_uris(route, base)
+    local uris = route.sse_uris
+    if not uris or uris.base ~= base then
+        uris = { base = base, sse = base .. "/sse", message = base .. "/message" }
+        route.sse_uris = uris
+    end
+    return uris
+end
+
 -- `route` = { key = <slot-counting key>, conf = <checked configuration>,
 --             name = <how messages name a field> };
 -- `consumer`: who the request authenticated as (APISIX's consumer name), if
@@ -30,20 +66,21 @@ function _M.handle(route, consumer)
         return respond.error(403, refusal)
     end
     if uri == base or (base == "" and uri == "/") then
-        return streamable.handle(route, wire.binding(route.key, consumer))
+        return streamable.handle(route, binding_of(route, consumer))
     end
     local method = req_get_method()
-    if uri == base .. "/sse" then
+    local uris = sse_uris(route, base)
+    if uri == uris.sse then
         if method ~= "GET" then
             return respond.error(405, "use GET to open a session", { Allow = "GET" })
         end
-        return sse.open(route, wire.binding(route.key, consumer))
+        return sse.open(route, binding_of(route, consumer))
     end
-    if uri == base .. "/message" then
+    if uri == uris.message then
         if method ~= "POST" then
             return respond.error(405, "use POST to send a message", { Allow = "POST" })
         end
-        return sse.deliver(route, wire.binding(route.key, consumer))
+        return sse.deliver(route, binding_of(route, consumer))
     end
     return respond.error(404, "not found: the MCP endpoints are " .. (base == "" and "/" or base)
                               .. ", " .. base .. "/sse and " .. base .. "/message")

@@ -2,6 +2,15 @@
 -- reach a session (its id starts with its host's token). Requests to a host
 -- go on pooled connections, one per request at a time; a session's own
 -- connection is always a fresh one.
+--
+-- The socket of a session's host is looked up by its token with
+-- native.socket_path, which checks the host's directory (a few system
+-- calls), and remembered. A request to a remembered socket takes a free
+-- pooled connection when there is one, without looking the socket up
+-- again: a pooled connection goes to the host it was checked for. Only a
+-- new connection needs the check, and it is made just before connecting,
+-- as it always was, so a host that is gone is never connected to (no
+-- [crit] from nginx) and a socket someone else put there never reached.
 local config = require("apisix.plugins.mcp.bridge.config")
 local native = require("apisix.plugins.mcp.bridge.native")
 local wire = require("apisix.plugins.mcp.bridge.wire")
@@ -21,6 +30,13 @@ local _M = {
 }
 
 local TOKEN_LEN = 16
+-- Sockets remembered (by token) and connection arguments (by path), each
+-- forgotten all at once when there are more.
+local MAX_REMEMBERED = 256
+-- An address a connect() takes from the pool but cannot connect to: the
+-- lua module looks for a free pooled connection before it reads the
+-- address, and fails on this one without a system call or a log line.
+local POOLED_ONLY = "unix:"
 local CONNECT_TIMEOUT_MS = 1000
 local SEND_TIMEOUT_MS = 10000
 local SPAWN_TIMEOUT_MS = 10000
@@ -40,9 +56,72 @@ function _M.is_session_id(s)
     return #s == _M.SESSION_ID_LEN and not find(s, "[^0-9a-f]")
 end
 
--- The socket of the host of session `id`, or nil when no such host runs.
-function _M.of_session(id)
-    return _M.is_session_id(id) and native.socket_path(sub(id, 1, TOKEN_LEN)) or nil
+-- Hosts' sockets by token, as native.socket_path found them.
+local socket_of, remembered = {}, 0
+
+-- The settings (runtime_dir) may name another directory now.
+worker.on_configure(function()
+    socket_of, remembered = {}, 0
+end)
+
+-- The address and pool options of requests to `path`, made once.
+local targets, targeted = {}, 0
+
+local function target_of(path)
+    local target = targets[path]
+    if not target then
+        if targeted >= MAX_REMEMBERED then
+            targets, targeted = {}, 0
+        end
+        target = { "unix:" .. path, { pool = REQUEST_POOL_PREFIX .. path } }
+        targets[path] = target
+        targeted = targeted + 1
+    end
+    return target
+end
+
+local function new_socket()
+    local sock = ngx_socket_tcp()
+    sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, REPLY_TIMEOUT_MS)
+    return sock
+end
+
+-- A connection to the host of session `id` (a pooled one when one is
+-- free), and that host's socket; or nil when no such host runs.
+-- `checked`: the caller knows `id` is well formed.
+function _M.connect_session(id, checked)
+    if not checked and not _M.is_session_id(id) then
+        return nil
+    end
+    local token = sub(id, 1, TOKEN_LEN)
+    local sock = new_socket()
+    local path = socket_of[token]
+    -- The options go third: APISIX's wrapper of connect drops them second.
+    if path and sock:connect(POOLED_ONLY, nil, target_of(path)[2]) then
+        return sock, path
+    end
+    -- A new connection (see the top of this file).
+    path = native.socket_path(token)
+    if not path then
+        if socket_of[token] then
+            socket_of[token] = nil
+            remembered = remembered - 1
+        end
+        return nil
+    end
+    if not socket_of[token] then
+        if remembered >= MAX_REMEMBERED then
+            socket_of, remembered = {}, 0
+        end
+        socket_of[token] = path
+        remembered = remembered + 1
+    end
+    local target = target_of(path)
+    if not sock:connect(target[1], nil, target[2]) then
+        -- The host of that session is gone, and the session with it.
+        return nil
+    end
+    return sock, path
 end
 
 -- This worker's host's socket (started if needed), or nil and why not.
@@ -56,19 +135,12 @@ function _M.own()
     return path, err
 end
 
--- Sends a request frame on a pooled connection to the host at `path` and
--- reads the first frame of the answer. Returns the connection (for the
--- rest of the answer; give it to done()), the frame's kind and payload; or
--- nil and why not ("connect" when the host is not there).
-function _M.request(path, kind, a, b, c)
-    local sock = ngx_socket_tcp()
-    sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS, REPLY_TIMEOUT_MS)
-    -- The options go third: APISIX's wrapper of connect drops them second.
-    local ok, err = sock:connect("unix:" .. path, nil, { pool = REQUEST_POOL_PREFIX .. path })
-    if not ok then
-        return nil, "connect", err
-    end
-    ok, err = wire.send(sock, kind, a, b, c)
+-- Sends a request frame (payload pieces `a` to `f`) on `sock`, a
+-- connection to a host, and reads the first frame of the answer. Returns
+-- the connection (for the rest of the answer; give it to done()), the
+-- frame's kind and payload; or nil and why not (the connection is closed).
+function _M.exchange(sock, kind, a, b, c, d, e, f)
+    local ok, err = wire.send(sock, kind, a, b, c, d, e, f)
     local answer, payload
     if ok then
         answer, payload = wire.receive(sock)
@@ -79,6 +151,18 @@ function _M.request(path, kind, a, b, c)
         return nil, err
     end
     return sock, answer, payload
+end
+
+-- exchange() on a pooled connection to the host at `path`; nil, "connect"
+-- and why not when the host is not there.
+function _M.request(path, kind, a, b, c, d, e, f)
+    local sock = new_socket()
+    local target = target_of(path)
+    local ok, err = sock:connect(target[1], nil, target[2])
+    if not ok then
+        return nil, "connect", err
+    end
+    return _M.exchange(sock, kind, a, b, c, d, e, f)
 end
 
 -- Returns a request's connection to the pool once its answer was read

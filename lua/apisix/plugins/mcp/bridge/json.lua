@@ -4,6 +4,7 @@
 -- every "/".
 local byte = string.byte
 local concat = table.concat
+local find = string.find
 local format = string.format
 local gsub = string.gsub
 local ipairs = ipairs
@@ -27,6 +28,9 @@ local function escape_char(c)
 end
 
 function _M.string(s)
+    if not find(s, '[%c"\\]') then
+        return '"' .. s .. '"'
+    end
     return '"' .. gsub(s, '[%c"\\]', escape_char) .. '"'
 end
 

@@ -22,22 +22,30 @@ local REASONS = {
     [504] = "Gateway Timeout", [505] = "HTTP Version Not Supported",
 }
 
-local function raw_head(status, headers)
+-- `content_length`: the line to add, if any.
+local function raw_head(status, headers, content_length)
     local lines = { "HTTP/1.1 ", status, " ", REASONS[status] or "", "\r\nConnection: close\r\n" }
     for k, v in pairs(headers) do
-        lines[#lines + 1] = k .. ": " .. v .. "\r\n"
+        if k ~= "Content-Length" then
+            lines[#lines + 1] = k .. ": " .. v .. "\r\n"
+        end
+    end
+    if content_length then
+        lines[#lines + 1] = "Content-Length: " .. content_length .. "\r\n"
     end
     lines[#lines + 1] = "\r\n"
     return concat(lines)
 end
 
--- Ends the request with a whole response: `status`, `headers` (a table) and
--- `content` (a string).
+local NO_HEADERS = {}
+
+-- Ends the request with a whole response: `status`, `headers` (a table, or
+-- nil for none; left as it is) and `content` (a string).
 function _M.send(status, headers, content)
+    headers = headers or NO_HEADERS
     local raw = ngx.ctx[body.RAW_CTX_KEY]
     if raw then
-        headers["Content-Length"] = #content
-        raw:send(raw_head(status, headers) .. content)
+        raw:send(raw_head(status, headers, #content) .. content)
         return ngx_exit(ngx.HTTP_OK)
     end
     ngx.status = status
@@ -64,7 +72,7 @@ end
 function _M.start_stream(status, headers)
     local raw = ngx.ctx[body.RAW_CTX_KEY]
     if raw then
-        local ok, err = raw:send(raw_head(status, headers))
+        local ok, err = raw:send(raw_head(status, headers, nil))
         return raw, not ok and err or nil
     end
     ngx.status = status
@@ -100,7 +108,7 @@ end
 
 -- Ends the request with `status` and no body.
 function _M.empty(status, headers)
-    return _M.send(status, headers or {}, "")
+    return _M.send(status, headers, "")
 end
 
 return _M

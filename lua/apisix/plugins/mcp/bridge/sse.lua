@@ -16,6 +16,7 @@ local respond = require("apisix.plugins.mcp.bridge.respond")
 local session_limit = require("apisix.plugins.mcp.session_limit")
 local wire = require("apisix.plugins.mcp.bridge.wire")
 
+local find = string.find
 local ngx = ngx
 local ngx_exit = ngx.exit
 local ngx_flush = ngx.flush
@@ -31,6 +32,9 @@ local _M = {}
 local CONNECT_TIMEOUT_MS = 1000
 local SEND_TIMEOUT_MS = 10000
 local MAX_URI_ARGS = 32
+-- The query string of every POST a client makes of the endpoint event.
+local PLAIN_ARGS = "^sessionId=[0-9a-f]+$"
+local PLAIN_ARGS_LEN = #"sessionId=" + hosts.SESSION_ID_LEN
 -- Beyond two keepalive intervals, this much more silence means a stuck host.
 local HOST_SILENCE_MARGIN_MS = 5000
 
@@ -103,28 +107,39 @@ local ACK_STATUS = {
 -- POST {base_uri}/message?sessionId=<id>
 function _M.deliver(route, binding)
     local conf = route.conf
-    local args, err = req.get_uri_args(MAX_URI_ARGS)
-    if err == "truncated" then
-        req.discard_body()
-        return respond.error(400, "too many query parameters")
+    local session_id, checked
+    local query = ngx.var.args
+    if query and #query == PLAIN_ARGS_LEN and find(query, PLAIN_ARGS) then
+        -- The query is the well-formed id alone, as the endpoint event gives it.
+        session_id, checked = sub(query, #query - hosts.SESSION_ID_LEN + 1), true
+    else
+        local args, err = req.get_uri_args(MAX_URI_ARGS)
+        if err == "truncated" then
+            req.discard_body()
+            return respond.error(400, "too many query parameters")
+        end
+        session_id = args.sessionId
+        if type(session_id) == "table" then
+            req.discard_body()
+            return respond.error(400, "sessionId must be given once")
+        end
+        if type(session_id) ~= "string" or session_id == "" then
+            req.discard_body()
+            return respond.error(400, "missing sessionId query parameter")
+        end
     end
-    local session_id = args.sessionId
-    if type(session_id) == "table" then
-        req.discard_body()
-        return respond.error(400, "sessionId must be given once")
-    end
-    if type(session_id) ~= "string" or session_id == "" then
-        req.discard_body()
-        return respond.error(400, "missing sessionId query parameter")
-    end
-    local path = hosts.of_session(session_id)
-    if not path then
+    -- The connection comes first: a client gets 404 for a session that is
+    -- gone whatever its body.
+    local sock, path = hosts.connect_session(session_id, checked)
+    if not sock then
         req.discard_body()
         return respond.error(404, "session not found")
     end
 
     local body, status, why = request_body.read(conf.max_message_bytes)
     if not body then
+        -- Nothing was sent on it.
+        hosts.done(sock, true)
         if status == 413 then
             return respond.error(413, "request body is larger than "
                                       .. route.name("max_message_bytes") .. " ("
@@ -133,7 +148,8 @@ function _M.deliver(route, binding)
         return respond.error(400, why)
     end
 
-    local sock, kind, payload = hosts.request(path, wire.DELIVER, session_id, binding, body)
+    local kind, payload
+    sock, kind, payload = hosts.exchange(sock, wire.DELIVER, session_id, binding, body)
     if not sock or kind ~= wire.ACK or payload == "" then
         if sock then
             hosts.done(sock, false)

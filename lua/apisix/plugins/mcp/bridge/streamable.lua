@@ -161,9 +161,24 @@ local function accepts(accept, media)
     return find(accept, media, 1, true) or find(accept, "*/*", 1, true)
 end
 
+local json_string = json.string
+
+-- The headers block of a Request frame (see Headers in rust/host/src/http.rs):
+-- json.value of the same fields, written straight out. `method` is one of
+-- three names and `session` empty or a checked id; neither needs escaping.
+local function request_headers(method, session, version, mcp_method, mcp_name, accept, slot)
+    return '{"accept":' .. json_string(accept)
+           .. (mcp_method and ',"mcp_method":' .. json_string(mcp_method) or "")
+           .. (mcp_name and ',"mcp_name":' .. json_string(mcp_name) or "")
+           .. ',"method":"' .. method .. '","session":"' .. session .. '","slot":'
+           .. (slot and "true" or "false")
+           .. (version and ',"version":' .. json_string(version) or "") .. "}"
+end
+
 -- Writes the rest of a host's reply to the client: `head` is the Head
--- frame's payload. Returns nothing; ends the request.
-local function relay_reply(route, sock, head)
+-- frame's payload; `new_session`: the reply carries the id of a session
+-- this request made (see UNANSWERED). Returns nothing; ends the request.
+local function relay_reply(route, sock, head, new_session)
     local conf = route.conf
     local status, body, session, retry = match(head, "^(%d+) (%a+) (%S+) ?(%d*)$")
     status = tonumber(status)
@@ -196,7 +211,9 @@ local function relay_reply(route, sock, head)
         if kind ~= wire.MESSAGE then
             return respond.rpc_error(502, SERVER_ERROR, "the bridge's answer was cut short")
         end
-        ngx.ctx[UNANSWERED] = nil
+        if new_session then
+            ngx.ctx[UNANSWERED] = nil
+        end
         headers["Content-Type"] = "application/json"
         headers["Cache-Control"] = "no-store"
         return respond.send(status, headers, payload)
@@ -223,6 +240,34 @@ local function relay_reply(route, sock, head)
     return ngx_exit(ngx.HTTP_OK)
 end
 
+-- Sends a request to the host at `path` (see hosts.request), on `conn` if
+-- given (a connection to it); `slot` says whether this worker took a
+-- session slot for it.
+local function ask(conn, path, binding, method, session, accept, slot, spec, body)
+    local var = ngx.var
+    local headers = request_headers(method, session, var.http_mcp_protocol_version,
+                                    var.http_mcp_method, var.http_mcp_name, accept, slot)
+    if conn then
+        return hosts.exchange(conn, wire.REQUEST, binding, u32(#headers), headers, u32(#spec),
+                              spec, body)
+    end
+    return hosts.request(path, wire.REQUEST, binding, u32(#headers), headers, u32(#spec), spec,
+                         body)
+end
+
+-- Takes a slot for a request that may start a session. Returns it; or nil,
+-- an HTTP status and why not.
+local function take_slot(route)
+    local slot, refused, why = admission.take(route, true)
+    if not slot then
+        return nil, refused, why
+    end
+    -- Until the session keeps it, or it is released below: if the client
+    -- leaves meanwhile, the log phase releases it.
+    ngx.ctx[PENDING_SLOT] = slot
+    return slot
+end
+
 function _M.handle(route, binding)
     local conf = route.conf
     local method = req.get_method()
@@ -239,7 +284,11 @@ function _M.handle(route, binding)
     local accept = lower(var.http_accept or "")
     local body = ""
     if method == "POST" then
-        local media = lower(match(var.http_content_type or "", "^%s*([^;%s]*)") or "")
+        local media = var.http_content_type
+        if media ~= "application/json" then
+            -- Parameters, spaces and case allowed.
+            media = lower(match(media or "", "^%s*([^;%s]*)") or "")
+        end
         if media ~= "application/json" then
             req.discard_body()
             return respond.rpc_error(415, SERVER_ERROR, "Content-Type must be application/json")
@@ -269,10 +318,10 @@ function _M.handle(route, binding)
         end
     end
 
-    local path
+    local path, conn
     if session ~= "" then
-        path = hosts.of_session(session)
-        if not path then
+        conn, path = hosts.connect_session(session, true)
+        if not conn then
             return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found", nil,
                                      request_id(body))
         end
@@ -286,36 +335,29 @@ function _M.handle(route, binding)
     end
     eventstream.watch_client_abort()
 
+    local spec = session == "" and config.spawn_request(conf) or ""
     -- An initialize takes a slot first; one the host finds without a slot
     -- (its method spelt unusually) comes back once to take it.
-    local slot
-    local function ask(with_slot)
-        if with_slot and not slot then
-            local refused, why
-            slot, refused, why = admission.take(route, true)
-            if not slot then
-                return nil, refused, why
-            end
-            -- Until the session keeps it, or it is released below: if the
-            -- client leaves meanwhile, the log phase releases it.
-            ngx.ctx[PENDING_SLOT] = slot
+    local slot, sock, kind, head
+    if session == "" and method == "POST" and find(body, "initialize", 1, true) then
+        slot, kind, head = take_slot(route)
+        if slot then
+            sock, kind, head = ask(nil, path, binding, method, session, accept, true, spec, body)
         end
-        local headers = json.value({
-            method = method, session = session, version = var.http_mcp_protocol_version,
-            mcp_method = var.http_mcp_method, mcp_name = var.http_mcp_name, accept = accept,
-            slot = slot ~= nil,
-        })
-        local spec = session == "" and config.spawn_request(conf) or ""
-        return hosts.request(path, wire.REQUEST, binding,
-                             u32(#headers) .. headers .. u32(#spec) .. spec, body)
+    else
+        sock, kind, head = ask(conn, path, binding, method, session, accept, false, spec, body)
     end
-    local looks_like_initialize = session == "" and method == "POST"
-                                  and find(body, "initialize", 1, true) ~= nil
-    local sock, kind, head = ask(looks_like_initialize)
     if sock and kind == wire.HEAD and tonumber(match(head, "^(%d+)")) == NEED_SLOT then
         wire.receive(sock)
         hosts.done(sock, true)
-        sock, kind, head = ask(true)
+        if not slot then
+            slot, kind, head = take_slot(route)
+        end
+        if slot then
+            sock, kind, head = ask(nil, path, binding, method, session, accept, true, spec, body)
+        else
+            sock = nil
+        end
     end
     if not sock then
         if slot then
@@ -341,6 +383,7 @@ function _M.handle(route, binding)
         return respond.rpc_error(502, SERVER_ERROR, "the bridge gave an unexpected answer", nil,
                                  request_id(body))
     end
+    local new_session = false
     if slot then
         ngx.ctx[PENDING_SLOT] = nil
         local id = match(head, "^%d+ %a+ (%x+)")
@@ -348,6 +391,7 @@ function _M.handle(route, binding)
             keep(id, slot, path)
             -- Until the answer goes out (see relay_reply).
             ngx.ctx[UNANSWERED] = { id = id, path = path, binding = binding }
+            new_session = true
         else
             session_limit.release(slot)
             if match(head, "^502 ") then
@@ -355,7 +399,7 @@ function _M.handle(route, binding)
             end
         end
     end
-    return relay_reply(route, sock, head)
+    return relay_reply(route, sock, head, new_session)
 end
 
 -- Ends session `id` at the host at `path` as a DELETE would (from a timer:
@@ -364,8 +408,8 @@ local function delete_session(premature, path, binding, id)
     if premature then
         return
     end
-    local headers = json.value({ method = "DELETE", session = id, accept = "", slot = false })
-    local sock = hosts.request(path, wire.REQUEST, binding, u32(#headers) .. headers .. u32(0), "")
+    local headers = request_headers("DELETE", id, nil, nil, nil, "", false)
+    local sock = hosts.request(path, wire.REQUEST, binding, u32(#headers), headers, u32(0), "")
     if sock then
         local kind = wire.receive(sock)
         hosts.done(sock, kind == wire.EXIT)

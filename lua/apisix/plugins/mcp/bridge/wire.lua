@@ -19,8 +19,8 @@ local _M = {
 local HEADER_LEN = 5
 
 local function header(kind, len)
-    return kind .. char(band(rshift(len, 24), 0xff), band(rshift(len, 16), 0xff),
-                        band(rshift(len, 8), 0xff), band(len, 0xff))
+    return char(byte(kind), band(rshift(len, 24), 0xff), band(rshift(len, 16), 0xff),
+                band(rshift(len, 8), 0xff), band(len, 0xff))
 end
 
 local function payload_len(hdr)
@@ -28,11 +28,28 @@ local function payload_len(hdr)
     return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
--- Sends one frame; `a`, `b`, `c` are payload pieces, sent without
--- concatenating.
-function _M.send(sock, kind, a, b, c)
-    local len = #(a or "") + #(b or "") + #(c or "")
-    return sock:send({ header(kind, len), a or "", b or "", c or "" })
+-- Frames up to this long are sent as one string: concatenating a few small
+-- pieces costs less than the socket's walk over a table of them. Longer
+-- ones (a large message) are not copied once more for that.
+local JOIN_MAX = 8192
+
+-- The pieces of a long frame being sent. One table serves every send: a
+-- cosocket copies the pieces before send() returns or yields.
+local pieces = {}
+
+-- Sends one frame; `a` to `f` are payload pieces (nil for none).
+function _M.send(sock, kind, a, b, c, d, e, f)
+    a, b, c, d, e, f = a or "", b or "", c or "", d or "", e or "", f or ""
+    local len = #a + #b + #c + #d + #e + #f
+    if len <= JOIN_MAX then
+        return sock:send(header(kind, len) .. a .. b .. c .. d .. e .. f)
+    end
+    pieces[1] = header(kind, len)
+    pieces[2], pieces[3], pieces[4], pieces[5], pieces[6], pieces[7] = a, b, c, d, e, f
+    local ok, err = sock:send(pieces)
+    -- Holds no message until the next send.
+    pieces[2], pieces[3], pieces[4], pieces[5], pieces[6], pieces[7] = "", "", "", "", "", ""
+    return ok, err
 end
 
 -- The binding of a request (see rust/host/src/binding.rs): which route and

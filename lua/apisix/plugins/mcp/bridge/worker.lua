@@ -26,6 +26,8 @@ local WATCH_SECONDS = 86400
 local settings = {}
 local configured = false
 local watching = false
+-- Called after the settings were passed to the native module.
+local configure_hooks = {}
 
 -- Global settings (not per route): runtime_dir, host_program. Takes effect
 -- for hosts started afterwards.
@@ -53,6 +55,15 @@ local function configure()
         ngx_log(ngx.ERR, "mcp-bridge: bad settings: ", err)
     end
     configured = true
+    for i = 1, #configure_hooks do
+        configure_hooks[i]()
+    end
+end
+
+-- Calls `hook` each time settings are passed to the native module (what
+-- was derived from the old ones, such as socket paths, is stale then).
+function _M.on_configure(hook)
+    configure_hooks[#configure_hooks + 1] = hook
 end
 
 local watch
