@@ -128,18 +128,24 @@ function _M.deliver(route, binding)
             return respond.error(400, "missing sessionId query parameter")
         end
     end
-    -- The connection comes first: a client gets 404 for a session that is
-    -- gone whatever its body.
-    local sock, path = hosts.connect_session(session_id, checked)
+    -- The session is looked for first: a client gets 404 for a session
+    -- that is gone whatever its body. Its connection waits in the pool
+    -- while the body arrives, which may take long.
+    local sock = hosts.connect_session(session_id, checked)
     if not sock then
         req.discard_body()
         return respond.error(404, "session not found")
     end
+    hosts.done(sock, true)
 
     local body, status, why = request_body.read(conf.max_message_bytes)
-    if not body then
-        -- Nothing was sent on it.
-        hosts.done(sock, true)
+    local path
+    if body then
+        sock, path = hosts.connect_session(session_id, true)
+        if not sock then
+            return respond.error(404, "session not found")
+        end
+    else
         if status == 413 then
             return respond.error(413, "request body is larger than "
                                       .. route.name("max_message_bytes") .. " ("
