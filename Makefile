@@ -5,7 +5,7 @@
 #   make bench  figures: mcp-bridge beside direct stdio, supergateway and
 #               mcp-proxy
 #               (prints a table, rewrites docs/benchmarks.md)
-#   make profile  host instructions per round trip (callgrind), by function
+#   make profile  host and nginx instructions per round trip (callgrind)
 #   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
 #   make apisix-test  the plugin inside a real Apache APISIX built from source
 #               (APISIX_TESTBED=/opt/apisix-testbed; make test runs it when there)

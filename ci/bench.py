@@ -1235,18 +1235,20 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 {table_text}
 
 {NOTES}{"".join(f"- {n}{chr(10)}" for n in notes)}
-## Host instructions per round trip
+## Instructions per round trip
 
 {profile_text}
 
-Written by `make profile` (`ci/profile.py`) in the same run: `mcp-bridge serve` with 1 worker, its
-host program run under `valgrind --tool=callgrind`, and `mcp-load steps` doing 200 echo round trips
-on each of 16 sessions (clients), then 200 more that are counted: the instructions the host executes
-between the two phase lines, divided by the round trips. Unlike the CPU times above, this figure does
-not move with machine noise or with what else runs, so it is the one to compare from one change to
-the next; `make profile` also lists the functions that cost most. It counts instructions in the
-host's own code and the libraries it calls, not the kernel's work for its system calls, which is
-most of its CPU time per round trip above.
+Written by `make profile` (`ci/profile.py`) in the same run: `mcp-bridge serve` with 1 worker,
+its host program and its nginx run under `valgrind --tool=callgrind`, and `mcp-load steps` on 16
+sessions (clients). The host's figure counts what it executes for 200 echo round trips per session
+after 200 unmeasured ones, divided by the round trips; the nginx worker's is the difference between
+a run of 200 + 200 and one of 400 + 400 round trips per session, divided by the difference in
+round trips. Unlike the CPU times above, these figures do not move with machine noise or with what
+else runs, so they are the ones to compare from one change to the next; `make profile` also lists
+the functions that cost most. They count instructions in the processes' own code and libraries
+(LuaJIT's included), not the kernel's work for their system calls, which is much of their CPU
+time per round trip above.
 
 ## Where mcp-bridge is behind
 
@@ -1261,7 +1263,7 @@ most of its CPU time per round trip above.
 make bench                                # builds, then python3 ci/bench.py
 python3 ci/bench.py --idle-seconds 10     # shorter idle phase
 python3 ci/bench.py --only direct --only bridge1
-make profile                              # host instructions per round trip, by function
+make profile                              # instructions per round trip, by function
 target/release/mcp-load --help            # the load client on its own
 ```
 
