@@ -1239,14 +1239,15 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 
 {profile_text}
 
-Written by `make profile` (`ci/profile.py`) in the same run: `mcp-bridge serve` with 1 worker,
-its host program and its nginx run under `valgrind --tool=callgrind`, and `mcp-load steps` on 16
-sessions (clients). The host's figure counts what it executes for 200 echo round trips per session
-after 200 unmeasured ones, divided by the round trips; the nginx worker's is the difference between
-a run of 200 + 200 and one of 400 + 400 round trips per session, divided by the difference in
-round trips. Unlike the CPU times above, these figures do not move with machine noise or with what
-else runs, so they are the ones to compare from one change to the next; `make profile` also lists
-the functions that cost most. They count instructions in the processes' own code and libraries
+Written by `make profile` (`ci/profile.py`) in the same run: `mcp-bridge serve` with 1 worker and
+`mcp-load steps` on 16 sessions (clients), with the host program, then nginx, run under
+`valgrind --tool=callgrind` (one at a time, so the one counted is the slowest of its run every
+time). The host's figure counts what it executes for 200 echo round trips per session after 200
+unmeasured ones, divided by the round trips; the nginx worker's is the difference between a run of
+200 + 200 and one of 400 + 400 round trips per session, divided by the difference in round trips.
+Unlike the CPU times above, these figures do not move with machine noise or with what else runs,
+so they are the ones to compare from one change to the next; `make profile` also lists the
+functions that cost most. They count instructions in the processes' own code and libraries
 (LuaJIT's included), not the kernel's work for their system calls, which is much of their CPU
 time per round trip above.
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Instructions per round trip: the cost figure that holds still.
+"""Instructions per round trip: the cost figures that hold still.
 
-Runs `mcp-bridge serve` (1 worker) with its host program and its nginx under
-`valgrind --tool=callgrind`, drives it with `mcp-load steps` over HTTP+SSE,
-Streamable HTTP sessions and stateless 2026-07-28 requests, and counts the
-instructions the host and the nginx worker execute for a fixed number of echo
-round trips (after as many unmeasured ones, so that nothing that happens once
-is counted).
-Wall-clock and CPU times move with whatever else the machine does; an
-instruction count does not, so this is the figure to compare from one change
-to the next. Prints a table, then the functions that cost most.
+Runs `mcp-bridge serve` (1 worker) with its host program, then its nginx,
+under `valgrind --tool=callgrind` (one of them at a time, so the one counted
+is the slowest of its run every time), drives it with `mcp-load steps` over
+HTTP+SSE, Streamable HTTP sessions and stateless 2026-07-28 requests, and
+counts the instructions the host and the nginx worker execute per echo round
+trip: for the host, over a fixed number of round trips after as many
+unmeasured ones; for the worker, by the difference between two runs of which
+one does twice as many (callgrind cannot zero a forked process). Wall-clock
+and CPU times move with whatever else the machine does; instruction counts do
+not, so these are the figures to compare from one change to the next. Prints
+a table, then the functions that cost most.
 
 Usage: ci/profile.py [--sessions N] [--count N] [--top N] [--only TRANSPORT]...
   --sessions N   sessions (clients) in parallel [16]
@@ -33,6 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 HOST = "mcp-bridge-host"
 TRANSPORTS = ("sse", "streamable", "stateless")
+# Outputs that callgrind_annotate-free parsing can read: names, not numbers.
+NAMES = "--compress-strings=no --compress-pos=no"
 
 
 class Failure(Exception):
@@ -50,47 +54,54 @@ def free_port():
 
 
 def stage(tmp):
-    """A copy of the gateway whose host program is callgrind running the
-    real one, and an nginx that is callgrind running the real one. Returns
-    the directory of the callgrind outputs and that nginx."""
-    for name in ("mcp-bridge", "libmcp_bridge_native.so", "mcp-fixture"):
-        shutil.copy2(os.path.join(BIN, name), tmp)
-    shutil.copy2(os.path.join(BIN, HOST), os.path.join(tmp, HOST + ".real"))
+    """Two copies of the gateway: one whose host program is callgrind
+    running the real one (`tmp`/counted), one as it is (`tmp`/plain); and an
+    nginx that is callgrind running the real one. Each process is counted
+    alone, so it is the slowest of the run every time: the same conditions
+    from one run to the next. Returns the directory of the callgrind
+    outputs and that nginx."""
     out = os.path.join(tmp, "out")
     os.mkdir(out)
     # The workers' user (nobody, when run as root) writes the outputs.
     os.chmod(out, 0o1777)
     os.chmod(tmp, 0o755)
-    wrapper = os.path.join(tmp, HOST)
+    for copy in ("counted", "plain"):
+        d = os.path.join(tmp, copy)
+        os.mkdir(d, 0o755)
+        for name in ("mcp-bridge", "libmcp_bridge_native.so", "mcp-fixture"):
+            shutil.copy2(os.path.join(BIN, name), d)
+    shutil.copy2(os.path.join(BIN, HOST), os.path.join(tmp, "plain", HOST))
+    shutil.copy2(os.path.join(BIN, HOST), os.path.join(tmp, "counted", HOST + ".real"))
+    wrapper = os.path.join(tmp, "counted", HOST)
     with open(wrapper, "w") as f:
         f.write("#!/bin/sh\n"
-                f"exec valgrind -q --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file={out}/callgrind.out.%p "
-                f"{tmp}/{HOST}.real \"$@\"\n")
+                f"exec valgrind -q --tool=callgrind {NAMES} --callgrind-out-file={out}/callgrind.out.%p "
+                f"{tmp}/counted/{HOST}.real \"$@\"\n")
     os.chmod(wrapper, 0o755)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     nginx_wrapper = os.path.join(tmp, "nginx")
     with open(nginx_wrapper, "w") as f:
         # `nginx -V` and `-t` too run under it: harmless, only slower.
-        f.write("#!/bin/sh\n"
-                f"exec valgrind -q --tool=callgrind --compress-strings=no --compress-pos=no "
-                f"--callgrind-out-file={out}/nginx.out.%p {nginx} \"$@\"\n")
+        f.write(f"#!/bin/sh\nexec valgrind -q --tool=callgrind {NAMES} --callgrind-out-file={out}/nginx.out.%p "
+                f"{nginx} \"$@\"\n")
     os.chmod(nginx_wrapper, 0o755)
     return out, nginx_wrapper
 
 
 def host_pids(tmp):
-    """Pids of the hosts this run started (callgrind runs them)."""
-    marker = f"{tmp}/{HOST}.real".encode()
+    """Pids of the hosts this run started."""
+    marker = f"{tmp}/".encode()
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker in f.read():
-                    pids.append(int(entry))
+                cmdline = f.read()
         except OSError:
-            pass
+            continue
+        if marker in cmdline and HOST.encode() in cmdline and b"--token" in cmdline:
+            pids.append(int(entry))
     return pids
 
 
@@ -158,14 +169,14 @@ def dump(pid, out, prefix):
 
 
 class Gateway:
-    """`mcp-bridge serve` with 1 worker, its host and its nginx under
-    callgrind, for one run."""
+    """`mcp-bridge serve` with 1 worker from `copy` (see `stage`), with
+    `nginx` if given, for one run."""
 
-    def __init__(self, tmp, nginx):
+    def __init__(self, copy, nginx):
         self.port = free_port()
-        cmd = [os.path.join(tmp, "mcp-bridge"), "serve", "--listen", f"127.0.0.1:{self.port}", "--workers", "1",
-               "--max-sessions", "1000", "--base-uri", "/mcp", "--log-level", "warn", "--nginx", nginx,
-               "--", os.path.join(tmp, "mcp-fixture")]
+        cmd = [os.path.join(copy, "mcp-bridge"), "serve", "--listen", f"127.0.0.1:{self.port}", "--workers", "1",
+               "--max-sessions", "1000", "--base-uri", "/mcp", "--log-level", "warn",
+               *(["--nginx", nginx] if nginx else []), "--", os.path.join(copy, "mcp-fixture")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      stdin=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
@@ -183,11 +194,13 @@ class Gateway:
                 self.proc.wait()
 
 
-def run_once(transport, tmp, out, nginx, args, count, count_host):
+def run_once(transport, tmp, out, args, count, nginx=None):
     """One gateway, `count` round trips per session unmeasured then as many
-    measured. Returns (round trips measured, the nginx worker's instructions
-    over the whole run, the host's dump of the measured ones or None)."""
-    gateway = Gateway(tmp, nginx)
+    measured: with `nginx`, the plain host and that nginx, and returns (round
+    trips measured, the nginx worker's counts over the whole run); without,
+    the counted host and the plain nginx, and returns (round trips
+    measured, the host's counts over the measured ones)."""
+    gateway = Gateway(os.path.join(tmp, "plain" if nginx else "counted"), nginx)
     worker = host_dump = None
     try:
         url = f"http://127.0.0.1:{gateway.port}/mcp" + ("/sse" if transport == "sse" else "")
@@ -205,7 +218,7 @@ def run_once(transport, tmp, out, nginx, args, count, count_host):
                     raise Failure(f"expected one host, found {pids}")
                 # The host's parent is the nginx worker.
                 worker = parent(pids[0])
-                if count_host:
+                if not nginx:
                     if json.loads(line)["phase"] == "window":
                         control("--zero", str(pids[0]))
                     else:
@@ -222,6 +235,10 @@ def run_once(transport, tmp, out, nginx, args, count, count_host):
             raise Failure(f"mcp-load: {result.get('error_samples')}")
     finally:
         gateway.stop()
+    if not nginx:
+        if not host_dump:
+            raise Failure("no measured window")
+        return result["round_trips"], host_dump
     # A worker's counts are written when it exits.
     path = f"{out}/nginx.out.{worker}"
     deadline = time.monotonic() + 60
@@ -229,7 +246,7 @@ def run_once(transport, tmp, out, nginx, args, count, count_host):
         if time.monotonic() > deadline:
             raise Failure(f"the nginx worker {worker} left no counts")
         time.sleep(0.1)
-    return result["round_trips"], path, host_dump
+    return result["round_trips"], path
 
 
 def measure(transport, tmp, out, nginx, args):
@@ -237,21 +254,21 @@ def measure(transport, tmp, out, nginx, args):
     dumped around them), and the nginx worker's by difference: a run of
     twice as many round trips costs the same apart from them (callgrind
     cannot be told to zero an nginx worker, a forked process)."""
-    rts, short_run, _ = run_once(transport, tmp, out, nginx, args, args.count, False)
-    rts2, long_run, host_dump = run_once(transport, tmp, out, nginx, args, 2 * args.count, True)
-    if not host_dump:
-        raise Failure("no measured window")
-    extra = 2 * (rts2 - rts)  # the longer run does twice as many, twice
-    host_ir, nginx_ir = totals(host_dump), totals(long_run) - totals(short_run)
-    # Functions by the difference of the two runs too.
-    short_top = dict((name, ir) for ir, name in top_functions(short_run, 10_000))
-    nginx_top = sorted(((ir - short_top.get(name, 0), name) for ir, name in top_functions(long_run, 10_000)),
+    rts, host_dump = run_once(transport, tmp, out, args, args.count)
+    host_ir = totals(host_dump)
+    short, short_run = run_once(transport, tmp, out, args, args.count, nginx)
+    long, long_run = run_once(transport, tmp, out, args, 2 * args.count, nginx)
+    extra = 2 * (long - short)  # the longer run does twice as many, twice
+    nginx_ir = totals(long_run) - totals(short_run)
+    # Its functions by the difference of the two runs too.
+    short_top = dict((name, ir) for ir, name in top_functions(short_run, 100_000))
+    nginx_top = sorted(((ir - short_top.get(name, 0), name) for ir, name in top_functions(long_run, 100_000)),
                        reverse=True)[:args.top]
-    return {"transport": transport, "sessions": args.sessions, "round_trips": rts2,
-            "host_instructions": host_ir, "per_round_trip": round(host_ir / rts2),
+    return {"transport": transport, "sessions": args.sessions, "round_trips": rts,
+            "host_instructions": host_ir, "per_round_trip": round(host_ir / rts),
             "nginx_per_round_trip": round(nginx_ir / extra),
-            "top": [(ir * extra // rts2, name) for ir, name in top_functions(host_dump, args.top)],
-            "nginx_top": nginx_top, "extra": extra}
+            "top": [(ir / rts, name) for ir, name in top_functions(host_dump, args.top)],
+            "nginx_top": [(ir / extra, name) for ir, name in nginx_top]}
 
 
 def main():
@@ -285,7 +302,7 @@ def main():
         for who, key in (("host", "top"), ("nginx worker", "nginx_top")):
             print(f"\n{r['transport']}: the {who}'s own instructions per round trip, by function")
             for ir, name in r[key]:
-                print(f"  {ir / r['extra']:8,.0f}  {name[:110]}")
+                print(f"  {ir:8,.0f}  {name[:110]}")
     os.makedirs(os.path.join(ROOT, ".bench"), exist_ok=True)
     with open(os.path.join(ROOT, ".bench", "profile.json"), "w") as f:
         json.dump(results, f, indent=1)
