@@ -527,14 +527,14 @@ location = /t {
         -- listening in it that reports whether anyone connected.
         local out = "$TEST_NGINX_PID_DIR/planted.out"
         os.remove(out)
-        assert(os.execute("mkdir -m 0755 " .. dir) == 0)
+        assert(t.run("mkdir -m 0755 " .. dir))
         os.execute("python3 -c 'import socket, sys\n"
                    .. "s = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(8)\n"
                    .. "s.settimeout(1.5)\ntry:\n    s.accept()\n    said = \"a connection\"\n"
                    .. "except socket.timeout:\n    said = \"no connection\"\n"
                    .. "open(sys.argv[2], \"w\").write(said)' " .. path .. " " .. out .. " &")
         for _ = 1, 100 do
-            if os.execute("test -S " .. path) == 0 then break end
+            if t.run("test -S " .. path) then break end
             ngx.sleep(0.02)
         end
         local status, _, body = s:post({ jsonrpc = "2.0", method = "notifications/x" })

@@ -860,6 +860,14 @@ function _M.host_stats()
 end
 
 -- Sends signal number `sig` to `pid`.
+-- Runs a shell command; returns whether it exited with status 0. (What
+-- os.execute returns differs: OpenResty's LuaJIT has Lua 5.2's
+-- true/"exit"/0, Debian's the exit status.)
+function _M.run(command)
+    local r = os.execute(command)
+    return r == 0 or r == true
+end
+
 function _M.kill(pid, sig)
     return ffi.C.kill(pid, sig) == 0
 end
