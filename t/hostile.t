@@ -495,10 +495,10 @@ and again: 404 {"error":"session not found"}
 the new host's session: still
 processes left: none
 idle: true
---- no_error_log
-[error]
-[crit]
-[emerg]
+--- no_error_log eval
+# A stream closed with a keepalive comment unread makes the client's kernel
+# send a reset, which nginx logs as its own error: the test client's doing.
+[qr/\[error\](?!.*recv\(\) failed \(104: Connection reset by peer\))/, "[crit]", "[emerg]"]
 
 
 
@@ -557,10 +557,9 @@ location = /t {
 a POST to the session: 404 {"error":"session not found"}
 the planted socket saw: no connection
 the new host's session: ok
---- no_error_log
-[error]
-[crit]
-[emerg]
+--- no_error_log eval
+# As in TEST 11.
+[qr/\[error\](?!.*recv\(\) failed \(104: Connection reset by peer\))/, "[crit]", "[emerg]"]
 
 
 
