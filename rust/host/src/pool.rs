@@ -382,9 +382,12 @@ impl MemberTask {
         let mut shutdown = self.host.shutdown_watch();
         let mut idle_since = Instant::now();
         let why = loop {
-            let spec = self.pool.spec.borrow().clone();
-            let idle_until =
-                tokio::time::Instant::from_std(idle_since + Duration::from_millis(spec.pool_idle_timeout_ms));
+            // Read, not cloned: this runs for every message.
+            let (idle_ms, min_idle) = {
+                let spec = self.pool.spec.borrow();
+                (spec.pool_idle_timeout_ms, spec.pool_min_idle)
+            };
+            let idle_until = tokio::time::Instant::from_std(idle_since + Duration::from_millis(idle_ms));
             let idle = self.current.is_none() && self.draining.is_none();
             let quiet_until = tokio::time::Instant::from_std(
                 self.draining.as_ref().map(|d| d.quiet_until).unwrap_or_else(Instant::now),
@@ -452,7 +455,7 @@ impl MemberTask {
                     idle_since = Instant::now();
                 }
                 _ = tokio::time::sleep_until(idle_until), if idle => {
-                    if self.pool.members.get() > spec.pool_min_idle {
+                    if self.pool.members.get() > min_idle {
                         break "it was idle too long";
                     }
                     idle_since = Instant::now();
@@ -466,9 +469,12 @@ impl MemberTask {
     /// Returns the backend to the pool after a call, or says it should end.
     fn finished_call(&mut self) -> bool {
         self.served += 1;
-        let spec = self.pool.spec.borrow().clone();
-        let old = self.child.started.elapsed() > Duration::from_millis(spec.pool_max_age_ms);
-        if self.served >= spec.pool_max_requests || old {
+        let (max_age_ms, max_requests) = {
+            let spec = self.pool.spec.borrow();
+            (spec.pool_max_age_ms, spec.pool_max_requests)
+        };
+        let old = self.child.started.elapsed() > Duration::from_millis(max_age_ms);
+        if self.served >= max_requests || old {
             return true;
         }
         if let (Some(pools), Some(me)) = (self.pools.upgrade(), self.me.upgrade()) {
