@@ -78,6 +78,9 @@ location = /t {
             { command = "x", max_sessions_per_node = 2.5 },
             { command = "x", slow_client_timeout_ms = 99 },
             { command = "x", slow_client_timeout_ms = 3600001 },
+            { command = "x", restart_on_crash = "yes" },
+            { command = "x", max_restarts = 0 },
+            { command = "x", restart_window_ms = 999 },
         }
         for _, conf in ipairs(cases) do
             local ok, err = config.check(conf)
@@ -122,6 +125,9 @@ max_sessions_per_node must be at least 1, got 0
 max_sessions_per_node must be an integer, got 2.5
 slow_client_timeout_ms must be at least 100, got 99
 slow_client_timeout_ms must be at most 3600000, got 3600001
+restart_on_crash must be true or false, got "yes"
+max_restarts must be at least 1, got 0
+restart_window_ms must be at least 1000, got 999
 
 
 
@@ -176,7 +182,7 @@ location = /t {
     }
 }
 --- response_body
-{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"session_home":false,"session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,"pool_max_age_ms":3600000,"pool_wait_ms":5000,"cwd":"/tmp/a/b"}
+{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"session_home":false,"session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,"pool_max_age_ms":3600000,"pool_wait_ms":5000,"cwd":"/tmp/a/b"}
 true /d true
 
 

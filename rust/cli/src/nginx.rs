@@ -158,6 +158,8 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
         ("slow_client_timeout_ms", s.slow_client_timeout_ms),
         ("session_idle_timeout_ms", s.session_idle_timeout_ms),
         ("session_max_lifetime_ms", s.session_max_lifetime_ms),
+        ("max_restarts", s.max_restarts),
+        ("restart_window_ms", s.restart_window_ms),
         ("pool_min_idle", s.pool_min_idle),
         ("pool_max_per_key", s.pool_max_per_key),
         ("pool_max_per_worker", s.pool_max_per_worker),
@@ -176,6 +178,9 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
     }
     if s.session_home {
         field("session_home", "true".into());
+    }
+    if s.restart_on_crash {
+        field("restart_on_crash", "true".into());
     }
     for (name, list) in [("allowed_hosts", &s.allowed_hosts), ("allowed_origins", &s.allowed_origins)] {
         if !list.is_empty() {

@@ -50,6 +50,11 @@ options:
   --session-idle-timeout-ms N   a Streamable HTTP session without a request
                                 this long ends [1800000]
   --session-max-lifetime-ms N   ... and this long after it started [86400000]
+  --restart-on-crash            start a crashed backend again for its session,
+                                replaying its initialize [off]
+  --max-restarts N              restarts of one session's backend within
+                                --restart-window-ms [3]
+  --restart-window-ms N         the window of --max-restarts [60000]
   --pool-min-idle N             idle backends kept ready for stateless
                                 (2026-07-28) requests, per consumer [0]
   --pool-max-per-key N          backends for stateless requests of one
@@ -105,6 +110,9 @@ pub struct Serve {
     pub keepalive_interval_ms: Option<u64>,
     pub session_idle_timeout_ms: Option<u64>,
     pub session_max_lifetime_ms: Option<u64>,
+    pub restart_on_crash: bool,
+    pub max_restarts: Option<u64>,
+    pub restart_window_ms: Option<u64>,
     pub pool_min_idle: Option<u64>,
     pub pool_max_per_key: Option<u64>,
     pub pool_max_per_worker: Option<u64>,
@@ -143,6 +151,9 @@ impl Default for Serve {
             keepalive_interval_ms: None,
             session_idle_timeout_ms: None,
             session_max_lifetime_ms: None,
+            restart_on_crash: false,
+            max_restarts: None,
+            restart_window_ms: None,
             pool_min_idle: None,
             pool_max_per_key: None,
             pool_max_per_worker: None,
@@ -216,11 +227,14 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
         if !name.starts_with("--") {
             return Err(format!("unexpected argument \"{flag}\" (put the server's command after \"--\")"));
         }
-        if name == "--session-home" {
+        if name == "--session-home" || name == "--restart-on-crash" {
             if inline.is_some() {
-                return Err("--session-home takes no value".into());
+                return Err(format!("{name} takes no value"));
             }
-            s.session_home = true;
+            match name {
+                "--session-home" => s.session_home = true,
+                _ => s.restart_on_crash = true,
+            }
             continue;
         }
         let mut value = || -> Result<String, String> {
@@ -240,6 +254,8 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
             "--keepalive-interval-ms" => s.keepalive_interval_ms = Some(number(name, &value()?)?),
             "--session-idle-timeout-ms" => s.session_idle_timeout_ms = Some(number(name, &value()?)?),
             "--session-max-lifetime-ms" => s.session_max_lifetime_ms = Some(number(name, &value()?)?),
+            "--max-restarts" => s.max_restarts = Some(number(name, &value()?)?),
+            "--restart-window-ms" => s.restart_window_ms = Some(number(name, &value()?)?),
             "--pool-min-idle" => s.pool_min_idle = Some(number(name, &value()?)?),
             "--pool-max-per-key" => s.pool_max_per_key = Some(number(name, &value()?)?),
             "--pool-max-per-worker" => s.pool_max_per_worker = Some(number(name, &value()?)?),

@@ -610,6 +610,35 @@ fn the_metrics_move_with_sessions_and_messages() {
     assert_eq!(value(&after, r#"mcp_bridge_session_teardown_seconds_count{route="gateway"}"#), 1.0);
 }
 
+#[test]
+fn restart_on_crash_is_an_option_and_its_restarts_are_counted() {
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    let args = ["--restart-on-crash", "--max-restarts", "1", "--metrics-uri", "/-/metrics", "--", &fixture];
+    let gateway = Gateway::start(&args, |_| {});
+    let value = |series: &str| metrics(gateway.port).get(series).copied().unwrap_or(0.0);
+    let mut session = Session::open(gateway.port);
+    session.initialize();
+    // Each crash's call gets an error; the first crash restarts the backend.
+    let crash = |session: &mut Session, id: u64| {
+        session.post(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                             "params": {"name": "crash", "arguments": {"code": 3}}}));
+        loop {
+            let (event, data) = session.event();
+            if event == "message" && serde_json::from_str::<Value>(&data).expect("JSON")["id"] == id {
+                return data;
+            }
+        }
+    };
+    assert!(crash(&mut session, 2).contains("is being restarted"));
+    assert!(!session.tool(3, "time").is_empty(), "the session goes on");
+    let restarts = r#"mcp_bridge_backend_restarts_total{route="gateway",transport="sse"}"#;
+    assert!(wait_until(Duration::from_secs(5), || value(restarts) == 1.0), "{:?}", metrics(gateway.port));
+    assert!(crash(&mut session, 4).contains("past the restart bound"));
+    let ended = r#"mcp_bridge_sessions_ended_total{route="gateway",transport="sse",reason="restart_limit"}"#;
+    assert!(wait_until(Duration::from_secs(5), || value(ended) == 1.0), "{:?}", metrics(gateway.port));
+    assert_eq!(value(restarts), 1.0);
+}
+
 /// This machine's first address that is not loopback (`hostname -I`).
 fn non_loopback_address() -> Option<String> {
     let out = Command::new("hostname").arg("-I").output().ok()?;

@@ -63,11 +63,17 @@ pub struct Child {
 impl Child {
     /// Starts a backend for `spec`, with a private home if it asks for one.
     pub fn spawn(host: &Host, spec: SpawnSpec) -> Result<Child, SpawnError> {
-        let marker = host.sweeper.new_marker();
         let home = match spec.session_home {
             true => Some(private_home(host)?),
             false => None,
         };
+        Child::spawn_in(host, spec, home)
+    }
+
+    /// Starts a backend for `spec` with `home` (removed when it ends, or
+    /// now if the backend cannot start).
+    pub fn spawn_in(host: &Host, spec: SpawnSpec, home: Option<PathBuf>) -> Result<Child, SpawnError> {
+        let marker = host.sweeper.new_marker();
         let backend = backend::spawn(&spec, &host.defaults, &marker, home.as_deref()).inspect_err(|_| {
             if let Some(home) = &home {
                 rundir::remove(home);
@@ -155,6 +161,12 @@ impl Child {
             }
         }
         self.exited
+    }
+
+    /// Takes its private home, which then outlives it (for the backend
+    /// that replaces it).
+    pub fn take_home(&mut self) -> Option<PathBuf> {
+        self.home.take()
     }
 
     /// Ends the backend's processes (see `teardown`). `since` is when the

@@ -147,6 +147,11 @@ impl Events {
         self.emit(&["ended", &binding.route, &binding.consumer, transport, id, reason, &ms]);
     }
 
+    /// A session's backend crashed (`status`) and was started again.
+    pub fn backend_restarted(&self, binding: &Binding, transport: &str, id: &str, status: &str) {
+        self.emit(&["restarted", &binding.route, &binding.consumer, transport, id, status]);
+    }
+
     /// A pooled backend of `binding` sent a list change (`method`): the
     /// worker passes it to the other hosts, whose listeners want it too.
     pub fn list_changed(&self, binding: &Binding, method: &str) {

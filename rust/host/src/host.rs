@@ -21,7 +21,8 @@ pub struct SessionInfo {
     pub id: String,
     pub binding: Binding,
     pub transport: &'static str,
-    pub pid: i32,
+    /// The session's backend now (a restart replaces it).
+    pub pid: Cell<i32>,
     pub started: Instant,
     pub last_activity: Cell<Instant>,
     /// Notified when an operator ends the session.
@@ -35,7 +36,7 @@ impl SessionInfo {
             id,
             binding,
             transport,
-            pid,
+            pid: Cell::new(pid),
             started: now,
             last_activity: Cell::new(now),
             end: Notify::new(),
@@ -50,7 +51,7 @@ impl SessionInfo {
             "route": self.binding.route,
             "consumer": self.binding.consumer,
             "transport": self.transport,
-            "backend_pid": self.pid,
+            "backend_pid": self.pid.get(),
             "age_s": (now - self.started).as_secs_f64(),
             "idle_s": (now - self.last_activity.get()).as_secs_f64(),
         })

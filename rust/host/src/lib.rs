@@ -25,6 +25,7 @@ pub mod mcp;
 pub mod message;
 pub mod pool;
 pub mod reaper;
+pub mod restart;
 pub mod rundir;
 pub mod scan;
 pub mod server;

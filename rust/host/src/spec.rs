@@ -37,6 +37,12 @@ pub struct SpawnSpec {
     pub session_idle_timeout_ms: u64,
     /// ... and after this long in any case.
     pub session_max_lifetime_ms: u64,
+    /// A session's backend that exits with a failure is started again and
+    /// sent the session's `initialize` (see `restart`), at most
+    /// `max_restarts` times within `restart_window_ms`.
+    pub restart_on_crash: bool,
+    pub max_restarts: u32,
+    pub restart_window_ms: u64,
     /// The warm pool of backends serving stateless (2026-07-28) requests,
     /// per route and consumer.
     pub pool_min_idle: usize,

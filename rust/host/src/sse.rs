@@ -17,6 +17,7 @@ use crate::lines::{Line, LineReader};
 use crate::log;
 use crate::message;
 use crate::reaper::Exit;
+use crate::restart::{self, Restarts, SSE_REPLAY_ID};
 use crate::rundir;
 use crate::spec::{SpawnSpec, StderrMode};
 use crate::stderr::{self, StderrTail};
@@ -92,6 +93,9 @@ pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
     if inbox.pending.len() + ids.requests.len() > MAX_PENDING {
         return (AckStatus::Busy, format!("{MAX_PENDING} requests are already waiting for a response"));
     }
+    if let Some(restarts) = &inbox.restarts {
+        restarts.borrow_mut().record_client_message(message);
+    }
     // The line goes out of the payload's own buffer, flattened in place.
     let from = payload.len() - len;
     if ids.line_breaks {
@@ -116,6 +120,8 @@ pub struct Inbox {
     stdin: Stdin,
     max_message: usize,
     pending: Rc<Pending>,
+    /// With `restart_on_crash`: what a restart replays, recorded here.
+    restarts: Option<Rc<RefCell<Restarts>>>,
 }
 
 /// Ids of the client's requests the backend has not answered yet, so that
@@ -156,6 +162,19 @@ impl Pending {
         ids.sort_by_key(|&(_, n)| n);
         ids.into_iter().map(|(id, _)| id).collect()
     }
+
+    /// The unanswered ids now, in no order.
+    fn snapshot(&self) -> Vec<String> {
+        self.ids.borrow().keys().cloned().collect()
+    }
+
+    /// Those of `ids` still unanswered, oldest first; forgets them.
+    fn take_these(&self, ids: Vec<String>) -> Vec<String> {
+        let mut pending = self.ids.borrow_mut();
+        let mut taken: Vec<(String, u64)> = ids.into_iter().filter_map(|id| pending.remove_entry(&id)).collect();
+        taken.sort_by_key(|&(_, n)| n);
+        taken.into_iter().map(|(id, _)| id).collect()
+    }
 }
 
 /// Why a session ended.
@@ -167,6 +186,12 @@ enum End {
     OversizedLine,
     HostShutdown,
     ByOperator,
+    /// It crashed once more than `max_restarts` allows.
+    RestartLimit,
+    /// It crashed and its replacement could not be started.
+    RestartFailed,
+    /// The restarted backend refused the replayed `initialize`.
+    ReplayRefused,
 }
 
 impl End {
@@ -179,13 +204,16 @@ impl End {
             End::OversizedLine => "oversized_line",
             End::HostShutdown => "worker_shutdown",
             End::ByOperator => "ended_by_operator",
+            End::RestartLimit => "restart_limit",
+            End::RestartFailed => "restart_failed",
+            End::ReplayRefused => "replay_refused",
         }
     }
 
     /// Whether the backend ended the session itself, which the log should
     /// explain: a server that starts and exits at once is otherwise a mystery.
     fn by_backend(self) -> bool {
-        matches!(self, End::BackendExited | End::OutputClosed | End::OversizedLine)
+        !matches!(self, End::ClientClosed | End::HostShutdown | End::ByOperator)
     }
 }
 
@@ -193,6 +221,7 @@ enum StdoutEnd {
     Eof,
     TooLong,
     WriteFailed,
+    ReplayRefused,
 }
 
 /// The session's connection to the worker, shared by the tasks that write
@@ -233,7 +262,14 @@ pub async fn run(host: Rc<Host>, conn: UnixStream, request: Vec<u8>) {
         }
     };
     let mut session = Running::begin(host, started, writer).await;
-    let outcome = session.wait_for_end(reader).await;
+    let mut reader = reader;
+    let outcome = loop {
+        let outcome = session.wait_for_end(&mut reader).await;
+        match session.restart(outcome).await {
+            Ok(()) => continue,
+            Err(outcome) => break outcome,
+        }
+    };
     session.end(outcome).await;
 }
 
@@ -294,6 +330,7 @@ struct Running {
     stderr: JoinHandle<()>,
     keepalive: Option<JoinHandle<()>>,
     exit: oneshot::Receiver<Exit>,
+    restarts: Option<Rc<RefCell<Restarts>>>,
 }
 
 impl Running {
@@ -317,7 +354,13 @@ impl Running {
         let pending = Rc::new(Pending::default());
         let tail = Rc::new(StderrTail::default());
         let (stdin, stdin_task) = Stdin::start(stdin, spec.inbox_limit(), format!("session {pid}"));
-        let inbox = Inbox { stdin, max_message: spec.max_message_bytes, pending: Rc::clone(&pending) };
+        let restarts = Restarts::new(&spec).map(|r| Rc::new(RefCell::new(r)));
+        let inbox = Inbox {
+            stdin,
+            max_message: spec.max_message_bytes,
+            pending: Rc::clone(&pending),
+            restarts: restarts.clone(),
+        };
         host.sessions
             .borrow_mut()
             .insert(id.clone(), Registered { info: Rc::clone(&info), kind: Transport::Sse(inbox) });
@@ -329,6 +372,7 @@ impl Running {
             Rc::clone(&host),
             Rc::clone(&info),
             spec.max_message_bytes,
+            false,
         ));
         let stderr = spawn_local(pump_stderr(
             stderr,
@@ -356,26 +400,28 @@ impl Running {
             stderr,
             keepalive,
             exit,
+            restarts,
         }
     }
 
     /// Waits for whatever ends the session first: the worker closing the
     /// connection, the backend exiting or closing its output, an output
     /// line too long, the host shutting down.
-    async fn wait_for_end(&mut self, mut reader: OwnedReadHalf) -> Outcome {
+    async fn wait_for_end(&mut self, reader: &mut OwnedReadHalf) -> Outcome {
         if !self.ready_sent {
             return Outcome { ended: End::ClientClosed, exit: None, stdout_done: false };
         }
         let mut shutdown = self.host.shutdown_watch();
         let info = Rc::clone(&self.info);
         tokio::select! {
-            _ = closed(&mut reader) => Outcome { ended: End::ClientClosed, exit: None, stdout_done: false },
+            _ = closed(reader) => Outcome { ended: End::ClientClosed, exit: None, stdout_done: false },
             _ = info.end.notified() => Outcome { ended: End::ByOperator, exit: None, stdout_done: false },
             status = &mut self.exit => Outcome { ended: End::BackendExited, exit: status.ok(), stdout_done: false },
             out = &mut self.stdout => {
                 let ended = match out {
                     Ok(StdoutEnd::Eof) => End::OutputClosed,
                     Ok(StdoutEnd::TooLong) => End::OversizedLine,
+                    Ok(StdoutEnd::ReplayRefused) => End::ReplayRefused,
                     Ok(StdoutEnd::WriteFailed) | Err(_) => End::ClientClosed,
                 };
                 // A backend that exits closes its output first: give its
@@ -389,6 +435,100 @@ impl Running {
             }
             _ = shutdown.wait_for(|&down| down) => Outcome { ended: End::HostShutdown, exit: None, stdout_done: false },
         }
+    }
+
+    /// After the backend ended by itself: when it crashed and the route
+    /// wants restarts within their bound, starts a new backend for the
+    /// session and replays the client's `initialize` to it (Ok); otherwise
+    /// gives back how the session ends.
+    async fn restart(&mut self, outcome: Outcome) -> Result<(), Outcome> {
+        let Some(restarts) = self.restarts.clone() else { return Err(outcome) };
+        if outcome.ended != End::BackendExited || !restart::is_crash(outcome.exit) {
+            return Err(outcome);
+        }
+        let Some(nth) = restarts.borrow_mut().allow(Instant::now()) else {
+            return Err(Outcome { ended: End::RestartLimit, ..outcome });
+        };
+        let max = restarts.borrow().max();
+        let status = outcome.exit.map(|e| e.to_string()).unwrap_or_default();
+        let old_pid = self.pid;
+        log!(
+            Warn,
+            "session {old_pid}: the MCP server \"{}\" {status} {} ms after it started; {}; restarting it ({nth} of at most {max})",
+            self.spec.command,
+            self.started_at.elapsed().as_millis(),
+            self.tail.describe()
+        );
+        let marker = self.host.sweeper.new_marker();
+        let backend = match backend::spawn(&self.spec, &self.host.defaults, &marker, self.home.as_deref()) {
+            Ok(backend) => backend,
+            Err(e) => {
+                log!(Warn, "session {old_pid}: cannot restart the MCP server: {}", e.detail);
+                return Err(Outcome { ended: End::RestartFailed, ..outcome });
+            }
+        };
+        let exit = self.host.reaper.watch(backend.pid);
+        let Backend { pid, stdin, stdout, stderr } = backend;
+        self.host.backend_started(pid);
+        let (stdin, stdin_task) = Stdin::start(stdin, self.spec.inbox_limit(), format!("session {pid}"));
+        // The replay goes first, so every client message comes after it.
+        let replay = restarts.borrow().replay(SSE_REPLAY_ID);
+        let replayed = !replay.is_empty();
+        for mut line in replay {
+            message::flatten_line_breaks(&mut line);
+            line.push(b'\n');
+            let _ = stdin.offer(line, 0);
+        }
+        // What the old backend was asked and never answered (it may still
+        // answer some in the output drained below).
+        let lost = self.pending.snapshot();
+        if let Some(Registered { kind: Transport::Sse(inbox), .. }) =
+            self.host.sessions.borrow_mut().get_mut(&self.info.id)
+        {
+            inbox.stdin = stdin;
+        }
+        self.stdin.abort();
+        self.stdin = stdin_task;
+        let old_marker = std::mem::replace(&mut self.marker, marker);
+        let (host, grace) = (Rc::clone(&self.host), self.spec.kill_grace());
+        spawn_local(async move {
+            let mut ending = Ending::begin(old_pid, Instant::now());
+            ending.find_escaped(&host, &old_marker).await;
+            let teardown = ending.finish(&host, &old_marker, grace).await;
+            host.backend_ended(old_pid);
+            log!(Info, "session {old_pid}: the crashed backend's processes: {teardown}");
+        });
+        self.drain(outcome.stdout_done).await;
+        let why = format!("the MCP server {status} and is being restarted");
+        send_errors(&self.writer, self.pending.take_these(lost), &why).await;
+        if let Ok(frame) = frame::encode(Kind::Message, &restart::warning(outcome.exit, nth, max)) {
+            let _ = self.writer.send(&frame).await;
+        }
+        self.pid = pid;
+        self.info.pid.set(pid);
+        self.started_at = Instant::now();
+        self.exit = exit;
+        self.tail = Rc::new(StderrTail::default());
+        self.stdout = spawn_local(pump_stdout(
+            stdout,
+            Rc::clone(&self.writer),
+            Rc::clone(&self.pending),
+            Rc::clone(&self.host),
+            Rc::clone(&self.info),
+            self.spec.max_message_bytes,
+            replayed,
+        ));
+        self.stderr = spawn_local(pump_stderr(
+            stderr,
+            Rc::clone(&self.writer),
+            Rc::clone(&self.tail),
+            self.spec.stderr,
+            self.spec.max_message_bytes,
+            pid,
+        ));
+        self.host.events.backend_restarted(&self.info.binding, TRANSPORT, &self.info.id, &status);
+        log!(Info, "session {old_pid}: restarted as process {pid}");
+        Ok(())
     }
 
     /// Ends the backend's processes, forwards what output is left while the
@@ -476,15 +616,23 @@ async fn keep_alive(writer: SharedWriter, interval: Duration) {
 /// A response for each request the backend left unanswered, then the Exit
 /// frame.
 async fn send_last_frames(writer: &SessionWriter, unanswered: Vec<String>, why: &str) {
-    for id in unanswered {
-        let Ok(frame) = frame::encode(Kind::Message, &message::no_response_error(&id, why)) else { continue };
-        if writer.send(&frame).await.is_err() {
-            return;
-        }
+    if !send_errors(writer, unanswered, why).await {
+        return;
     }
     if let Ok(frame) = frame::encode(Kind::Exit, why.as_bytes()) {
         let _ = writer.send(&frame).await;
     }
+}
+
+/// An error response for each of `unanswered`; false if the worker is gone.
+async fn send_errors(writer: &SessionWriter, unanswered: Vec<String>, why: &str) -> bool {
+    for id in unanswered {
+        let Ok(frame) = frame::encode(Kind::Message, &message::no_response_error(&id, why)) else { continue };
+        if writer.send(&frame).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Resolves when the worker closes its end. The worker sends nothing after
@@ -506,8 +654,11 @@ async fn pump_stdout(
     host: Rc<Host>,
     info: Rc<SessionInfo>,
     max: usize,
+    replayed: bool,
 ) -> StdoutEnd {
-    let pid = info.pid;
+    let pid = info.pid.get();
+    // The answer to a replayed initialize is the bridge's, not the client's.
+    let mut replay_answer = replayed;
     let mut lines = LineReader::with_capacity(out, max, STDOUT_BUFFER);
     let mut frame = Vec::new();
     loop {
@@ -536,6 +687,15 @@ async fn pump_stdout(
             continue;
         }
         match message::inspect(line) {
+            Ok(ids) if replay_answer && ids.responses.len() == 1 && ids.responses[0] == SSE_REPLAY_ID => {
+                replay_answer = false;
+                let answer: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+                if answer.get("result").is_none() {
+                    log!(Warn, "session {pid}: the restarted MCP server refused the replayed initialize: {answer}");
+                    return StdoutEnd::ReplayRefused;
+                }
+                continue;
+            }
             Ok(ids) => {
                 pending.answered(&ids.responses);
                 if ids.line_breaks {
@@ -592,5 +752,8 @@ fn describe(ended: End, exit: Option<Exit>, max: usize) -> String {
         End::OversizedLine => format!("backend wrote a line over max_message_bytes ({max}); backend {status}"),
         End::HostShutdown => format!("worker shutting down; backend {status}"),
         End::ByOperator => format!("ended by an operator; backend {status}"),
+        End::RestartLimit => format!("backend {status}, past the restart bound (max_restarts)"),
+        End::RestartFailed => format!("backend {status} and could not be restarted"),
+        End::ReplayRefused => "the restarted backend refused the replayed initialize".to_string(),
     }
 }

@@ -23,6 +23,7 @@ use crate::http::{relay, Body, Item, Reply, Request};
 use crate::log;
 use crate::mcp::{self, code, Form, Message, Shape};
 use crate::message;
+use crate::restart::{self, Restarts};
 use crate::spec::SpawnSpec;
 use mcp_bridge_core::random;
 use serde_json::{json, Value};
@@ -55,6 +56,14 @@ const NEED_SLOT: u16 = 428;
 
 /// Requests of one session that may wait for a response at once.
 const MAX_PENDING: usize = 10_000;
+
+/// The backend id of the client's `initialize`, and of its replay to a
+/// restarted backend: client requests are numbered from 1.
+const INITIALIZE_ID: u64 = 0;
+
+/// How long the end of a backend's output waits for its exit, to tell a
+/// backend that exited (and how) from one that only closed its output.
+const EXIT_AFTER_EOF: Duration = Duration::from_millis(100);
 
 type Stream = mpsc::Sender<Item>;
 
@@ -96,6 +105,12 @@ enum End {
     OversizedLine,
     HostShutdown,
     ByOperator,
+    /// It crashed once more than `max_restarts` allows.
+    RestartLimit,
+    /// It crashed and its replacement could not be started.
+    RestartFailed,
+    /// The restarted backend refused the replayed `initialize`.
+    ReplayRefused,
 }
 
 impl End {
@@ -109,11 +124,14 @@ impl End {
             End::OversizedLine => "oversized_line",
             End::HostShutdown => "worker_shutdown",
             End::ByOperator => "ended_by_operator",
+            End::RestartLimit => "restart_limit",
+            End::RestartFailed => "restart_failed",
+            End::ReplayRefused => "replay_refused",
         }
     }
 
     fn by_backend(self) -> bool {
-        matches!(self, End::BackendExited | End::OutputClosed | End::OversizedLine)
+        !matches!(self, End::Deleted | End::Idle | End::Lifetime | End::HostShutdown | End::ByOperator)
     }
 }
 
@@ -340,8 +358,12 @@ where
         }
     };
     let started = Instant::now();
-    message["id"] = json!(0);
+    message["id"] = json!(INITIALIZE_ID);
     let _ = child.send(message.to_string().into_bytes());
+    let mut restarts = Restarts::new(&child.spec);
+    if let Some(r) = &mut restarts {
+        r.record_initialize(message);
+    }
     let mut early = Vec::new();
     let mut closed_probe = [0u8; 1];
     let answer = tokio::time::timeout(INITIALIZE_LIMIT, async {
@@ -349,7 +371,7 @@ where
             tokio::select! {
                 out = child.next() => match out {
                     Output::Message(line) => match mcp::parse(&line) {
-                        Ok((value, Shape::Response { id })) if id == json!(0) => return Some(value),
+                        Ok((value, Shape::Response { id })) if id == json!(INITIALIZE_ID) => return Some(value),
                         Ok(_) => early.push(line),
                         Err((_, why)) => log!(Warn, "backend {}: dropped an output line that is {why}", child.pid),
                     },
@@ -364,7 +386,8 @@ where
     let failure = match answer {
         Ok(Some(mut response)) if response.get("result").is_some() => {
             response["id"] = client_id.clone();
-            return Ok(begin(host, request, child, response, early, keepalive, reply).await);
+            let session = Started { child, restarts, response, early, keepalive };
+            return Ok(begin(host, request, session, reply).await);
         }
         Ok(Some(mut response)) => {
             // The backend refused: its error goes to the client, and no session is made.
@@ -393,17 +416,25 @@ where
     Err(refuse_to(502, &client_id, code::SERVER_ERROR, &format!("the MCP server {failure}")))
 }
 
+/// A backend that answered the client's `initialize`.
+struct Started {
+    child: Child,
+    restarts: Option<Restarts>,
+    response: Value,
+    /// What it sent before the answer.
+    early: Vec<Vec<u8>>,
+    keepalive: Option<Duration>,
+}
+
 /// Registers a session whose backend answered `initialize`, answers the
 /// client, and leaves the session to its task.
 async fn begin<W: AsyncWrite + Unpin>(
     host: &Rc<Host>,
     request: &Request<'_>,
-    child: Child,
-    response: Value,
-    early: Vec<Vec<u8>>,
-    keepalive: Option<Duration>,
+    started: Started,
     reply: &mut Reply<W>,
 ) -> bool {
+    let Started { child, restarts, response, early, keepalive } = started;
     let random = random::hex(SESSION_RANDOM_BYTES).unwrap_or_default();
     let id = format!("{}{random}", host.token);
     let info = SessionInfo::new(id.clone(), request.binding.clone(), TRANSPORT, child.pid);
@@ -418,7 +449,7 @@ async fn begin<W: AsyncWrite + Unpin>(
     host.events.message_in(&info.binding.route, request.body.len());
     host.events.message_out(&info.binding.route, answer.len());
     log!(Info, "session {}: started \"{}\" as process {}", child.pid, child.spec.command, child.pid);
-    let mut session = Session::new(Rc::clone(host), child, info);
+    let mut session = Session::new(Rc::clone(host), child, info, restarts);
     for line in early {
         session.unrouted.push(line);
     }
@@ -471,10 +502,11 @@ struct Session {
     progress: HashMap<String, u64>,
     standalone: Option<Stream>,
     unrouted: Unrouted,
+    restarts: Option<Restarts>,
 }
 
 impl Session {
-    fn new(host: Rc<Host>, child: Child, info: Rc<SessionInfo>) -> Session {
+    fn new(host: Rc<Host>, child: Child, info: Rc<SessionInfo>, restarts: Option<Restarts>) -> Session {
         Session {
             host,
             child,
@@ -485,6 +517,7 @@ impl Session {
             progress: HashMap::new(),
             standalone: None,
             unrouted: Unrouted::default(),
+            restarts,
         }
     }
 
@@ -511,10 +544,18 @@ impl Session {
                     None => break End::HostShutdown,
                 },
                 out = self.child.next() => match out {
-                    Output::Message(line) => self.route(line).await,
+                    Output::Message(line) => {
+                        if let Some(end) = self.route(line).await {
+                            break end;
+                        }
+                    }
                     Output::Stderr(line) => self.unsolicited(message::stderr_notification(&line)).await,
                     Output::Closed { too_long: true } => break End::OversizedLine,
-                    Output::Closed { too_long: false } => break End::OutputClosed,
+                    Output::Closed { too_long: false } => {
+                        if let Some(end) = self.output_closed().await {
+                            break end;
+                        }
+                    }
                 },
                 _ = &mut idle_timer => {
                     if self.info.last_activity.get() + idle <= Instant::now() && self.pending.is_empty() {
@@ -562,6 +603,12 @@ impl Session {
                 self.order.push_back(backend_id);
             }
             Command::Forward { message, done } => {
+                if let Some(r) = &mut self.restarts {
+                    if matches!(message.form(), Ok(Form::Notification { method }) if method == "notifications/initialized")
+                    {
+                        r.record_initialized(message.text());
+                    }
+                }
                 let Some(bytes) = self.for_backend(message) else {
                     // It names no request in flight: nothing to cancel.
                     let _ = done.send(Ok(()));
@@ -610,22 +657,33 @@ impl Session {
         Some(value.to_string().into_bytes())
     }
 
-    /// Routes one line of the backend's output.
-    async fn route(&mut self, line: Vec<u8>) {
+    /// Routes one line of the backend's output. Returns why the session
+    /// ends, if this line ends it.
+    async fn route(&mut self, line: Vec<u8>) -> Option<End> {
         let len = line.len();
         let message = match Message::try_parse(line) {
             Ok(message) => message,
             Err((line, (_, why))) => {
                 let pid = self.child.pid;
                 log!(Warn, "session {pid}: dropped a backend output line: {why}: {}", message::excerpt(&line));
-                return;
+                return None;
             }
         };
         self.host.events.message_out(&self.info.binding.route, len);
         match message.form() {
             Ok(Form::Response { id }) => {
-                let Ok(backend_id) = id.parse::<u64>() else { return };
-                let Some(pending) = self.pending.remove(&backend_id) else { return };
+                let Ok(backend_id) = id.parse::<u64>() else { return None };
+                if backend_id == INITIALIZE_ID {
+                    // The answer to a replayed initialize: the bridge's own.
+                    let value = message.value();
+                    if value.get("result").is_none() {
+                        let pid = self.child.pid;
+                        log!(Warn, "session {pid}: the restarted MCP server refused the replayed initialize: {value}");
+                        return Some(End::ReplayRefused);
+                    }
+                    return None;
+                }
+                let pending = self.pending.remove(&backend_id)?;
                 self.order.retain(|&b| b != backend_id);
                 if let Some(token) = &pending.progress {
                     self.progress.remove(token);
@@ -645,6 +703,62 @@ impl Session {
             // Parsing checked its form.
             _ => self.unsolicited(message.into_text()).await,
         }
+        None
+    }
+
+    /// The backend's output ended. A backend that crashed is started again
+    /// when the route wants that and the bound allows; otherwise this says
+    /// why the session ends.
+    async fn output_closed(&mut self) -> Option<End> {
+        let Some(restarts) = &mut self.restarts else { return Some(End::OutputClosed) };
+        let exit = tokio::time::timeout(EXIT_AFTER_EOF, self.child.wait_exit()).await.ok().flatten();
+        if !restart::is_crash(exit) {
+            return Some(End::OutputClosed);
+        }
+        let Some(nth) = restarts.allow(Instant::now()) else { return Some(End::RestartLimit) };
+        let max = restarts.max();
+        let replay = restarts.replay(&INITIALIZE_ID.to_string());
+        let status = exit.map(|e| e.to_string()).unwrap_or_default();
+        let old_pid = self.child.pid;
+        log!(
+            Warn,
+            "session {old_pid}: the MCP server \"{}\" {status} {} ms after it started; {}; restarting it ({nth} of at most {max})",
+            self.child.spec.command,
+            self.child.started.elapsed().as_millis(),
+            self.child.tail.describe()
+        );
+        let home = self.child.take_home();
+        let child = match Child::spawn_in(&self.host, self.child.spec.clone(), home) {
+            Ok(child) => child,
+            Err(SpawnError { detail, .. }) => {
+                log!(Warn, "session {old_pid}: cannot restart the MCP server: {detail}");
+                return Some(End::RestartFailed);
+            }
+        };
+        for line in replay {
+            // A new backend's input is empty: this cannot be refused as busy,
+            // and a backend that already stopped reading shows as a crash.
+            let _ = child.send(line);
+        }
+        let old = std::mem::replace(&mut self.child, child);
+        self.info.pid.set(self.child.pid);
+        let host = Rc::clone(&self.host);
+        spawn_local(async move {
+            let (teardown, _, _) = old.end(&host, Instant::now()).await;
+            log!(Info, "session {old_pid}: the crashed backend's processes: {teardown}");
+        });
+        let why = format!("the MCP server {status} and is being restarted");
+        for backend_id in std::mem::take(&mut self.order) {
+            let Some(pending) = self.pending.remove(&backend_id) else { continue };
+            if let Some(stream) = pending.stream {
+                let _ = stream.send(Item::Final(200, message::no_response_error(&pending.client_id, &why))).await;
+            }
+        }
+        self.progress.clear();
+        self.host.events.backend_restarted(&self.info.binding, TRANSPORT, &self.info.id, &status);
+        self.unsolicited(restart::warning(exit, nth, max)).await;
+        log!(Info, "session {old_pid}: restarted as process {}", self.child.pid);
+        None
     }
 
     /// Sends a message on a pending request's stream, or elsewhere if that
@@ -708,7 +822,7 @@ impl Session {
         let since = Instant::now();
         self.unregister();
         let exit = match ended {
-            End::BackendExited | End::OutputClosed => {
+            End::BackendExited | End::OutputClosed | End::RestartLimit | End::RestartFailed => {
                 tokio::time::timeout(Duration::from_millis(100), self.child.wait_exit()).await.ok().flatten()
             }
             _ => None,
@@ -724,6 +838,9 @@ impl Session {
             End::OversizedLine => "backend wrote a line over max_message_bytes".to_string(),
             End::HostShutdown => "worker shutting down".to_string(),
             End::ByOperator => "ended by an operator".to_string(),
+            End::RestartLimit => format!("backend {status}, past the restart bound (max_restarts)"),
+            End::RestartFailed => format!("backend {status} and could not be restarted"),
+            End::ReplayRefused => "the restarted backend refused the replayed initialize".to_string(),
         };
         for backend_id in std::mem::take(&mut self.order) {
             let Some(pending) = self.pending.remove(&backend_id) else { continue };

@@ -70,6 +70,15 @@ _M.schema = {
                                     default = 86400000,
                                     description = "a Streamable HTTP session ends this long "
                                                   .. "after it started" },
+        restart_on_crash = { type = "boolean", default = false,
+                             description = "start a session's backend again when it crashes, "
+                                           .. "replaying its initialize" },
+        max_restarts = { type = "integer", minimum = 1, maximum = 100, default = 3,
+                         description = "restarts of one session's backend within "
+                                       .. "restart_window_ms; one more ends the session" },
+        restart_window_ms = { type = "integer", minimum = 1000, maximum = 86400000,
+                              default = 60000,
+                              description = "the window max_restarts counts in" },
         allowed_hosts = { type = "array", items = { type = "string" },
                           description = "Host values a request may carry (\"name\" for any "
                                         .. "port, or \"name:port\"); unset: any" },
@@ -303,6 +312,9 @@ function _M.spawn_request(conf)
         ',"session_home":', conf.session_home and "true" or "false",
         ',"session_idle_timeout_ms":', json.integer(conf.session_idle_timeout_ms),
         ',"session_max_lifetime_ms":', json.integer(conf.session_max_lifetime_ms),
+        ',"restart_on_crash":', conf.restart_on_crash and "true" or "false",
+        ',"max_restarts":', json.integer(conf.max_restarts),
+        ',"restart_window_ms":', json.integer(conf.restart_window_ms),
         ',"pool_min_idle":', json.integer(conf.pool_min_idle),
         ',"pool_max_per_key":', json.integer(conf.pool_max_per_key),
         ',"pool_max_per_worker":', json.integer(conf.pool_max_per_worker),

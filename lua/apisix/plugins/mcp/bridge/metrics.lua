@@ -44,6 +44,9 @@ local DEFS = {
                                           .. "the bridge could not start one",
                                { "route", "status" } },
     spawn_failures_total = { "counter", "backends that could not be started", { "route" } },
+    backend_restarts_total = { "counter", "backends that crashed and were started again for "
+                                          .. "their session (restart_on_crash)",
+                               { "route", "transport" } },
     session_teardown_seconds = { "histogram", "from a session's end until its processes "
                                               .. "were gone", { "route" }, TEARDOWN_BUCKETS },
     messages_total = { "counter", "JSON-RPC messages, in (client to backend) and out",
@@ -191,6 +194,10 @@ watcher.on("ended", function(fields, path)
     end
     add("sessions_ended_total", 1, { route, transport, reason })
     observe("session_teardown_seconds", (tonumber(fields[7]) or 0) / 1000, { route })
+end)
+
+watcher.on("restarted", function(fields)
+    add("backend_restarts_total", 1, { fields[2], fields[4] })
 end)
 
 watcher.on("traffic", function(fields)
