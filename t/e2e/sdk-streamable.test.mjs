@@ -2,7 +2,8 @@
 // StreamableHTTPClientTransport, sessionful Streamable HTTP) through
 // `mcp-bridge serve` with two workers, bridging the fixture server: initialize
 // (Mcp-Session-Id), tools/list, tools/call with a 512 KiB argument, five
-// sessions calling at once, close with DELETE, and no backend left.
+// sessions calling at once, close with DELETE, and no backend left; and with
+// --restart-on-crash, a crashed backend replaced within the same session.
 //
 // MCP_BRIDGE_E2E_URL and MCP_BRIDGE_E2E_PID_DIR test a gateway that is
 // already running (see lib/gateway.mjs).
@@ -118,6 +119,33 @@ test("five sessions calling at once each get their own backend, all gone after D
   });
   await Promise.all(sessions.map(close));
   assert.deepEqual(await waitGone(gw, 3000), [], "backends left after DELETE");
+});
+
+test("with --restart-on-crash a backend that crashes mid-call is replaced: the call fails, the client is warned, the session goes on", { ...LIMIT, skip: stopSkip }, async () => {
+  const restarting = await startGateway(["--restart-on-crash"]);
+  try {
+    const client = new Client({ name: "e2e-restart", version: "1.0.0" });
+    const transport = new StreamableHTTPClientTransport(new URL(restarting.url));
+    await client.connect(transport);
+    const warnings = [];
+    client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => { warnings.push(n.params); });
+    const before = JSON.parse((await client.callTool({ name: "pid", arguments: {} })).content[0].text).pid;
+    await assert.rejects(client.callTool({ name: "crash", arguments: { code: 3 } }), /is being restarted/);
+    const after = JSON.parse((await client.callTool({ name: "pid", arguments: {} })).content[0].text).pid;
+    assert.notEqual(after, before, "a new backend");
+    const echoed = await client.callTool({ name: "echo", arguments: { text: "same session" } });
+    assert.equal(echoed.content[0].text, "same session");
+    for (let i = 0; i < 50 && warnings.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(warnings.length, 1, "one warning on the GET stream");
+    assert.equal(warnings[0].level, "warning");
+    assert.match(warnings[0].data, /exited with status 3 and was restarted/);
+    await transport.terminateSession();
+    await client.close();
+    assert.deepEqual(await waitGone(restarting, 3000), [], "backends left after DELETE");
+  } finally {
+    await stopGateway(restarting);
+    removePidDir(restarting);
+  }
 });
 
 test("stopping the gateway with a session open leaves no process behind", { ...LIMIT, skip: stopSkip }, async () => {
