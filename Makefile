@@ -6,7 +6,8 @@
 #               mcp-proxy
 #               (prints a table, rewrites docs/benchmarks.md)
 #   make profile  host and nginx instructions per round trip (callgrind)
-#   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
+#   make chaos  the chaos runs, without and with restart_on_crash
+#               (CHAOS_SECONDS=120 each, CHAOS_SEED to replay one)
 #   make apisix-test  the plugin inside a real Apache APISIX built from source
 #               (APISIX_TESTBED=/opt/apisix-testbed; make test runs it when there)
 
@@ -56,6 +57,7 @@ profile: bench-deps build
 
 chaos: build
 	python3 ci/chaos.py
+	python3 ci/chaos.py --restart-on-crash
 
 clean:
 	cargo clean

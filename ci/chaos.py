@@ -29,7 +29,12 @@ Every choice comes from a seeded RNG (session #i has a stream of its own), so
 CHAOS_SEED=<seed> replays a run's choices; the interleaving still depends on
 timing.
 
-Usage: ci/chaos.py [--seconds N] [--short] [--seed N] [--clients N] [--keep]
+With --restart-on-crash the gateway restarts crashed backends (at most
+MAX_RESTARTS times per session): a crash must then cost its session only the
+requests in flight, warn the client, and leave the session serving, until
+the crash past the bound ends it as without restarts.
+
+Usage: ci/chaos.py [--seconds N] [--short] [--seed N] [--clients N] [--keep] [--restart-on-crash]
 Environment: CHAOS_SECONDS (default 120), CHAOS_SEED.
 """
 import argparse
@@ -55,6 +60,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 
 WORKERS = 2
+# --restart-on-crash: crashed backends of sessions are started again, this
+# many times per session (then the session ends as without restarts).
+RESTARTS = False
+MAX_RESTARTS = 2
 # Per worker and per node: low enough that the clients and the bursts meet
 # them now and then (429 is not an error), with room for the Streamable
 # sessions left to expire, which hold theirs for SESSION_IDLE_MS.
@@ -584,6 +593,37 @@ class Session:
                 self.stats.add("error responses missing")
                 self.stats.finding("no error response for a pending request when the backend crashed", self.index)
 
+    def expect_restart(self, pending):
+        """After a crash that restart_on_crash answers: each pending request
+        gets an error, the client a warning, and the session serves on (an
+        echo is answered). Returns whether it did."""
+        got, warned = {}, False
+        try:
+            while not warned or any(id_ not in got for id_ in pending):
+                msg = self.stream.message()
+                if not isinstance(msg, dict):
+                    continue
+                if msg.get("id") in pending:
+                    got[msg["id"]] = msg
+                elif msg.get("method") == "notifications/message" and \
+                        "restarted" in str((msg.get("params") or {}).get("data")):
+                    warned = True
+        except Ended:
+            if self.run.stopping or self.disrupted():
+                raise
+            self.stats.finding("a session ended at a crash restart_on_crash should have answered", self.index)
+            raise Ended("stream ended at a restart", reported=True)
+        for id_ in pending:
+            if "error" in got[id_]:
+                self.stats.add("error responses received")
+            else:
+                self.stats.finding("a request pending at a restart got no error", self.index)
+        self.stats.add("restarts: clients warned")
+        if self.echo(10 + len(pending)):
+            self.stats.add("restarts: sessions that served on")
+            return True
+        return False
+
     def disrupted(self):
         return self.run.disrupted_since(self.started)
 
@@ -676,12 +716,35 @@ def crash(s):
     pending.append(2)
     s.stats.add("backend crashes")
     if s.rng.random() < 0.3:
-        # While the host tears the session down and sends the last frames.
+        # While the host tears the session down (or restarts its backend)
+        # and sends the last frames.
         time.sleep(s.rng.choice([0, 0.001, 0.005, 0.02]))
         s.close()
         s.stats.add("aborts: during teardown")
         return
-    s.expect_errors(pending)
+    if not restarted(tool, args):
+        s.expect_errors(pending)
+        return
+    if not s.expect_restart(pending) or s.rng.random() < 0.5:
+        s.close()
+        return
+    # Crash on until the bound: the crash past it ends the session.
+    for n in range(MAX_RESTARTS):
+        id_ = 20 + n
+        s.call(id_, "crash", {"code": 1})
+        s.stats.add("backend crashes")
+        if n + 1 < MAX_RESTARTS:
+            if not s.expect_restart([id_]):
+                s.close()
+                return
+        else:
+            s.stats.add("restarts: sessions crashed past the bound")
+            s.expect_errors([id_])
+
+
+def restarted(tool, args):
+    """Whether the gateway restarts a backend that this call crashes."""
+    return RESTARTS and not (tool == "crash" and args.get("code", 1) == 0)
 
 
 def grandchild(s):
@@ -698,7 +761,12 @@ def grandchild(s):
     if s.rng.random() < 0.3:
         s.call(2, "crash", {})
         s.stats.add("backend crashes")
-        s.expect_errors([2])
+        if restarted("crash", {}):
+            # The grandchild goes with the crashed backend's group.
+            s.expect_restart([2])
+            s.close()
+        else:
+            s.expect_errors([2])
     else:
         s.close()
 
@@ -1499,6 +1567,9 @@ def streamable_crash(c):
         c.close()
         c.stats.add("streamable aborts: during teardown")
         return
+    if restarted(tool, args):
+        streamable_restarted(c, pending, get)
+        return
     crashed = False
     for ex, id_ in pending:
         a = c.answer(ex, "POST /mcp tools/call (backend crashed)", want=id_)
@@ -1522,6 +1593,45 @@ def streamable_crash(c):
     c.close()
 
 
+def streamable_restarted(c, pending, get):
+    """restart_on_crash answered the crash: each pending request gets an
+    error, the warning comes on the GET stream (or the next GET), and the
+    session serves on until DELETE."""
+    for ex, id_ in pending:
+        a = c.answer(ex, "POST /mcp tools/call (backend restarted)", want=id_)
+        if a.status == 200 and a.error is not None:
+            c.stats.add("error responses received")
+        elif c.disrupted():
+            c.stats.add("error responses missing after a kill")
+            c.close()
+            return
+        else:
+            c.stats.finding(f"a request pending at a restart answered {a.status} without an error", c.index)
+    get = get or c.open_get()
+    deadline = time.monotonic() + IO_TIMEOUT
+    try:
+        while True:
+            msg = get.message_until(deadline)
+            if msg is None:
+                if not c.disrupted():
+                    c.stats.finding("no warning on the GET stream after a restart", c.index)
+                break
+            if isinstance(msg, dict) and msg.get("method") == "notifications/message":
+                c.stats.add("restarts: clients warned")
+                break
+    except Ended:
+        if not (c.disrupted() or c.run.stopping or c.may_have_expired()):
+            c.stats.finding("the GET stream ended at a restart", c.index)
+        c.done(get)
+        c.close()
+        return
+    c.done(get)
+    c.echo()
+    c.stats.add("restarts: sessions that served on")
+    c.delete()
+    c.close()
+
+
 def streamable_grandchild(c):
     if not c.initialize():
         return
@@ -1540,7 +1650,15 @@ def streamable_grandchild(c):
         # noticed all the same.
         a = c.call("crash", {}, error_ok=True)
         c.stats.add("backend crashes")
-        if a.error is not None and c.crash_error(a, "a crash with a grandchild left"):
+        if restarted("crash", {}):
+            # The grandchild goes with the crashed backend's group; the
+            # session serves on.
+            if a.error is not None:
+                c.stats.add("error responses received")
+            c.echo()
+            c.stats.add("restarts: sessions that served on")
+            c.delete()
+        elif a.error is not None and c.crash_error(a, "a crash with a grandchild left"):
             c.stats.add("error responses received")
             c.check_gone("crashed")
     else:
@@ -1962,8 +2080,10 @@ class Gateway:
                "--pool-max-per-key", str(POOL_MAX_PER_KEY), "--pool-max-per-worker", str(POOL_MAX_PER_WORKER),
                "--pool-wait-ms", str(POOL_WAIT_MS), "--pool-max-requests", str(POOL_MAX_REQUESTS),
                "--pool-idle-timeout-ms", str(POOL_IDLE_MS), "--pool-max-age-ms", str(POOL_MAX_AGE_MS),
-               "--prefix", self.prefix, "--env", f"MCP_FIXTURE_PID_DIR={self.pid_dir}",
-               "--", os.path.join(BIN, "mcp-fixture")]
+               "--prefix", self.prefix, "--env", f"MCP_FIXTURE_PID_DIR={self.pid_dir}"]
+        if RESTARTS:
+            cmd += ["--restart-on-crash", "--max-restarts", str(MAX_RESTARTS)]
+        cmd += ["--", os.path.join(BIN, "mcp-fixture")]
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -2826,6 +2946,9 @@ def print_table(run, elapsed, leaks, final_failures):
         ("  aborts: mid-POST body", str(c["aborts: mid-POST body"])),
         ("  aborts: during teardown", str(c["aborts: during teardown"])),
         ("backend crashes (all transports)", str(c["backend crashes"])),
+        *([("  restarted: clients warned, sessions that served on, crashed past the bound",
+            f"{c['restarts: clients warned']}, {c['restarts: sessions that served on']}, "
+            f"{c['restarts: sessions crashed past the bound']}")] if RESTARTS else []),
         ("error responses for pending requests",
          f"{c['error responses received']} received, {c['error responses missing']} missing"
          f" (+{c['error responses missing after a kill']} lost to a kill)"),
@@ -2904,7 +3027,11 @@ def main():
     ap.add_argument("--seed", type=int, default=None, help="replay a run's choices (default: $CHAOS_SEED or random)")
     ap.add_argument("--clients", type=int, default=24, help="clients driven at once (default 24)")
     ap.add_argument("--keep", action="store_true", help="keep the gateway's log and files even if all went well")
+    ap.add_argument("--restart-on-crash", action="store_true",
+                    help=f"the gateway restarts crashed backends (at most {MAX_RESTARTS} times per session)")
     args = ap.parse_args()
+    global RESTARTS
+    RESTARTS = args.restart_on_crash
     seconds = SHORT_SECONDS if args.short else args.seconds
     seed = args.seed
     if seed is None:
@@ -2916,7 +3043,7 @@ def main():
     os.chmod(workdir, 0o755)
     gateway = Gateway(workdir, free_port())
     print(f"chaos: seed {seed} (CHAOS_SEED={seed} replays its choices), {seconds:g} s, {args.clients} clients, "
-          f"gateway on 127.0.0.1:{gateway.port}", flush=True)
+          f"gateway on 127.0.0.1:{gateway.port}{', restart_on_crash' if RESTARTS else ''}", flush=True)
     failed = True
     try:
         gateway.start()

@@ -83,6 +83,9 @@ python3 ci/profile.py --sessions 2 --count 20 --top 3
 step "chaos run (short; make chaos for the full run)"
 python3 ci/chaos.py --short
 
+step "chaos run with restart_on_crash (short)"
+python3 ci/chaos.py --seconds 15 --restart-on-crash
+
 # Inside a real Apache APISIX (make apisix-test), when one is built at
 # $APISIX_TESTBED (default /opt/apisix-testbed); otherwise one line says why not.
 apisix_skip=$(python3 ci/apisix/run.py --why-skipped)
