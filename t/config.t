@@ -182,7 +182,7 @@ location = /t {
     }
 }
 --- response_body
-{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"session_home":false,"session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,"pool_max_age_ms":3600000,"pool_wait_ms":5000,"cwd":"/tmp/a/b"}
+{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"session_home":false,"session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,"pool_max_age_ms":3600000,"pool_wait_ms":5000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256,"cwd":"/tmp/a/b"}
 true /d true
 
 

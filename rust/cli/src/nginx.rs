@@ -167,6 +167,9 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
         ("pool_max_requests", s.pool_max_requests),
         ("pool_max_age_ms", s.pool_max_age_ms),
         ("pool_wait_ms", s.pool_wait_ms),
+        ("input_wait_ms", s.input_wait_ms),
+        ("max_parked_per_consumer", s.max_parked_per_consumer),
+        ("max_parked_per_worker", s.max_parked_per_worker),
     ];
     for (name, value) in numbers {
         if let Some(n) = value {

@@ -68,6 +68,12 @@ options:
                                 started, once idle [3600000]
   --pool-wait-ms N              how long a stateless request waits for a
                                 pooled backend before 503 [5000]
+  --input-wait-ms N             how long a stateless call that asked its
+                                client for input waits for the retry [60000]
+  --max-parked-per-consumer N   stateless calls of one consumer waiting for
+                                input at once, per worker [16]
+  --max-parked-per-worker N     stateless calls waiting for input at once,
+                                per worker [256]
   --user USER                   user the workers and backends run as; other
                                 than yourself only when run as root [you]
   --log-level LEVEL             nginx error log level [notice]
@@ -120,6 +126,9 @@ pub struct Serve {
     pub pool_max_requests: Option<u64>,
     pub pool_max_age_ms: Option<u64>,
     pub pool_wait_ms: Option<u64>,
+    pub input_wait_ms: Option<u64>,
+    pub max_parked_per_consumer: Option<u64>,
+    pub max_parked_per_worker: Option<u64>,
     pub stderr: Option<String>,
     pub session_home: bool,
     /// Empty: the default (see `allowed_hosts()` in main.rs).
@@ -161,6 +170,9 @@ impl Default for Serve {
             pool_max_requests: None,
             pool_max_age_ms: None,
             pool_wait_ms: None,
+            input_wait_ms: None,
+            max_parked_per_consumer: None,
+            max_parked_per_worker: None,
             stderr: None,
             session_home: false,
             allowed_hosts: Vec::new(),
@@ -263,6 +275,9 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
             "--pool-max-requests" => s.pool_max_requests = Some(number(name, &value()?)?),
             "--pool-max-age-ms" => s.pool_max_age_ms = Some(number(name, &value()?)?),
             "--pool-wait-ms" => s.pool_wait_ms = Some(number(name, &value()?)?),
+            "--input-wait-ms" => s.input_wait_ms = Some(number(name, &value()?)?),
+            "--max-parked-per-consumer" => s.max_parked_per_consumer = Some(number(name, &value()?)?),
+            "--max-parked-per-worker" => s.max_parked_per_worker = Some(number(name, &value()?)?),
             "--stderr" => s.stderr = Some(value()?),
             "--env" => s.env.push(env_entry(&value()?, getenv)?),
             "--allowed-host" => s.allowed_hosts.push(value()?),

@@ -4,6 +4,7 @@ use crate::backend;
 use crate::binding::Binding;
 use crate::escapees::Sweeper;
 use crate::events::Events;
+use crate::mrtr::Parked;
 use crate::pool::Pools;
 use crate::reaper::Reaper;
 use crate::spec::SpawnSpec;
@@ -128,6 +129,8 @@ pub struct Host {
     pub events: Rc<Events>,
     /// Backends serving stateless requests.
     pub pools: Rc<Pools>,
+    /// Stateless calls waiting for their client's input (see `mrtr`).
+    pub parked: Rc<Parked>,
     /// Live sessions by id.
     pub(crate) sessions: RefCell<HashMap<String, Registered, BuildHasherDefault<IdHasher>>>,
     /// Process groups of the live sessions (a group's id is its backend's pid).
@@ -150,6 +153,7 @@ impl Host {
         reaper: Rc<Reaper>,
         sweeper: Rc<Sweeper>,
     ) -> Rc<Host> {
+        let parked = Rc::new(Parked::new(&token));
         Rc::new(Host {
             token,
             worker,
@@ -158,6 +162,7 @@ impl Host {
             sweeper,
             events: Events::new(),
             pools: Pools::new(),
+            parked,
             sessions: RefCell::default(),
             backends: RefCell::default(),
             shutdown: watch::Sender::new(false),
@@ -172,6 +177,7 @@ impl Host {
     /// Ends every session and refuses new ones.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+        self.parked.abandon_all();
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -274,6 +280,7 @@ impl Host {
             "master": self.worker.master,
             "sessions": self.sessions.borrow().len(),
             "pooled": self.pools.live(),
+            "parked": self.parked.len(),
             "backends": self.backends.borrow().iter().collect::<Vec<_>>(),
             "spawned": self.spawned.get(),
             "ended": self.ended.get(),

@@ -23,6 +23,7 @@ pub mod lines;
 pub mod log;
 pub mod mcp;
 pub mod message;
+pub mod mrtr;
 pub mod pool;
 pub mod reaper;
 pub mod restart;

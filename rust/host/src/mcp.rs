@@ -42,6 +42,12 @@ pub mod code {
     pub const UNSUPPORTED_VERSION: i64 = -32022;
 }
 
+/// Whether `method` is a request a server makes of its client in the
+/// middle of a call (2026-07-28 turns them into `input_required` results).
+pub fn asks_client(method: &str) -> bool {
+    matches!(method, "elicitation/create" | "sampling/createMessage" | "roots/list")
+}
+
 /// What a message is.
 #[derive(Debug, PartialEq)]
 pub enum Shape {

@@ -47,6 +47,10 @@ pub enum CallEvent {
     /// The backend asked the client for something (its method); the pool
     /// answered it with an error, since a stateless client cannot be asked.
     Refused(String),
+    /// The backend asks the client something (elicitation, sampling,
+    /// roots) in the middle of the call: the call answers it (see `mrtr`)
+    /// with [`Lease::answer`].
+    Asked { id: Value, method: String, params: Value },
     /// The response (its id is the bridge's).
     Response(Value),
     /// The backend ended before responding.
@@ -63,6 +67,10 @@ enum Command {
     Cancel {
         id: u64,
         member: Rc<Member>,
+    },
+    /// A response to a request the backend made during the current call.
+    Answer {
+        message: Value,
     },
 }
 
@@ -88,6 +96,11 @@ impl Lease {
 
     /// The client gave up on request `id`: the backend is told, and its
     /// response, if it comes, is dropped.
+    /// Sends the backend the response to one of its requests.
+    pub fn answer(&self, message: Value) -> bool {
+        self.member.commands.send(Command::Answer { message }).is_ok()
+    }
+
     pub fn cancel(self, id: u64) {
         let _ = self.member.commands.send(Command::Cancel { id, member: Rc::clone(&self.member) });
     }
@@ -227,6 +240,10 @@ impl Pools {
                 self.keep_warm(host, &pool);
                 return Ok(Lease { member, pool });
             }
+            // A call waiting for its client's input (see `mrtr`) gives its
+            // backend up to a request that is here now.
+            let worker_full = self.total.get() >= spec.pool_max_per_worker;
+            host.parked.evict_oldest(|b| worker_full || b == key, "a live request needed its backend");
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(Refusal::Saturated);
             }
@@ -319,7 +336,9 @@ async fn initialize(child: &mut Child) -> Result<Value, &'static str> {
         "jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {
             "protocolVersion": mcp::LEGACY_VERSIONS[0],
-            "capabilities": {},
+            // Each call's client decides what may really be asked (see
+            // `mrtr`); a server that checks capabilities must not give up first.
+            "capabilities": {"elicitation": {}, "sampling": {}, "roots": {}},
             "clientInfo": {"name": "mcp-bridge", "version": env!("CARGO_PKG_VERSION")},
         },
     });
@@ -417,6 +436,13 @@ impl MemberTask {
                                 Some(Drain { _member: member, quiet_until: now + QUIET_AFTER_CANCEL, limit: now + DRAIN_LIMIT });
                         }
                     }
+                    Some(Command::Answer { message }) => {
+                        let bytes = message.to_string().into_bytes();
+                        let len = bytes.len();
+                        if self.child.send(bytes).is_ok() {
+                            self.host.events.message_in(&self.pool.key.route, len);
+                        }
+                    }
                     None => break "the pool let it go",
                 },
                 out = self.child.next() => match out {
@@ -508,8 +534,16 @@ impl MemberTask {
                 }
             }
             Shape::Request { id, method } => {
-                // A stateless client cannot be asked anything: ping is
-                // answered here, everything else refused.
+                // What a 2026-07-28 client can be asked goes to its call,
+                // which turns it into an input_required result.
+                if mcp::asks_client(&method) {
+                    if let Some((_, events)) = &self.current {
+                        let params = value.get("params").cloned().unwrap_or(Value::Null);
+                        let _ = events.send(CallEvent::Asked { id, method, params }).await;
+                        return false;
+                    }
+                }
+                // Nobody to ask: ping is answered here, everything else refused.
                 let answer = match method.as_str() {
                     "ping" => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
                     _ => mcp::error(

@@ -53,6 +53,11 @@ pub struct SpawnSpec {
     pub pool_max_age_ms: u64,
     /// How long a request waits for a pooled backend before 503.
     pub pool_wait_ms: u64,
+    /// How long a stateless call that asked its client for input waits for
+    /// the retry, and how many may wait per consumer and per worker.
+    pub input_wait_ms: u64,
+    pub max_parked_per_consumer: usize,
+    pub max_parked_per_worker: usize,
 }
 
 impl SpawnSpec {
@@ -100,9 +105,10 @@ mod tests {
 
     const FULL: &str = r#"{"command":"cat","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,
         "stderr":"notify","keepalive_interval_ms":15000,"session_home":false,
-        "session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"pool_min_idle":0,
-        "pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,
-        "pool_max_age_ms":3600000,"pool_wait_ms":5000}"#;
+        "session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,
+        "restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,
+        "pool_max_age_ms":3600000,"pool_wait_ms":5000,
+        "input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256}"#;
 
     #[test]
     fn a_whole_request_parses() {

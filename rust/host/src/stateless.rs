@@ -9,11 +9,14 @@ use crate::endpoint::VERSION_KEY;
 use crate::host::Host;
 use crate::http::{relay, Body, Item, Reply, Request};
 use crate::mcp::{self, code, Shape};
+use crate::binding::Binding;
+use crate::mrtr::{self, Answers, CallRun, Input};
 use crate::pool::{CallEvent, Listener, Refusal as PoolRefusal};
 use crate::spec::SpawnSpec;
 use serde_json::{json, Map, Value};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -348,7 +351,36 @@ fn next_call_id() -> u64 {
 /// Severity order of `notifications/message` levels.
 const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
 
-/// Any other request: on a pooled backend, its result completed.
+/// The requests that may come back `input_required` (and be retried).
+const MULTI_ROUND: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
+
+/// What a call's messages are judged by.
+struct CallContext<'a> {
+    host: &'a Rc<Host>,
+    binding: &'a Binding,
+    client_id: &'a Value,
+    method: &'a str,
+    init: Value,
+    declared: Value,
+    log_level: Option<usize>,
+    answers: Answers,
+    spec: &'a SpawnSpec,
+}
+
+/// How a call's run over one request ended.
+enum Driven {
+    /// Its response (or an error) went to the client.
+    Done,
+    /// It waits for the client's input under this handle, whose
+    /// `input_required` result went to the client.
+    Parked(String),
+    /// It could not wait for input: cancelled, the client told why.
+    Refused,
+}
+
+/// Any other request: on a pooled backend, its result completed. A call
+/// whose backend asks the client something comes back `input_required`
+/// and waits, parked, for the client's retry (see `mrtr`).
 #[allow(clippy::too_many_arguments)]
 async fn call<R, W>(
     host: &Rc<Host>,
@@ -378,69 +410,153 @@ where
             }
         }
     }
-    let lease = host.pools.lease(host, &request.binding, spec).await.map_err(|r| pool_refusal(r, &client_id))?;
-    let init = lease.pool.init_result().unwrap_or_default();
-    let call_id = next_call_id();
-    message["id"] = json!(call_id);
-    let (events_tx, mut events) = mpsc::channel(CALL_QUEUE);
-    if !lease.call(message, events_tx) {
-        return Err(refuse(502, &client_id, code::SERVER_ERROR, "the MCP server ended", None));
-    }
-    let (items, stream) = mpsc::channel(CALL_QUEUE);
-    let translate = async {
-        let mut refused: Vec<String> = Vec::new();
-        while let Some(event) = events.recv().await {
-            let item = match event {
-                CallEvent::Notification(n) => {
-                    let method = n.get("method").and_then(Value::as_str).unwrap_or_default();
-                    if method == "notifications/message" {
-                        // Only to a client that asked for log messages, and at its level.
-                        let level = n.get("params").and_then(|p| p.get("level")).and_then(Value::as_str);
-                        let severity = level.and_then(|l| LOG_LEVELS.iter().position(|&x| x == l));
-                        match (log_level, severity) {
-                            (Some(wanted), Some(s)) if s >= wanted => {}
-                            _ => continue,
-                        }
-                    } else if method != "notifications/progress" {
-                        continue;
-                    }
-                    Item::Message(n.to_string().into_bytes())
-                }
-                CallEvent::Refused(m) => {
-                    if let Some(capability) = capability_of(&m) {
-                        if declared.get(capability).is_none() && !refused.iter().any(|r| r == capability) {
-                            refused.push(capability.to_string());
-                        }
-                    }
-                    continue;
-                }
-                CallEvent::Response(response) => {
-                    let (status, body) = complete(response, &client_id, &method, &init, &refused);
-                    let _ = items.send(Item::Final(status, body)).await;
-                    return;
-                }
-                CallEvent::Ended(why) => {
-                    let body = mcp::error_bytes(
-                        &client_id,
-                        code::SERVER_ERROR,
-                        &format!("the MCP server ended before responding ({why})"),
-                        None,
-                    );
-                    let _ = items.send(Item::Final(200, body)).await;
-                    return;
-                }
-            };
-            if items.send(item).await.is_err() {
-                return;
+    let multi_round = MULTI_ROUND.contains(&method.as_str());
+    let input = match multi_round {
+        true => Input::take(message.get_mut("params"))
+            .map_err(|why| refuse(400, &client_id, code::INVALID_PARAMS, &why, None))?,
+        false => Input { answers: Answers::default(), state: None },
+    };
+    let digest = mrtr::digest(message.get("params"));
+    let mut run = match input.state {
+        Some(state) => host
+            .parked
+            .resume(&state, &request.binding, &method, &digest)
+            .map_err(|why| refuse(400, &client_id, code::INVALID_PARAMS, why, None))?,
+        None => {
+            let lease =
+                host.pools.lease(host, &request.binding, spec.clone()).await.map_err(|r| pool_refusal(r, &client_id))?;
+            let call_id = next_call_id();
+            message["id"] = json!(call_id);
+            let (events_tx, events) = mpsc::channel(CALL_QUEUE);
+            if !lease.call(message, events_tx) {
+                return Err(refuse(502, &client_id, code::SERVER_ERROR, "the MCP server ended", None));
             }
+            CallRun::new(lease, call_id, events, &method, digest)
         }
     };
-    let reusable = until_relayed(translate, relay(stream, reader, reply, keepalive, None)).await;
-    if !reusable {
+    run.answer_waiting(&input.answers);
+    let context = CallContext {
+        host,
+        binding: &request.binding,
+        client_id: &client_id,
+        method: &method,
+        init: run.lease.pool.init_result().unwrap_or_default(),
+        declared,
+        log_level,
+        answers: input.answers,
+        spec: &spec,
+    };
+    let (items, stream) = mpsc::channel(CALL_QUEUE);
+    let (reusable, driven) = {
+        let drive = drive(&mut run, items, &context, multi_round);
+        let relay = relay(stream, reader, reply, keepalive, None);
+        tokio::pin!(drive, relay);
+        tokio::select! {
+            reusable = &mut relay => (reusable, None),
+            driven = &mut drive => (relay.await, Some(driven)),
+        }
+    };
+    match driven {
+        Some(Driven::Parked(handle)) if reusable => {
+            let wait = Duration::from_millis(spec.input_wait_ms);
+            host.parked.insert(handle, run, &request.binding, wait);
+        }
+        Some(Driven::Refused) => run.abandon("the call could not wait for input"),
         // The client closed its stream: in 2026-07-28 that cancels the request.
-        lease.cancel(call_id);
+        _ if !reusable => run.abandon("the client closed its stream"),
+        _ => {}
     }
     Ok(reusable)
+}
+
+/// Relays a call's messages to its client until its response, or until a
+/// round of questions for the client is asked.
+async fn drive(run: &mut CallRun, items: mpsc::Sender<Item>, cx: &CallContext<'_>, multi_round: bool) -> Driven {
+    // Questions still unanswered by a retry are asked again at once.
+    let mut round: Option<Instant> = (!run.waiting.is_empty()).then(Instant::now);
+    loop {
+        let event = match round {
+            Some(started) => {
+                let deadline = (Instant::now() + mrtr::ROUND_QUIET).min(started + mrtr::ROUND_LIMIT);
+                match tokio::time::timeout_at(deadline.into(), run.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => return ask(run, &items, cx).await,
+                }
+            }
+            None => run.events.recv().await,
+        };
+        let Some(event) = event else {
+            let body = mcp::error_bytes(cx.client_id, code::SERVER_ERROR, "the MCP server ended before responding", None);
+            let _ = items.send(Item::Final(200, body)).await;
+            return Driven::Done;
+        };
+        let item = match event {
+            CallEvent::Notification(n) => {
+                let method = n.get("method").and_then(Value::as_str).unwrap_or_default();
+                if method == "notifications/message" {
+                    // Only to a client that asked for log messages, and at its level.
+                    let level = n.get("params").and_then(|p| p.get("level")).and_then(Value::as_str);
+                    let severity = level.and_then(|l| LOG_LEVELS.iter().position(|&x| x == l));
+                    match (cx.log_level, severity) {
+                        (Some(wanted), Some(s)) if s >= wanted => {}
+                        _ => continue,
+                    }
+                } else if method != "notifications/progress" {
+                    continue;
+                }
+                Item::Message(n.to_string().into_bytes())
+            }
+            CallEvent::Refused(_) => continue,
+            CallEvent::Asked { id, method, params } => {
+                if !multi_round {
+                    let why = format!("{} cannot ask the client anything in {}", cx.method, mcp::MODERN_VERSION);
+                    run.lease.answer(mcp::error(&id, code::METHOD_NOT_FOUND, &why, None));
+                    continue;
+                }
+                if run.asked(id, method, params, &cx.declared, &cx.answers) && round.is_none() {
+                    round = Some(Instant::now());
+                }
+                continue;
+            }
+            CallEvent::Response(response) => {
+                let (status, body) = complete(response, cx.client_id, cx.method, &cx.init, &run.refused);
+                let _ = items.send(Item::Final(status, body)).await;
+                return Driven::Done;
+            }
+            CallEvent::Ended(why) => {
+                let body = mcp::error_bytes(
+                    cx.client_id,
+                    code::SERVER_ERROR,
+                    &format!("the MCP server ended before responding ({why})"),
+                    None,
+                );
+                let _ = items.send(Item::Final(200, body)).await;
+                return Driven::Done;
+            }
+        };
+        if items.send(item).await.is_err() {
+            return Driven::Done;
+        }
+    }
+}
+
+/// Asks the client the round's questions: an `input_required` result whose
+/// state names the call, which then waits for the retry.
+async fn ask(run: &mut CallRun, items: &mpsc::Sender<Item>, cx: &CallContext<'_>) -> Driven {
+    let wait = Duration::from_millis(cx.spec.input_wait_ms);
+    let reserved =
+        cx.host.parked.reserve(run, cx.binding, wait, cx.spec.max_parked_per_consumer, cx.spec.max_parked_per_worker);
+    match reserved {
+        Ok((handle, state)) => {
+            let _ = items.send(Item::Final(200, run.input_required(cx.client_id, &state))).await;
+            Driven::Parked(handle)
+        }
+        Err(why) => {
+            let body = mcp::error_bytes(cx.client_id, code::SERVER_ERROR, why, None);
+            let _ = items.send(Item::Final(503, body)).await;
+            Driven::Refused
+        }
+    }
 }
 
 /// Runs `producer` beside `relay` until the relay is done: if the producer
@@ -454,16 +570,6 @@ async fn until_relayed(
     tokio::select! {
         reusable = &mut relay => reusable,
         _ = producer => relay.await,
-    }
-}
-
-/// The client capability a backend request needs.
-fn capability_of(method: &str) -> Option<&'static str> {
-    match method {
-        "sampling/createMessage" => Some("sampling"),
-        "elicitation/create" => Some("elicitation"),
-        "roots/list" => Some("roots"),
-        _ => None,
     }
 }
 

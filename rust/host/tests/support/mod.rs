@@ -189,6 +189,7 @@ pub fn spec(command: &str, args: &[&str], extra: &str) -> String {
         "restart_on_crash": false, "max_restarts": 3, "restart_window_ms": 60000,
         "pool_min_idle": 0, "pool_max_per_key": 4, "pool_max_per_worker": 16, "pool_idle_timeout_ms": 300000,
         "pool_max_requests": 1000, "pool_max_age_ms": 3600000, "pool_wait_ms": 5000,
+        "input_wait_ms": 60000, "max_parked_per_consumer": 16, "max_parked_per_worker": 256,
     });
     if !extra.is_empty() {
         let more: serde_json::Value = serde_json::from_str(extra).expect("extra json");

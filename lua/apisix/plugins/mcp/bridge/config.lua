@@ -108,6 +108,15 @@ _M.schema = {
         pool_wait_ms = { type = "integer", minimum = 0, maximum = 60000, default = 5000,
                          description = "how long a stateless request waits for a pooled "
                                        .. "backend before 503" },
+        input_wait_ms = { type = "integer", minimum = 1000, maximum = 600000, default = 60000,
+                          description = "how long a stateless call that asked its client "
+                                        .. "for input (input_required) waits for the retry" },
+        max_parked_per_consumer = { type = "integer", minimum = 1, maximum = 4096, default = 16,
+                                    description = "stateless calls of one consumer in one "
+                                                  .. "worker that may wait for input at once" },
+        max_parked_per_worker = { type = "integer", minimum = 1, maximum = 65536, default = 256,
+                                  description = "stateless calls in one worker that may wait "
+                                                .. "for input at once" },
     },
     required = { "command" },
 }
@@ -322,6 +331,9 @@ function _M.spawn_request(conf)
         ',"pool_max_requests":', json.integer(conf.pool_max_requests),
         ',"pool_max_age_ms":', json.integer(conf.pool_max_age_ms),
         ',"pool_wait_ms":', json.integer(conf.pool_wait_ms),
+        ',"input_wait_ms":', json.integer(conf.input_wait_ms),
+        ',"max_parked_per_consumer":', json.integer(conf.max_parked_per_consumer),
+        ',"max_parked_per_worker":', json.integer(conf.max_parked_per_worker),
     }
     if conf.cwd then
         parts[#parts + 1] = ',"cwd":'

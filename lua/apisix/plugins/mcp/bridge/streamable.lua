@@ -48,6 +48,23 @@ local ALLOW = { Allow = "GET, POST, DELETE" }
 local RETRY_AFTER = { ["Retry-After"] = admission.RETRY_AFTER_SECONDS }
 -- Beyond two keepalive intervals, this much more silence means a stuck host.
 local HOST_SILENCE_MARGIN_MS = 5000
+
+-- The retry of a stateless call that waits for its client's input names
+-- the host holding it: its requestState starts with that host's token.
+local REQUEST_STATE_TOKEN = '"requestState"%s*:%s*"(' .. string.rep("%x", 16) .. ')%.'
+
+-- The host of the call a retry's requestState names, connected; nil when
+-- the request is no such retry or that host is gone (its own host then
+-- tells the client the state is of no use).
+local function state_host(body)
+    if not find(body, '"requestState"', 1, true) then
+        return nil
+    end
+    local token = match(body, REQUEST_STATE_TOKEN)
+    if token then
+        return hosts.connect_session(token, true)
+    end
+end
 -- The host's answer to an initialize that came without a slot.
 local NEED_SLOT = 428
 
@@ -326,7 +343,10 @@ function _M.handle(route, binding)
                                      request_id(body))
         end
     else
-        path = hosts.own()
+        if method == "POST" then
+            conn, path = state_host(body)
+        end
+        path = path or hosts.own()
         if not path then
             admission.refused(route, 503, admission.UNAVAILABLE)
             return respond.rpc_error(503, SERVER_ERROR, admission.UNAVAILABLE, RETRY_AFTER,
