@@ -18,7 +18,7 @@ add_block_preprocessor(sub {
 mcp = { base_uri = "/mcp", command = "$fixture", args = { "--pid-dir", "$pids" },
         keepalive_interval_ms = 1000, kill_grace_ms = 500, pool_idle_timeout_ms = 1000 },
 conf = { base_uri = "/conf", command = "$fixture", args = { "--conformance", "--pid-dir", "$pids" },
-         keepalive_interval_ms = 1000, kill_grace_ms = 500 },
+         keepalive_interval_ms = 1000, kill_grace_ms = 500, pool_idle_timeout_ms = 1000 },
 stubborn = { base_uri = "/stubborn", command = "$fixture", args = { "--pid-dir", "$pids" },
              keepalive_interval_ms = 1000, kill_grace_ms = 1500 },
 _EOC_
@@ -140,6 +140,72 @@ DELETE through the other worker: 200 (true)
 the GET then: eof
 processes left: none
 idle in both workers: true
+
+
+
+=== TEST 2: a stateless call waiting for input is resumed whichever worker takes its retry; a reload ends the parked calls, their states are refused, nothing is left
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        t.use_port($TEST_NGINX_RAND_PORT_1)
+        local caps = { capabilities = { elicitation = {} } }
+        local name = "test_input_required_result_elicitation"
+        local answer = { user_name = { action = "accept", content = { name = "W" } } }
+        -- Calls parked by one worker, retried until a retry lands on the other.
+        local crossed = false
+        for _ = 1, 50 do
+            local first, reply = t.client("/conf"):modern("tools/call", { name = name, arguments = {} }, caps)
+            local done, retry = t.client("/conf"):modern("tools/call", { name = name, arguments = {},
+                requestState = first.result.requestState, inputResponses = answer }, caps)
+            if done.result.content[1].text ~= "Hello, W!" then
+                ngx.say("a retry failed: ", require("cjson.safe").encode(done))
+                break
+            end
+            if retry.headers["x-worker"] ~= reply.headers["x-worker"] then
+                crossed = true
+                break
+            end
+        end
+        ngx.say("a retry taken by the other worker resumed its call: ", crossed)
+        -- One call parked in each worker, then a reload.
+        local states, workers = {}, {}
+        for _ = 1, 100 do
+            local first, reply = t.client("/conf"):modern("tools/call", { name = name, arguments = {} }, caps)
+            local w = reply.headers["x-worker"]
+            if not workers[w] then
+                workers[w] = true
+                states[#states + 1] = first.result.requestState
+            else
+                t.client("/conf"):modern("tools/call", { name = name, arguments = {},
+                    requestState = first.result.requestState, inputResponses = answer }, caps)
+            end
+            if #states == 2 then break end
+        end
+        ngx.say("calls parked in both workers: ", #states)
+        local f = assert(io.open(ngx.config.prefix() .. "logs/nginx.pid"))
+        local master = tonumber(f:read("*l"))
+        f:close()
+        t.kill(master, 1)  -- SIGHUP: reload
+        ngx.say("every process gone: ", (t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)))
+        for i, state in ipairs(states) do
+            local _, reply = t.client("/conf"):modern("tools/call", { name = name, arguments = {},
+                requestState = state, inputResponses = answer }, caps)
+            ngx.say("retry ", i, " after the reload: ", (t.refusal(reply):gsub(" id %d+$", "")))
+        end
+        ngx.say("pools empty in both workers: ", tostring((t.wait_idle_everywhere($TEST_NGINX_RAND_PORT_1, "/stats", 2))))
+        ngx.say("processes left: ", (t.wait_all_gone("$TEST_NGINX_PID_DIR", 3)) and "none" or "some")
+    }
+}
+--- response_body
+a retry taken by the other worker resumed its call: true
+calls parked in both workers: 2
+every process gone: true
+retry 1 after the reload: 400 -32602 requestState is unknown, used, expired or of another request; call again without it
+retry 2 after the reload: 400 -32602 requestState is unknown, used, expired or of another request; call again without it
+pools empty in both workers: true
+processes left: none
 
 
 

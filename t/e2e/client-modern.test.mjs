@@ -102,6 +102,44 @@ test("five clients calling at once, all pooled backends gone after close", LIMIT
   assert.deepEqual(await waitGone(gw, POOL_IDLE_MS + 5000), [], "pooled backends left after their idle timeout");
 });
 
+test("elicitation and sampling round trips: the legacy server's mid-call requests reach the client as input_required, its answers go back", { ...LIMIT, skip: stopSkip }, async () => {
+  // The fixture's conformance tools ask the client the legacy way
+  // (elicitation/create, sampling/createMessage mid-call).
+  const legacy = await startGateway(["--pool-idle-timeout-ms", String(POOL_IDLE_MS)], ["--conformance"]);
+  try {
+    const client = new Client(
+      { name: "e2e-mrtr", version: "1.0.0" },
+      { versionNegotiation: { mode: { pin: MODERN } }, capabilities: { elicitation: {}, sampling: {} } },
+    );
+    const asked = [];
+    client.setRequestHandler("elicitation/create", async (request) => {
+      asked.push(request.params.message);
+      return { action: "accept", content: { name: "Alice" } };
+    });
+    client.setRequestHandler("sampling/createMessage", async (request) => {
+      asked.push(request.params.messages[0].content.text);
+      return { role: "assistant", content: { type: "text", text: "Paris" }, model: "e2e", stopReason: "endTurn" };
+    });
+    const transport = new StreamableHTTPClientTransport(new URL(legacy.url));
+    await client.connect(transport);
+    const elicited = await client.callTool({ name: "test_input_required_result_elicitation", arguments: {} });
+    assert.equal(elicited.isError ?? false, false, JSON.stringify(elicited));
+    assert.match(elicited.content[0].text, /Alice/);
+    const sampled = await client.callTool({ name: "test_input_required_result_sampling", arguments: {} });
+    assert.equal(sampled.isError ?? false, false, JSON.stringify(sampled));
+    assert.match(sampled.content[0].text, /Paris/);
+    // Two rounds of one call: a new requestState each time.
+    const rounds = await client.callTool({ name: "test_input_required_result_multi_round", arguments: {} });
+    assert.equal(rounds.isError ?? false, false, JSON.stringify(rounds));
+    assert.equal(asked.length, 4, `the client was asked: ${JSON.stringify(asked)}`);
+    await client.close();
+    assert.deepEqual(await waitGone(legacy, POOL_IDLE_MS + 5000), [], "pooled backends left after the idle timeout");
+  } finally {
+    await stopGateway(legacy);
+    removePidDir(legacy);
+  }
+});
+
 test("stopping the gateway with pooled backends running leaves no process behind", { ...LIMIT, skip: stopSkip }, async () => {
   const { client } = await connect("last");
   await client.callTool({ name: "spawn_grandchild", arguments: {} });

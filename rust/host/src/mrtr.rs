@@ -158,11 +158,8 @@ impl CallRun {
 
     /// The `input_required` result for the waiting questions.
     pub fn input_required(&self, client_id: &Value, state: &str) -> Vec<u8> {
-        let requests: Map<String, Value> = self
-            .waiting
-            .iter()
-            .map(|a| (a.key.clone(), json!({"method": a.method, "params": a.params})))
-            .collect();
+        let requests: Map<String, Value> =
+            self.waiting.iter().map(|a| (a.key.clone(), json!({"method": a.method, "params": a.params}))).collect();
         let result = json!({"resultType": "input_required", "inputRequests": requests, "requestState": state});
         json!({"jsonrpc": "2.0", "id": client_id, "result": result}).to_string().into_bytes()
     }
@@ -359,7 +356,9 @@ impl Parked {
     /// Parks `run` under a handle [`Parked::reserve`] gave, until `wait`
     /// passes.
     pub fn insert(self: &Rc<Self>, handle: String, run: CallRun, binding: &Binding, wait: Duration) {
-        self.calls.borrow_mut().insert(handle.clone(), Entry { run, binding: binding.clone(), parked_at: Instant::now() });
+        self.calls
+            .borrow_mut()
+            .insert(handle.clone(), Entry { run, binding: binding.clone(), parked_at: Instant::now() });
         let me = Rc::downgrade(self);
         spawn_local(async move {
             tokio::time::sleep(wait).await;
@@ -490,7 +489,9 @@ mod tests {
         assert_eq!(input.state.as_deref(), Some("s"));
         assert!(input.answers.usable("a", "elicitation/create").is_some());
         assert!(input.answers.usable("a", "roots/list").is_none(), "not an answer to roots/list");
-        for bad in [json!({"inputResponses": null}), json!({"inputResponses": {"k": 12345}}), json!({"requestState": 7})] {
+        for bad in
+            [json!({"inputResponses": null}), json!({"inputResponses": {"k": 12345}}), json!({"requestState": 7})]
+        {
             let mut params = bad.clone();
             assert!(Input::take(Some(&mut params)).is_err(), "{bad}");
         }

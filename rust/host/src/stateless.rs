@@ -5,11 +5,11 @@
 //! request on a pooled backend of the older revisions (see `pool`), whose
 //! results it completes with what 2026-07-28 requires.
 
+use crate::binding::Binding;
 use crate::endpoint::VERSION_KEY;
 use crate::host::Host;
 use crate::http::{relay, Body, Item, Reply, Request};
 use crate::mcp::{self, code, Shape};
-use crate::binding::Binding;
 use crate::mrtr::{self, Answers, CallRun, Input};
 use crate::pool::{CallEvent, Listener, Refusal as PoolRefusal};
 use crate::spec::SpawnSpec;
@@ -423,8 +423,11 @@ where
             .resume(&state, &request.binding, &method, &digest)
             .map_err(|why| refuse(400, &client_id, code::INVALID_PARAMS, why, None))?,
         None => {
-            let lease =
-                host.pools.lease(host, &request.binding, spec.clone()).await.map_err(|r| pool_refusal(r, &client_id))?;
+            let lease = host
+                .pools
+                .lease(host, &request.binding, spec.clone())
+                .await
+                .map_err(|r| pool_refusal(r, &client_id))?;
             let call_id = next_call_id();
             message["id"] = json!(call_id);
             let (events_tx, events) = mpsc::channel(CALL_QUEUE);
@@ -486,7 +489,8 @@ async fn drive(run: &mut CallRun, items: mpsc::Sender<Item>, cx: &CallContext<'_
             None => run.events.recv().await,
         };
         let Some(event) = event else {
-            let body = mcp::error_bytes(cx.client_id, code::SERVER_ERROR, "the MCP server ended before responding", None);
+            let body =
+                mcp::error_bytes(cx.client_id, code::SERVER_ERROR, "the MCP server ended before responding", None);
             let _ = items.send(Item::Final(200, body)).await;
             return Driven::Done;
         };

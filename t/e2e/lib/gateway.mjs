@@ -45,7 +45,8 @@ export function freePort() {
 // `options` are extra `serve` options (before the `--`). With
 // MCP_BRIDGE_E2E_URL, the gateway that is already there (its route has the
 // same settings).
-export async function startGateway(options = []) {
+// `options` go to serve, `fixtureOptions` to the fixture it bridges.
+export async function startGateway(options = [], fixtureOptions = []) {
   if (external) return externalGateway();
   const pidDir = mkdtempSync(join(tmpdir(), "mcp-bridge-e2e-"));
   // Workers and backends run as the invoking user (root in CI) by default;
@@ -56,7 +57,7 @@ export async function startGateway(options = []) {
     "serve", "--listen", `127.0.0.1:${port}`, "--base-uri", "/mcp", "--workers", "2",
     "--kill-grace-ms", "1000", "--log-level", process.env.E2E_LOG_LEVEL || "warn",
     ...options,
-    "--", join(bin, "mcp-fixture"), "--pid-dir", pidDir,
+    "--", join(bin, "mcp-fixture"), "--pid-dir", pidDir, ...fixtureOptions,
   ], { stdio: ["ignore", "pipe", "pipe"] });
   const gw = {
     proc, pidDir, port, log: "", banner: "",
