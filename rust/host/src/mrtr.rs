@@ -484,7 +484,7 @@ mod tests {
     #[test]
     fn inputs_are_taken_out_of_params_and_checked() {
         let mut params = json!({"name": "t", "inputResponses": {"a": {"action": "accept"}}, "requestState": "s"});
-        let input = Input::take(Some(&mut params)).ok().expect("valid");
+        let input = Input::take(Some(&mut params)).expect("valid");
         assert_eq!(params, json!({"name": "t"}));
         assert_eq!(input.state.as_deref(), Some("s"));
         assert!(input.answers.usable("a", "elicitation/create").is_some());
