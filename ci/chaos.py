@@ -2187,7 +2187,7 @@ class Gateway:
         for name, (pid, starttime) in list(self._records.items()):
             p = read_proc(pid)
             if p is None or p.starttime != starttime:
-                for path in (name, f"{pid}.term", f"{pid}.cancelled"):
+                for path in (name, f"{pid}.term", f"{pid}.cancelled", f"{pid}.lifecycle"):
                     try:
                         os.unlink(os.path.join(self.pid_dir, path))
                     except OSError:
