@@ -444,6 +444,11 @@ fn a_bad_option_is_reported_in_one_line_naming_the_option() {
     assert_ne!(code, 0);
     assert!(err.contains("mcp-bridge: invalid configuration: --base-uri must be empty or a path"), "{err}");
     assert!(!err.contains("base_uri") && !err.contains("stack traceback"), "{err}");
+    // A member of the route's limits is named as its option too.
+    let (code, err) = run(&["serve", "--listen", &addr, "--limit-memory-mb", "8", "--", "cat"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("mcp-bridge: invalid configuration: --limit-memory-mb must be at least 16, got 8"), "{err}");
+    assert!(!err.contains("limits.") && !err.contains("stack traceback"), "{err}");
 }
 
 #[test]
