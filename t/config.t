@@ -182,7 +182,7 @@ location = /t {
     }
 }
 --- response_body
-{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"session_home":false,"session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,"pool_max_age_ms":3600000,"pool_wait_ms":5000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256,"cwd":"/tmp/a/b"}
+{"command":"srv \"quoted\"","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,"stderr":"notify","keepalive_interval_ms":15000,"session_home":false,"session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,"pool_max_age_ms":3600000,"pool_wait_ms":5000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256,"limits":{"cpu_seconds":null,"memory_mb":null,"open_files":null,"processes":null},"cwd":"/tmp/a/b"}
 true /d true
 
 
@@ -264,8 +264,17 @@ location = /t {
         end
         local required = {}
         for _, k in ipairs(config.schema.required) do required[k] = true end
-        local problems = 0
+        -- Members of an object field with fixed members have rows of their
+        -- own, named field.member.
+        local fields = {}
         for name, spec in pairs(config.schema.properties) do
+            fields[name] = spec
+            for member, member_spec in pairs(spec.properties or {}) do
+                fields[name .. "." .. member] = member_spec
+            end
+        end
+        local problems = 0
+        for name, spec in pairs(fields) do
             local d = documented[name]
             local typ = spec.type == "array" and "array[" .. spec.items.type .. "]" or spec.type
             local default = spec.default
@@ -314,3 +323,72 @@ location = /t {
 --- response_body
 max_sessions_per_node needs "lua_shared_dict mcp-bridge-slots 1m;" in the http block (in APISIX: nginx_config.http.custom_lua_shared_dict)
 true
+
+
+
+=== TEST 9: limits: each member is checked and named, an unknown member is refused, none is filled in
+--- config
+location = /t {
+    content_by_lua_block {
+        local config = require("apisix.plugins.mcp.bridge.config")
+        local cases = {
+            { command = "x", limits = 5 },
+            { command = "x", limits = { 64 } },
+            { command = "x", limits = { memory_mb = -1 } },
+            { command = "x", limits = { memory_mb = 15 } },
+            { command = "x", limits = { cpu_seconds = "2" } },
+            { command = "x", limits = { processes = 0.5 } },
+            { command = "x", limits = { processes = 0 } },
+            { command = "x", limits = { open_files = 2 } },
+            { command = "x", limits = { cpu_seconds = 31536001 } },
+            { command = "x", limits = { memory = 64, cpu_seconds = 1 } },
+            { command = "x", limits = {} },
+            { command = "x", limits = { memory_mb = 16, processes = 1, cpu_seconds = 1, open_files = 3 } },
+        }
+        for _, conf in ipairs(cases) do
+            local ok, err = config.check(conf)
+            ngx.say(ok and "accepted" or err)
+        end
+        local conf = { command = "x" }
+        assert(config.check(conf))
+        ngx.say("limits not given: ", tostring(conf.limits))
+        -- As `mcp-bridge serve` names them.
+        ngx.say(select(2, config.check({ command = "x", limits = { memory_mb = 1 } }, config.namer("cli"))))
+        ngx.say(select(2, config.check({ command = "x", limits = { cpu_seconds = 0 } }, config.namer("cli"))))
+    }
+}
+--- response_body
+limits must be an object
+limits must be an object
+limits.memory_mb must be at least 16, got -1
+limits.memory_mb must be at least 16, got 15
+limits.cpu_seconds must be an integer, got "2"
+limits.processes must be an integer, got 0.5
+limits.processes must be at least 1, got 0
+limits.open_files must be at least 3, got 2
+limits.cpu_seconds must be at most 31536000, got 31536001
+unknown field(s) in limits: memory (it knows cpu_seconds, memory_mb, open_files, processes)
+accepted
+accepted
+limits not given: nil
+--limit-memory-mb must be at least 16, got 1
+--limit-cpu-seconds must be at least 1, got 0
+
+
+
+=== TEST 10: the spawn request carries every limit, null for those not given
+--- config
+location = /t {
+    content_by_lua_block {
+        local config = require("apisix.plugins.mcp.bridge.config")
+        local conf = { command = "x", limits = { memory_mb = 64, cpu_seconds = 2 } }
+        assert(config.check(conf))
+        ngx.say(config.spawn_request(conf):match(',"limits":(%b{})'))
+        conf = { command = "x" }
+        assert(config.check(conf))
+        ngx.say(config.spawn_request(conf):match(',"limits":(%b{})'))
+    }
+}
+--- response_body
+{"cpu_seconds":2,"memory_mb":64,"open_files":null,"processes":null}
+{"cpu_seconds":null,"memory_mb":null,"open_files":null,"processes":null}

@@ -1,7 +1,8 @@
 # Hostile conditions: descendants that leave their process group, a host
 # killed outright, backends that crash with requests in flight or close
-# their output, clients too slow to read, and bad input of every kind.
-# Nothing leaks, nothing is orphaned, and every client mistake gets a 4xx.
+# their output or run away with memory or CPU, clients too slow to read,
+# and bad input of every kind. Nothing leaks, nothing is orphaned, and
+# every client mistake gets a 4xx.
 use t::MCPBridge 'no_plan';
 
 my $fixture = $ENV{TEST_NGINX_FIXTURE};
@@ -17,6 +18,8 @@ slow = { base_uri = "/slow", command = "$fixture", args = { "--pid-dir", "$pids"
          slow_client_timeout_ms = 300, kill_grace_ms = 300 },
 patient = { base_uri = "/patient", command = "$fixture", args = { "--pid-dir", "$pids" },
             slow_client_timeout_ms = 60000, kill_grace_ms = 300 },
+limited = { base_uri = "/limited", command = "$fixture", args = { "--pid-dir", "$pids" },
+            kill_grace_ms = 300, limits = { memory_mb = 128, cpu_seconds = 1 } },
 _EOC_
     }
     if (!defined $block->no_error_log && !defined $block->error_log) {
@@ -596,4 +599,138 @@ flood requested: 202
 notifications: 3000, then: flooded 3000
 the stream took over 3 times the limit: true
 the session still works: yes
+--- timeout: 30
+
+
+
+=== TEST 14: runaway backends (memory, CPU) are stopped by the route's limits: the call in flight gets an error, the session ends, another session keeps answering meanwhile, nothing is left, and the metrics name the CPU limit
+--- config
+location = /t {
+    content_by_lua_block {
+        local metrics = require("apisix.plugins.mcp.bridge.metrics")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local other = assert(t.session("/limited"))
+        assert(other:initialize())
+        -- Calls `tool` in a new session and reads its stream to the end,
+        -- while the other session is asked to echo every 50 ms.
+        local function runaway(tool, args)
+            local s = assert(t.session("/limited"))
+            assert(s:initialize())
+            local backend = s:backend_pid()
+            local done = false
+            local pinger = ngx.thread.spawn(function()
+                local calls, slowest = 0, 0
+                repeat
+                    ngx.update_time()
+                    local asked = ngx.now()
+                    local text, err = other:tool("echo", { text = "ping" })
+                    if text ~= "ping" then return "the other session: " .. tostring(err) end
+                    ngx.update_time()
+                    slowest = math.max(slowest, ngx.now() - asked)
+                    calls = calls + 1
+                    ngx.sleep(0.05)
+                until done
+                -- Not starved: no speed claim beyond that.
+                return calls > 0 and slowest < 2
+            end)
+            s:post({ jsonrpc = "2.0", id = 7, method = "tools/call",
+                     params = { name = tool, arguments = args } })
+            local r = {}
+            while true do
+                local msg, err = s:next_message()
+                if not msg then r.stream = err break end
+                if msg.method == "notifications/stderr" then r.said = msg.params.content end
+                if msg.id == 7 then r.answer = msg end
+            end
+            done = true
+            r.prompt = select(2, ngx.thread.wait(pinger))
+            r.gone = t.wait_gone(backend, 3)
+            s:close()
+            return r
+        end
+        local r = runaway("hog_memory", { max_mb = 1024 })
+        local mb = tonumber(r.said:match("an allocation failed after (%d+) MiB"))
+        ngx.say("memory: an allocation failed under 128 MiB: ", mb ~= nil and mb < 128)
+        ngx.say("memory: the call: ", r.answer.error.code, " ", r.answer.error.message)
+        ngx.say("memory: stream ", r.stream, ", the other session answered: ", tostring(r.prompt),
+                ", backend gone: ", r.gone)
+        for _, ignore in ipairs({ false, true }) do
+            r = runaway("spin", { ignore_sigxcpu = ignore })
+            ngx.say("cpu", ignore and " (SIGXCPU ignored)" or "", ": the call: ", r.answer.error.code,
+                    " ", r.answer.error.message)
+            ngx.say("cpu: stream ", r.stream, ", the other session answered: ", tostring(r.prompt),
+                    ", backend gone: ", r.gone)
+        end
+        other:close()
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "limited")
+        local function count(reason)
+            local line = 'mcp_bridge_sessions_ended_total{route="limited",transport="sse",reason="'
+                         .. reason .. '"} '
+            for _ = 1, 300 do
+                local n = tonumber((metrics.text() or ""):match(line:gsub("%p", "%%%0") .. "(%d+)"))
+                if n then return n end
+                ngx.sleep(0.01)
+            end
+        end
+        ngx.say("ended by the CPU limit: ", count("limit_cpu"), ", exited: ", count("backend_exited"))
+    }
+}
+--- response_body
+memory: an allocation failed under 128 MiB: true
+memory: the call: -32000 the MCP server ended before responding (backend exited with status 1)
+memory: stream eof, the other session answered: true, backend gone: true
+cpu: the call: -32000 the MCP server ended before responding (backend killed by signal 24 on reaching its CPU time limit)
+cpu: stream eof, the other session answered: true, backend gone: true
+cpu (SIGXCPU ignored): the call: -32000 the MCP server ended before responding (backend killed by signal 9 on reaching its CPU time limit)
+cpu: stream eof, the other session answered: true, backend gone: true
+processes left: none
+idle: true
+ended by the CPU limit: 2, exited: 1
+--- error_log eval
+[qr/the MCP server "\S+" ended the session \d+ ms after it started: backend exited with status 1; its last stderr lines?: .*an allocation failed after \d+ MiB.*; it ran under limits: memory_mb 128, cpu_seconds 1/,
+ qr/ended the session \d+ ms after it started: backend killed by signal 24 on reaching its CPU time limit; .*it ran under limits: memory_mb 128, cpu_seconds 1/]
+--- timeout: 30
+
+
+
+=== TEST 15: Streamable sessions and pooled (stateless) backends run under the limits too: a runaway's request gets an error, its session is gone, and the metrics name the CPU limit
+--- config
+location = /t {
+    content_by_lua_block {
+        local metrics = require("apisix.plugins.mcp.bridge.metrics")
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local c = t.client("/limited")
+        assert(c:initialize())
+        local _, err = c:tool("spin", {})
+        local answer = require("cjson.safe").decode(err)
+        ngx.say("session: ", answer.error.code, " ", answer.error.message)
+        local reply = c:post({ jsonrpc = "2.0", id = 99, method = "ping" })
+        ngx.say("the session afterwards: ", reply.status)
+        local modern = t.client("/limited")
+        local response = modern:modern("tools/call", { name = "spin", arguments = {} })
+        ngx.say("stateless: ", response.error.code, " ", response.error.message)
+        ngx.say("pooled backends gone: ", (t.wait_pool_empty(5)))
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "limited")
+        local text
+        for _ = 1, 300 do
+            text = metrics.text() or ""
+            if text:find('transport="pool",reason="limit_cpu"', 1, true) then break end
+            ngx.sleep(0.01)
+        end
+        for line in text:gmatch("[^\n]+") do
+            if line:find("sessions_ended_total", 1, true) and not line:find("^#") then ngx.say(line) end
+        end
+    }
+}
+--- response_body
+session: -32000 the MCP server ended before responding (backend killed by signal 24 on reaching its CPU time limit)
+the session afterwards: 404
+stateless: -32000 the MCP server ended before responding (backend killed by signal 24 on reaching its CPU time limit)
+pooled backends gone: true
+processes left: none
+idle: true
+mcp_bridge_sessions_ended_total{route="limited",transport="pool",reason="limit_cpu"} 1
+mcp_bridge_sessions_ended_total{route="limited",transport="streamable",reason="limit_cpu"} 1
 --- timeout: 30

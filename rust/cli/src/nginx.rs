@@ -176,6 +176,18 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
             field(name, n.to_string());
         }
     }
+    let limits: Vec<String> = [
+        ("memory_mb", s.limit_memory_mb),
+        ("processes", s.limit_processes),
+        ("cpu_seconds", s.limit_cpu_seconds),
+        ("open_files", s.limit_open_files),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|n| format!("{name} = {n}")))
+    .collect();
+    if !limits.is_empty() {
+        field("limits", format!("{{ {} }}", limits.join(", ")));
+    }
     if let Some(stderr) = &s.stderr {
         field("stderr", lua_string(stderr));
     }
@@ -438,13 +450,24 @@ mod tests {
         assert!(lua.contains("}, { names = \"cli\" })"), "{lua}");
         // What was not given is left to config.lua's defaults.
         let plain = route_lua(&Serve::default(), &["cat".into()], &placed());
-        for field in
-            ["args", "env", "cwd", "kill_grace_ms", "max_message_bytes", "stderr", "session_home", "max_sessions"]
-        {
+        for field in [
+            "args",
+            "env",
+            "cwd",
+            "kill_grace_ms",
+            "max_message_bytes",
+            "stderr",
+            "session_home",
+            "max_sessions",
+            "limits",
+        ] {
             assert!(!plain.contains(&format!("    {field} =")), "{field} written: {plain}");
         }
         let home = route_lua(&Serve { session_home: true, ..Serve::default() }, &["cat".into()], &placed());
         assert!(home.contains("session_home = true,"), "{home}");
+        let limited = Serve { limit_cpu_seconds: Some(30), limit_open_files: Some(64), ..Serve::default() };
+        let limited = route_lua(&limited, &["cat".into()], &placed());
+        assert!(limited.contains("    limits = { cpu_seconds = 30, open_files = 64 },"), "only those given: {limited}");
     }
 
     #[test]

@@ -74,6 +74,14 @@ options:
                                 input at once, per worker [16]
   --max-parked-per-worker N     stateless calls waiting for input at once,
                                 per worker [256]
+  --limit-memory-mb N           address space of each backend process, in
+                                MiB [inherited from this command]
+  --limit-processes N           processes and threads of the backends' user
+                                (all of them, not one backend's) at which a
+                                backend's fork fails [inherited]
+  --limit-cpu-seconds N         CPU time of each backend process: SIGXCPU
+                                then, SIGKILL a CPU second later [inherited]
+  --limit-open-files N          open files of each backend process [inherited]
   --user USER                   user the workers and backends run as; other
                                 than yourself only when run as root [you]
   --log-level LEVEL             nginx error log level [notice]
@@ -129,6 +137,11 @@ pub struct Serve {
     pub input_wait_ms: Option<u64>,
     pub max_parked_per_consumer: Option<u64>,
     pub max_parked_per_worker: Option<u64>,
+    /// The route's `limits`; None leaves the host's own.
+    pub limit_memory_mb: Option<u64>,
+    pub limit_processes: Option<u64>,
+    pub limit_cpu_seconds: Option<u64>,
+    pub limit_open_files: Option<u64>,
     pub stderr: Option<String>,
     pub session_home: bool,
     /// Empty: the default (see `allowed_hosts()` in main.rs).
@@ -173,6 +186,10 @@ impl Default for Serve {
             input_wait_ms: None,
             max_parked_per_consumer: None,
             max_parked_per_worker: None,
+            limit_memory_mb: None,
+            limit_processes: None,
+            limit_cpu_seconds: None,
+            limit_open_files: None,
             stderr: None,
             session_home: false,
             allowed_hosts: Vec::new(),
@@ -278,6 +295,10 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
             "--input-wait-ms" => s.input_wait_ms = Some(number(name, &value()?)?),
             "--max-parked-per-consumer" => s.max_parked_per_consumer = Some(number(name, &value()?)?),
             "--max-parked-per-worker" => s.max_parked_per_worker = Some(number(name, &value()?)?),
+            "--limit-memory-mb" => s.limit_memory_mb = Some(number(name, &value()?)?),
+            "--limit-processes" => s.limit_processes = Some(number(name, &value()?)?),
+            "--limit-cpu-seconds" => s.limit_cpu_seconds = Some(number(name, &value()?)?),
+            "--limit-open-files" => s.limit_open_files = Some(number(name, &value()?)?),
             "--stderr" => s.stderr = Some(value()?),
             "--env" => s.env.push(env_entry(&value()?, getenv)?),
             "--allowed-host" => s.allowed_hosts.push(value()?),
@@ -357,6 +378,10 @@ mod tests {
             (None, None, None, None, None)
         );
         assert_eq!((s.stderr, s.session_home, s.user), (None, false, None));
+        assert_eq!(
+            (s.limit_memory_mb, s.limit_processes, s.limit_cpu_seconds, s.limit_open_files),
+            (None, None, None, None)
+        );
     }
 
     #[test]
@@ -367,6 +392,12 @@ mod tests {
         assert_eq!((s2.max_sessions_per_node, s2.slow_client_timeout_ms), (Some(7), Some(900)));
         assert_eq!(s2.status_uri.as_deref(), Some("/-/status"));
         assert_eq!(s.env, [("A".to_string(), "1".to_string()), ("B".to_string(), "x=y".to_string())]);
+        let limits =
+            serve("serve --limit-memory-mb 512 --limit-cpu-seconds=30 --limit-processes 4000 --limit-open-files 64");
+        assert_eq!(
+            (limits.limit_memory_mb, limits.limit_cpu_seconds, limits.limit_processes, limits.limit_open_files),
+            (Some(512), Some(30), Some(4000), Some(64))
+        );
         let s3 = serve("serve --session-home --user nobody --stderr log");
         assert!(s3.session_home);
         assert_eq!((s3.user.as_deref(), s3.stderr.as_deref()), (Some("nobody"), Some("log")));
@@ -395,6 +426,7 @@ mod tests {
         assert!(err("run").contains("unknown command"));
         assert!(err("serve --log-level loud").contains("--log-level: unknown log level \"loud\" (one of debug,"));
         assert!(err("serve --max-sessions-per-node x").contains("whole number"));
+        assert!(err("serve --limit-memory-mb -1").contains("--limit-memory-mb needs a whole number"));
         assert!(err("serve --session-home=yes").contains("takes no value"));
         assert!(parse(&[String::from("serve"), String::from("--env"), String::new()], &no_env).is_err());
         for option in ["--status-uri", "--metrics-uri"] {

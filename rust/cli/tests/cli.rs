@@ -299,6 +299,11 @@ impl Session {
 
     /// The next SSE event: (event name, data).
     fn event(&mut self) -> (String, String) {
+        self.next_event().expect("stream ended")
+    }
+
+    /// The next SSE event, or None once the stream has ended.
+    fn next_event(&mut self) -> Option<(String, String)> {
         loop {
             if let Some(end) = self.pending.find("\n\n") {
                 let block: String = self.pending.drain(..end + 2).collect();
@@ -311,15 +316,19 @@ impl Session {
                     }
                 }
                 if !data.is_empty() {
-                    return (event, data);
+                    return Some((event, data));
                 }
                 continue; // a keepalive comment
             }
             // One chunk of the chunked response.
             let mut size = String::new();
-            assert_ne!(self.stream.read_line(&mut size).expect("chunk size"), 0, "stream closed");
+            if self.stream.read_line(&mut size).expect("chunk size") == 0 {
+                return None;
+            }
             let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).expect("chunk size");
-            assert_ne!(size, 0, "stream ended");
+            if size == 0 {
+                return None;
+            }
             let mut chunk = vec![0; size + 2];
             self.stream.read_exact(&mut chunk).expect("chunk");
             self.pending.push_str(&String::from_utf8_lossy(&chunk[..size]));
@@ -363,6 +372,20 @@ impl Session {
     fn tool(&mut self, id: u64, name: &str) -> String {
         let result = self.call(id, "tools/call", json!({"name": name, "arguments": {}}));
         result["content"][0]["text"].as_str().expect("text result").to_string()
+    }
+
+    /// The messages left on the stream, until it ends.
+    fn rest(&mut self) -> Vec<Value> {
+        std::iter::from_fn(|| self.next_event())
+            .filter(|(event, _)| event == "message")
+            .map(|(_, data)| serde_json::from_str(&data).expect("JSON message"))
+            .collect()
+    }
+
+    /// The backend's pid (the fixture's `pid` tool).
+    fn backend_pid(&mut self, id: u64) -> i32 {
+        let ids: Value = serde_json::from_str(&self.tool(id, "pid")).expect("pid JSON");
+        ids["pid"].as_i64().expect("pid") as i32
     }
 
     /// The backend's environment and its process's uid.
@@ -421,6 +444,11 @@ fn a_bad_option_is_reported_in_one_line_naming_the_option() {
     assert_ne!(code, 0);
     assert!(err.contains("mcp-bridge: invalid configuration: --base-uri must be empty or a path"), "{err}");
     assert!(!err.contains("base_uri") && !err.contains("stack traceback"), "{err}");
+    // A member of the route's limits is named as its option too.
+    let (code, err) = run(&["serve", "--listen", &addr, "--limit-memory-mb", "8", "--", "cat"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("mcp-bridge: invalid configuration: --limit-memory-mb must be at least 16, got 8"), "{err}");
+    assert!(!err.contains("limits.") && !err.contains("stack traceback"), "{err}");
 }
 
 #[test]
@@ -935,4 +963,151 @@ fn a_list_change_reaches_the_listeners_of_every_workers_pool() {
     for (i, listener) in listeners.iter_mut().enumerate() {
         assert!(read_until(listener, "notifications/tools/list_changed"), "listener {i} heard nothing");
     }
+}
+
+/// What a session that ran away said: the stderr lines and the error of
+/// the call in flight, and whether another session answered each of its
+/// calls within 2 s meanwhile (not starved; no speed claim beyond that).
+struct Runaway {
+    pid: i32,
+    stderr: Vec<String>,
+    error: String,
+    other_answered: bool,
+}
+
+/// Calls `tool` of the fixture in a new session and reads its stream to
+/// its end, while `other` is asked the time every 50 ms.
+fn run_away(port: u16, other: &mut Session, next_id: &mut u64, tool: &str, arguments: Value) -> Runaway {
+    let mut hog = Session::open(port);
+    hog.initialize();
+    let pid = hog.backend_pid(2);
+    hog.post(
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}),
+    );
+    let reader = std::thread::spawn(move || hog.rest());
+    let mut other_answered = true;
+    loop {
+        let done = reader.is_finished();
+        let asked = Instant::now();
+        *next_id += 1;
+        assert!(!other.tool(*next_id, "time").is_empty());
+        other_answered &= asked.elapsed() < Duration::from_secs(2);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let messages = reader.join().expect("reader");
+    let stderr = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/stderr")
+        .map(|m| m["params"]["content"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let error = messages.iter().find(|m| m["id"] == 7).map(|m| m["error"].to_string()).unwrap_or_default();
+    Runaway { pid, stderr, error, other_answered }
+}
+
+fn metric(port: u16, series: &str) -> f64 {
+    metrics(port).get(series).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn a_backend_over_its_cpu_limit_ends_its_session_and_the_metrics_say_why() {
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    let args = ["--metrics-uri", "/-/metrics", "--limit-cpu-seconds", "1", "--", &fixture];
+    let gateway = Gateway::start(&args, |_| {});
+    let mut other = Session::open(gateway.port);
+    other.initialize();
+    let mut id = 10;
+    let spin = run_away(gateway.port, &mut other, &mut id, "spin", json!({}));
+    assert!(spin.error.contains("backend killed by signal 24 on reaching its CPU time limit"), "{}", spin.error);
+    assert!(spin.other_answered, "the other session was starved while the hog spun");
+    let series = r#"mcp_bridge_sessions_ended_total{route="gateway",transport="sse",reason="limit_cpu"}"#;
+    assert!(wait_until(Duration::from_secs(5), || metric(gateway.port, series) == 1.0), "{:?}", metrics(gateway.port));
+    assert!(!running(spin.pid as u32));
+}
+
+/// Processes and threads of user `uid` (what RLIMIT_NPROC counts).
+fn tasks_of(uid: u32) -> u64 {
+    let mut tasks = 0;
+    for entry in std::fs::read_dir("/proc").expect("/proc").filter_map(Result::ok) {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("");
+        let real_uid = field("Uid:").split_whitespace().next().and_then(|u| u.parse::<u32>().ok());
+        if real_uid == Some(uid) {
+            tasks += field("Threads:").parse::<u64>().unwrap_or(1);
+        }
+    }
+    tasks
+}
+
+/// Processes in process group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let after = stat.rsplit(") ").next().unwrap_or("");
+            after.split_whitespace().nth(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        })
+        .collect()
+}
+
+#[test]
+fn as_root_runaway_backends_of_user_nobody_are_stopped_by_their_limits_and_leave_nothing() {
+    if euid() != 0 {
+        eprintln!("skipped: --user for another user needs root");
+        return;
+    }
+    let fixture = workspace_built().to_string_lossy().into_owned();
+    let pid_dir = Scratch::new("runaway-pids");
+    std::fs::set_permissions(&pid_dir.0, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let pids = pid_dir.0.to_string_lossy().into_owned();
+    // RLIMIT_NPROC counts every process and thread of the user: what nobody
+    // runs now, and room for the gateway's own and a few dozen more.
+    let processes = (tasks_of(65534) + 60).to_string();
+    let args = ["--user", "nobody", "--metrics-uri", "/-/metrics", "--limit-processes", &processes];
+    let args = [&args[..], &["--limit-memory-mb", "128", "--", &fixture, "--pid-dir", &pids]].concat();
+    let gateway = Gateway::start(&args, |_| {});
+    let mut other = Session::open(gateway.port);
+    other.initialize();
+    let mut id = 10;
+
+    let bomb = run_away(gateway.port, &mut other, &mut id, "fork_bomb", json!({"max": 2000}));
+    let said = bomb.stderr.join("\n");
+    assert!(said.contains("Resource temporarily unavailable"), "{said}");
+    let forked: u64 = said
+        .split("fork failed after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(forked > 0, "the limit left no room to fork at all: {said}");
+    assert!(bomb.error.contains("backend exited with status 1"), "{}", bomb.error);
+    assert!(bomb.other_answered, "the other session was starved during the fork bomb");
+    // The children it forked are in its process group, which goes with it.
+    assert!(
+        eventually(Duration::from_secs(5), || group_members(bomb.pid).is_empty()),
+        "left: {:?}",
+        group_members(bomb.pid)
+    );
+
+    let hog = run_away(gateway.port, &mut other, &mut id, "hog_memory", json!({"max_mb": 1024}));
+    let said = hog.stderr.join("\n");
+    assert!(said.contains("hog_memory: an allocation failed after"), "{said}");
+    assert!(hog.error.contains("backend exited with status 1"), "{}", hog.error);
+    assert!(hog.other_answered, "the other session was starved during the memory hog");
+    assert!(eventually(Duration::from_secs(5), || !running(hog.pid as u32)));
+
+    // Neither can be told from any other exit: both count as such.
+    let series = r#"mcp_bridge_sessions_ended_total{route="gateway",transport="sse",reason="backend_exited"}"#;
+    assert!(wait_until(Duration::from_secs(5), || metric(gateway.port, series) == 2.0), "{:?}", metrics(gateway.port));
+    drop(other);
+    assert!(
+        eventually(Duration::from_secs(5), || live_backends(&pid_dir.0).is_empty()),
+        "{:?}",
+        live_backends(&pid_dir.0)
+    );
 }

@@ -20,15 +20,30 @@ for name, spec in pairs(config.schema.properties) do
 end
 "#;
 
-fn schema_defaults() -> BTreeMap<String, String> {
+/// Prints the name of every member of `limits` (which have no defaults:
+/// one not given is the host's own limit).
+const LIMITS_SCRIPT: &str = r#"
+package.path = os.getenv("MCP_BRIDGE_LUA") .. "/?.lua;" .. package.path
+ngx = {}
+local config = require("apisix.plugins.mcp.bridge.config")
+for name in pairs(config.schema.properties.limits.properties) do
+    print(name)
+end
+"#;
+
+fn luajit(script: &str) -> String {
     let lua = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lua");
     let out = Command::new("luajit")
-        .args(["-e", SCRIPT])
+        .args(["-e", script])
         .env("MCP_BRIDGE_LUA", lua)
         .output()
         .unwrap_or_else(|e| panic!("cannot run luajit ({e}): install it with `apt-get install luajit2`"));
     assert!(out.status.success(), "luajit: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn schema_defaults() -> BTreeMap<String, String> {
+    let text = luajit(SCRIPT);
     let defaults: BTreeMap<String, String> = text
         .lines()
         .filter_map(|l| l.split_once('\t'))
@@ -96,6 +111,21 @@ fn the_defaults_the_help_shows_are_config_luas() {
         }
     }
     assert!(drift.is_empty(), "the help and config.lua disagree:\n{}", drift.join("\n"));
+}
+
+#[test]
+fn every_limit_has_an_option_and_none_has_a_default_but_the_hosts() {
+    let options = usage_options();
+    let limits = luajit(LIMITS_SCRIPT);
+    let names: Vec<&str> = limits.lines().collect();
+    assert!(names.contains(&"cpu_seconds"), "no limits read from config.lua: {limits}");
+    for name in names {
+        let option = format!("--limit-{}", name.replace('_', "-"));
+        let text =
+            options.get(&option).unwrap_or_else(|| panic!("config.lua's limits.{name} has no {option} in the help"));
+        let shown = bracketed(text).unwrap_or_default();
+        assert!(shown.starts_with("inherited"), "{option} shows [{shown}]: a limit not given is the host's own");
+    }
 }
 
 #[test]

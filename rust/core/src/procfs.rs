@@ -16,6 +16,8 @@ pub struct Stat {
     pub state: u8,
     pub ppid: i32,
     pub pgrp: i32,
+    /// CPU time the process itself used, user and system (clock ticks).
+    pub cpu_ticks: u64,
     pub start_time: u64,
 }
 
@@ -39,8 +41,10 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let state = *rest.next()?.as_bytes().first()?;
     let ppid = rest.next()?.parse().ok()?;
     let pgrp = rest.next()?.parse().ok()?;
-    let start_time = rest.nth(16)?.parse().ok()?;
-    Some(Stat { pid, state, ppid, pgrp, start_time })
+    let utime: u64 = rest.nth(8)?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    let start_time = rest.nth(6)?.parse().ok()?;
+    Some(Stat { pid, state, ppid, pgrp, cpu_ticks: utime + stime, start_time })
 }
 
 /// Reads `/proc/<pid>/stat`; `None` when the process does not exist.
@@ -176,6 +180,7 @@ mod tests {
         let line = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         let s = parse_stat(line).expect("parse");
         assert_eq!((s.pid, s.state, s.ppid, s.pgrp, s.start_time), (4242, b'S', 1, 4242, 987654));
+        assert_eq!(s.cpu_ticks, 3, "utime 1 + stime 2");
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("1 (x) S 0").is_none());
     }

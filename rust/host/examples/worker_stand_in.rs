@@ -20,7 +20,8 @@ fn main() {
     let spec = r#"{"command":"sh","args":["-c","sleep 1000 & exec sleep 1001"],"env":{},"kill_grace_ms":2000,
         "max_message_bytes":4096,"stderr":"notify","keepalive_interval_ms":0,"session_home":false,
         "session_idle_timeout_ms":60000,"session_max_lifetime_ms":60000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":1,
-        "pool_max_per_worker":1,"pool_idle_timeout_ms":1000,"pool_max_requests":1,"pool_max_age_ms":1000,"pool_wait_ms":1000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256}"#;
+        "pool_max_per_worker":1,"pool_idle_timeout_ms":1000,"pool_max_requests":1,"pool_max_age_ms":1000,"pool_wait_ms":1000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256,
+        "limits":{"memory_mb":null,"processes":null,"cpu_seconds":null,"open_files":null}}"#;
     let mut conn = std::os::unix::net::UnixStream::connect(host.socket_path()).expect("connect");
     let binding = b"\x00\x05test\n";
     let mut frame = vec![b'S'];

@@ -1,5 +1,5 @@
 //! Starting a backend: no shell, argv as given, a minimal environment, its
-//! own process group, and a clean signal state.
+//! own process group, a clean signal state and the route's resource limits.
 
 use crate::escapees::MARKER_VAR;
 use crate::spec::SpawnSpec;
@@ -158,6 +158,7 @@ pub fn spawn(spec: &SpawnSpec, defaults: &Defaults, marker: &str, home: Option<&
         command.current_dir(cwd);
     }
     let descriptor_limit = defaults.descriptor_limit;
+    let limits = spec.limits.plan();
     // SAFETY: only async-signal-safe system calls in the closure.
     unsafe {
         command.pre_exec(move || {
@@ -165,6 +166,8 @@ pub fn spawn(spec: &SpawnSpec, defaults: &Defaults, marker: &str, home: Option<&
             if let Some(soft) = descriptor_limit {
                 procs::restore_descriptor_limit(soft)?;
             }
+            // After the descriptor limit: the route's open_files wins.
+            limits.apply()?;
             procs::cloexec_from(3)?;
             // If the host is killed outright, its backends must not outlive it.
             procs::die_with_parent(libc::SIGKILL, host)
@@ -175,7 +178,11 @@ pub fn spawn(spec: &SpawnSpec, defaults: &Defaults, marker: &str, home: Option<&
             io::ErrorKind::PermissionDenied => "the MCP server's command cannot be run",
             _ => "the MCP server could not be started",
         };
-        SpawnError::new(reason, format!("cannot start \"{}\" as {}: {e}", spec.command, running_as()))
+        let limits = match spec.limits.any() {
+            true => format!(" (it runs under limits: {})", spec.limits),
+            false => String::new(),
+        };
+        SpawnError::new(reason, format!("cannot start \"{}\" as {}: {e}{limits}", spec.command, running_as()))
     })?;
     let pid = child.id() as i32;
     let pipes = (|| -> io::Result<Backend> {
@@ -225,7 +232,8 @@ mod tests {
                 "kill_grace_ms":0,"max_message_bytes":1024,"stderr":"log","keepalive_interval_ms":0,
                 "session_home":false,"session_idle_timeout_ms":1000,"session_max_lifetime_ms":1000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":1,
                 "pool_max_per_worker":1,"pool_idle_timeout_ms":1000,"pool_max_requests":1,"pool_max_age_ms":1000,
-                "pool_wait_ms":1000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256}"#,
+                "pool_wait_ms":1000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256,
+                "limits":{"memory_mb":null,"processes":null,"cpu_seconds":null,"open_files":null}}"#,
         )
         .expect("spec");
         let defaults = Defaults { home: PathBuf::from("/h"), dir: PathBuf::from("/d"), descriptor_limit: None };

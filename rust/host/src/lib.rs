@@ -19,6 +19,7 @@ pub mod events;
 pub mod frame;
 pub mod host;
 pub mod http;
+pub mod limits;
 pub mod lines;
 pub mod log;
 pub mod mcp;

@@ -14,8 +14,10 @@ use crate::backend::SpawnError;
 use crate::binding::Binding;
 use crate::child::{Child, Output};
 use crate::host::Host;
+use crate::limits::limits_note;
 use crate::log;
 use crate::mcp::{self, Shape};
+use crate::reaper::Exit;
 use crate::spec::SpawnSpec;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -39,6 +41,10 @@ const QUIET_AFTER_CANCEL: Duration = Duration::from_millis(50);
 /// A backend that keeps talking this long after a cancelled call is ended
 /// rather than lent again.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long the end of a backend's output waits for its exit, to tell a
+/// backend that exited from one that only closed its output.
+const EXIT_AFTER_EOF: Duration = Duration::from_millis(100);
 
 /// What a call on a pooled backend hears from it.
 pub enum CallEvent {
@@ -468,8 +474,14 @@ impl MemberTask {
                     }
                     Output::Stderr(_) => {}
                     Output::Closed { too_long: true } => break "it wrote a line over max_message_bytes",
-                    Output::Closed { too_long: false } if self.child.exit_status().is_some() => break "it exited",
-                    Output::Closed { too_long: false } => break "it closed its output",
+                    Output::Closed { too_long: false } => {
+                        // A backend that exits closes its output first: its
+                        // exit, a moment later, says why it went.
+                        match tokio::time::timeout(EXIT_AFTER_EOF, self.child.wait_exit()).await {
+                            Ok(Some(_)) => break "it exited",
+                            _ => break "it closed its output",
+                        }
+                    }
                 },
                 _ = tokio::time::sleep_until(quiet_until), if self.draining.is_some() => {
                     // Quiet since the cancelled call: lent again from here.
@@ -581,7 +593,7 @@ impl MemberTask {
         if let Some(pools) = self.pools.upgrade() {
             pools.gone(&self.pool, self.child.pid);
         }
-        let pid = self.child.pid;
+        let (pid, limits) = (self.child.pid, limits_note(&self.child.spec));
         let (teardown, took, exit) = self.child.end(&self.host, Instant::now()).await;
         let reason = match why {
             "it was idle too long" => "idle_timeout",
@@ -590,10 +602,11 @@ impl MemberTask {
             "it wrote a line over max_message_bytes" => "oversized_line",
             "it closed its output" => "backend_closed_output",
             "it kept talking after a cancelled call" => "recycled",
-            _ => "backend_exited",
+            _ => exit.and_then(Exit::limit_reason).unwrap_or("backend_exited"),
         };
         self.host.events.session_ended(&self.pool.key, TRANSPORT, &self.id, reason, took);
         let status = exit.map(|e| format!(", backend {e}")).unwrap_or_default();
-        log!(Info, "pooled backend {pid} of {} ended: {why}{status}; {teardown}", self.pool.key);
+        let limits = if reason == "backend_exited" { limits.as_str() } else { "" };
+        log!(Info, "pooled backend {pid} of {} ended: {why}{status}{limits}; {teardown}", self.pool.key);
     }
 }

@@ -2,14 +2,17 @@
 //!
 //! The host is a child subreaper, so a backend's descendants that lose their
 //! parent become its children too. One SIGCHLD can stand for several exits
-//! (signals coalesce), so each wake-up reaps with `waitpid(-1, WNOHANG)`
-//! until nothing is left. A backend's status goes to whoever watches its
-//! pid; every reaping also wakes the sessions waiting for their process
-//! group to empty.
+//! (signals coalesce), so each wake-up reaps until nothing is left. Each
+//! exit is looked at before it is reaped (`waitid` with `WNOWAIT`): a
+//! process killed by SIGKILL is still there to say whether its CPU limit
+//! did it. A backend's status goes to whoever watches its pid; every
+//! reaping also wakes the sessions waiting for their process group to
+//! empty.
 
+use crate::limits;
 use crate::log;
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -23,6 +26,29 @@ use tokio::sync::{oneshot, Notify};
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// Killed by the kernel on reaching its CPU time limit: SIGXCPU at the
+    /// soft limit, or SIGKILL at the hard one.
+    CpuLimit(i32),
+}
+
+impl Exit {
+    /// The session end reason, for metrics, when a limit ended the process.
+    pub fn limit_reason(self) -> Option<&'static str> {
+        match self {
+            Exit::CpuLimit(_) => Some("limit_cpu"),
+            Exit::Code(_) | Exit::Signal(_) => None,
+        }
+    }
+
+    /// How a process killed by `signal` ended; `pid` is its zombie, not
+    /// reaped yet.
+    fn killed(pid: i32, signal: i32) -> Exit {
+        // Only the kernel's CPU limit sends SIGXCPU (or the process itself).
+        if signal == libc::SIGXCPU || (signal == libc::SIGKILL && limits::cpu_limit_reached(pid)) {
+            return Exit::CpuLimit(signal);
+        }
+        Exit::Signal(signal)
+    }
 }
 
 impl fmt::Display for Exit {
@@ -30,6 +56,7 @@ impl fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exited with status {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::CpuLimit(s) => write!(f, "killed by signal {s} on reaching its CPU time limit"),
         }
     }
 }
@@ -85,24 +112,9 @@ impl Reaper {
     /// Reaps every child that has exited.
     pub fn reap_all(&self) {
         let mut any = false;
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => {
-                    any = true;
-                    self.dispatch(pid.as_raw(), Exit::Code(code));
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                    any = true;
-                    self.dispatch(pid.as_raw(), Exit::Signal(sig as i32));
-                }
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_) => continue,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    log!(Error, "waitpid: {e}");
-                    break;
-                }
-            }
+        while let Some((pid, exit)) = reap_one() {
+            any = true;
+            self.dispatch(pid, exit);
         }
         if any {
             self.reaped.notify_waiters();
@@ -118,6 +130,46 @@ impl Reaper {
             None => {
                 self.orphans_reaped.set(self.orphans_reaped.get() + 1);
                 log!(Info, "reaped adopted process {pid} ({exit})");
+            }
+        }
+    }
+}
+
+/// Reaps one child that has exited, if there is one.
+fn reap_one() -> Option<(i32, Exit)> {
+    let (pid, exit) = loop {
+        // SAFETY: an all-zero siginfo_t is valid; waitid writes into it and
+        // si_pid/si_status read what it wrote for a child's exit.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) } != 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::ECHILD => return None,
+                e => {
+                    log!(Error, "waitid: {e}");
+                    return None;
+                }
+            }
+        }
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return None;
+        }
+        let exit = match info.si_code {
+            libc::CLD_EXITED => Exit::Code(status),
+            _ => Exit::killed(pid, status),
+        };
+        break (pid, exit);
+    };
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(_) => return Some((pid, exit)),
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                // Not reaped: looking again would find the same exit forever.
+                log!(Error, "waitpid({pid}): {e}");
+                return None;
             }
         }
     }

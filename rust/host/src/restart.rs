@@ -31,10 +31,15 @@ pub struct Restarts {
     initialized: Option<Vec<u8>>,
 }
 
-/// Whether an exit is one a restart answers: a failure status or a signal.
-/// An exit the reaper could not tell (`None`) is not.
+/// Whether an exit is one a restart answers: a failure status or a signal
+/// (a CPU limit's included). An exit the reaper could not tell (`None`) is
+/// not.
 pub fn is_crash(exit: Option<Exit>) -> bool {
-    matches!(exit, Some(Exit::Code(c)) if c != 0) || matches!(exit, Some(Exit::Signal(_)))
+    match exit {
+        Some(Exit::Code(c)) => c != 0,
+        Some(Exit::Signal(_) | Exit::CpuLimit(_)) => true,
+        None => false,
+    }
 }
 
 impl Restarts {
@@ -156,6 +161,7 @@ mod tests {
     fn only_failures_are_crashes() {
         assert!(is_crash(Some(Exit::Code(1))));
         assert!(is_crash(Some(Exit::Signal(9))));
+        assert!(is_crash(Some(Exit::CpuLimit(24))));
         assert!(!is_crash(Some(Exit::Code(0))));
         assert!(!is_crash(None));
     }

@@ -3,6 +3,7 @@
 //! one place that knows the defaults). Every field but `cwd` is required:
 //! the worker always sends the whole configuration.
 
+use crate::limits::Limits;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,6 +59,8 @@ pub struct SpawnSpec {
     pub input_wait_ms: u64,
     pub max_parked_per_consumer: usize,
     pub max_parked_per_worker: usize,
+    /// Resource limits of every backend of the route, pooled ones too.
+    pub limits: Limits,
 }
 
 impl SpawnSpec {
@@ -108,7 +111,8 @@ mod tests {
         "session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,
         "restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,
         "pool_max_age_ms":3600000,"pool_wait_ms":5000,
-        "input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256}"#;
+        "input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256,
+        "limits":{"memory_mb":null,"processes":null,"cpu_seconds":null,"open_files":null}}"#;
 
     #[test]
     fn a_whole_request_parses() {
@@ -117,6 +121,7 @@ mod tests {
         assert_eq!(spec.kill_grace(), Duration::from_secs(2));
         assert_eq!(spec.stderr, StderrMode::Notify);
         assert_eq!(spec.keepalive_interval(), Some(Duration::from_secs(15)));
+        assert!(!spec.limits.any(), "null limits leave the host's");
     }
 
     #[test]
@@ -134,5 +139,7 @@ mod tests {
         assert!(with("stderr", r#""loud""#).is_err());
         assert!(with("max_message_bytes", "0").unwrap_err().contains("is 0"));
         assert!(with("future_field", "1").unwrap_err().contains("unknown field"));
+        assert!(with("limits", "{}").unwrap_err().contains("missing field"), "every limit is sent");
+        assert!(with("limits", r#"{"memory_mb":"64","processes":null,"cpu_seconds":null,"open_files":null}"#).is_err());
     }
 }

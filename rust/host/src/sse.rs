@@ -13,6 +13,7 @@ use crate::binding::Binding;
 use crate::child::private_home;
 use crate::frame::{self, AckStatus, Kind, HEADER_LEN};
 use crate::host::{Host, Registered, SessionInfo, Transport};
+use crate::limits::limits_note;
 use crate::lines::{Line, LineReader};
 use crate::log;
 use crate::message;
@@ -561,18 +562,24 @@ impl Running {
             rundir::remove(home);
         }
         let why = describe(outcome.ended, exit, self.spec.max_message_bytes);
+        let mut reason = outcome.ended.token();
         if outcome.ended.by_backend() {
+            // A limit is the reason, unless a restart bound ended the session.
+            if matches!(outcome.ended, End::BackendExited | End::OutputClosed) {
+                reason = exit.and_then(Exit::limit_reason).unwrap_or(reason);
+            }
             log!(
                 Warn,
-                "session {}: the MCP server \"{}\" ended the session {} ms after it started: {why}; {}",
+                "session {}: the MCP server \"{}\" ended the session {} ms after it started: {why}; {}{}",
                 self.pid,
                 self.spec.command,
                 self.started_at.elapsed().as_millis(),
-                self.tail.describe()
+                self.tail.describe(),
+                limits_note(&self.spec)
             );
         }
         let info = &self.info;
-        self.host.events.session_ended(&info.binding, TRANSPORT, &info.id, outcome.ended.token(), teardown_took);
+        self.host.events.session_ended(&info.binding, TRANSPORT, &info.id, reason, teardown_took);
         if !client_gone {
             let last = send_last_frames(&self.writer, self.pending.take(), &why);
             let _ = tokio::time::timeout(EXIT_WRITE_LIMIT, last).await;

@@ -20,9 +20,11 @@ use crate::backend::SpawnError;
 use crate::child::{Child, Output, Refused};
 use crate::host::{Host, Registered, SessionInfo, Transport};
 use crate::http::{relay, Body, Item, Reply, Request};
+use crate::limits::limits_note;
 use crate::log;
 use crate::mcp::{self, code, Form, Message, Shape};
 use crate::message;
+use crate::reaper::Exit;
 use crate::restart::{self, Restarts};
 use crate::spec::SpawnSpec;
 use mcp_bridge_core::random;
@@ -852,19 +854,25 @@ impl Session {
         if let Some(stream) = self.standalone.take() {
             let _ = stream.try_send(Item::End);
         }
+        let mut reason = ended.token();
         if ended.by_backend() {
+            // A limit is the reason, unless a restart bound ended the session.
+            if matches!(ended, End::BackendExited | End::OutputClosed) {
+                reason = exit.and_then(Exit::limit_reason).unwrap_or(reason);
+            }
             log!(
                 Warn,
-                "session {}: the MCP server \"{}\" ended the session {} ms after it started: {why}; {}",
+                "session {}: the MCP server \"{}\" ended the session {} ms after it started: {why}; {}{}",
                 self.child.pid,
                 self.child.spec.command,
                 self.child.started.elapsed().as_millis(),
-                self.child.tail.describe()
+                self.child.tail.describe(),
+                limits_note(&self.child.spec)
             );
         }
         let pid = self.child.pid;
         let (teardown, took, _) = self.child.end(&self.host, since).await;
-        self.host.events.session_ended(&self.info.binding, TRANSPORT, &self.info.id, ended.token(), took);
+        self.host.events.session_ended(&self.info.binding, TRANSPORT, &self.info.id, reason, took);
         log!(Info, "session {pid}: ended: {why}; {teardown}");
     }
 }

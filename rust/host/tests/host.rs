@@ -643,3 +643,129 @@ fn a_watching_worker_hears_of_sessions_and_their_traffic() {
     let teardown_ms: f64 = events[2][6].parse().expect("milliseconds");
     assert!(teardown_ms >= 0.0);
 }
+
+/// (soft, hard) of the limit named `name` ("Max cpu time", ...) of `pid`.
+fn rlimit_of(pid: i32, name: &str) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
+    let mut values = line[name.len()..].split_whitespace();
+    (values.next().expect("soft").to_string(), values.next().expect("hard").to_string())
+}
+
+const LIMITS: &str = r#"{"limits": {"memory_mb": 64, "processes": 500, "cpu_seconds": 7, "open_files": 40}}"#;
+
+#[test]
+fn a_backend_runs_under_its_routes_limits_and_otherwise_under_the_hosts() {
+    let host = TestHost::start("limits");
+    let limited = host.spawn(&sh("exec sleep 1000", LIMITS)).expect("limited");
+    let plain = host.spawn(&sh("exec sleep 1000", "")).expect("plain");
+    let _guard = KillOnDrop(vec![limited.pid, plain.pid]);
+    // Once sleep runs (exec is done), its limits are the ones it keeps.
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{}/comm", limited.pid)).is_ok_and(|c| c.trim() == "sleep")
+    }));
+    let pair = |soft: &str, hard: &str| (soft.to_string(), hard.to_string());
+    assert_eq!(rlimit_of(limited.pid, "Max address space"), pair("67108864", "67108864"));
+    assert_eq!(rlimit_of(limited.pid, "Max processes"), pair("500", "500"));
+    assert_eq!(rlimit_of(limited.pid, "Max cpu time"), pair("7", "8"), "SIGKILL one CPU second after SIGXCPU");
+    assert_eq!(rlimit_of(limited.pid, "Max open files"), pair("40", "40"));
+    // Without limits: what the host was started with (the test's own),
+    // the descriptor limit included, which the host raises for itself only.
+    let me = std::process::id() as i32;
+    for name in ["Max address space", "Max processes", "Max cpu time", "Max open files"] {
+        assert_eq!(rlimit_of(plain.pid, name), rlimit_of(me, name), "{name}");
+    }
+}
+
+#[test]
+fn a_memory_limit_too_small_to_start_the_backend_ends_its_session_at_once() {
+    let host = TestHost::start("limits-start");
+    let mut s = host.spawn(&sh("exec cat", r#"{"limits": {"memory_mb": 1}}"#)).expect("spawned");
+    let _guard = KillOnDrop(vec![s.pid]);
+    // The dynamic loader cannot map the C library, says so and exits.
+    let stderr = s.message();
+    assert!(
+        stderr.contains("notifications/stderr") && stderr.contains("error while loading shared libraries"),
+        "{stderr}"
+    );
+    match s.frame() {
+        Some((b'X', why)) => assert_eq!(why, "backend exited with status 127"),
+        other => panic!("expected an exit frame, got {other:?}"),
+    }
+    assert!(wait_until(Duration::from_secs(5), || !exists(s.pid)));
+}
+
+/// Events of a watch, as tab-separated fields, until `done` says enough.
+fn events_until(
+    watch: &mut std::os::unix::net::UnixStream,
+    mut done: impl FnMut(&[String]) -> bool,
+) -> Vec<Vec<String>> {
+    let mut events = Vec::new();
+    loop {
+        let (kind, payload) = read_frame(watch).expect("an event");
+        if kind != b'V' {
+            continue;
+        }
+        let event: Vec<String> = String::from_utf8(payload).expect("utf8").split('\t').map(String::from).collect();
+        let last = done(&event);
+        events.push(event);
+        if last {
+            return events;
+        }
+    }
+}
+
+#[test]
+fn a_backend_over_its_cpu_limit_ends_its_session_which_is_told_as_limit_cpu() {
+    let host = TestHost::start("limit-cpu");
+    let mut watch = host.connect();
+    write_frame(&mut watch, b'W', b"");
+    std::thread::sleep(Duration::from_millis(100));
+    let spin = r#"{"limits": {"cpu_seconds": 1}}"#;
+    let cases = [
+        // SIGXCPU's default action ends it at the soft limit.
+        ("echo '{\"spinning\":1}'; while :; do :; done", "killed by signal 24 on reaching its CPU time limit"),
+        // Ignoring SIGXCPU buys one CPU second, then SIGKILL.
+        (
+            "trap '' XCPU; echo '{\"spinning\":1}'; while :; do :; done",
+            "killed by signal 9 on reaching its CPU time limit",
+        ),
+    ];
+    for (script, expected) in cases {
+        let mut other = host.spawn(&sh("exec cat", "")).expect("other session");
+        let mut hog = host.spawn(&sh(script, spin)).expect("hog");
+        let _guard = KillOnDrop(vec![hog.pid, other.pid]);
+        assert_eq!(hog.message(), r#"{"spinning":1}"#);
+        // While it spins, the other session keeps answering (no speed
+        // claim: only that it is not starved).
+        let mut d = Delivery::new(&host);
+        let mut answered = 0;
+        while exists(hog.pid) && pgid(hog.pid).is_some() {
+            let asked = Instant::now();
+            assert_eq!(d.send(&other.id, format!("{{\"n\":{answered}}}").as_bytes()).0, b'0');
+            assert_eq!(other.message(), format!("{{\"n\":{answered}}}"));
+            assert!(asked.elapsed() < Duration::from_secs(2), "a round trip took {:?}", asked.elapsed());
+            answered += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(answered > 0, "the other session answered while the hog ran");
+        match hog.frame() {
+            Some((b'X', why)) => assert_eq!(why, format!("backend {expected}")),
+            other => panic!("expected an exit frame, got {other:?}"),
+        }
+        let events = events_until(&mut watch, |e| e[0] == "ended" && e[4] == hog.id);
+        let ended = events.last().expect("ended");
+        assert_eq!(ended[5], "limit_cpu", "{ended:?}");
+        assert!(wait_until(Duration::from_secs(5), || !exists(hog.pid)), "nothing of the hog is left");
+        drop(other.conn);
+        assert!(wait_until(Duration::from_secs(5), || !exists(other.pid)));
+    }
+    // A backend killed by someone else is not said to have hit its limit.
+    let s = host.spawn(&sh("exec sleep 1000", spin)).expect("sleeper");
+    let _guard = KillOnDrop(vec![s.pid]);
+    // SAFETY: kill with a positive pid.
+    unsafe { libc::kill(s.pid, libc::SIGKILL) };
+    let events = events_until(&mut watch, |e| e[0] == "ended" && e[4] == s.id);
+    assert_eq!(events.last().expect("ended")[5], "backend_exited");
+    assert_eq!(host.stats()["sessions"], 0);
+}

@@ -180,7 +180,8 @@ pub fn spawn_as(mut conn: UnixStream, route: &str, consumer: &str, spec: &str) -
 }
 
 /// A whole spawn request for `command` with `args`, the tests' defaults
-/// overridden by the fields of `extra` (a JSON object, or empty).
+/// overridden by the fields of `extra` (a JSON object, or empty; its
+/// `limits` sets those it names).
 pub fn spec(command: &str, args: &[&str], extra: &str) -> String {
     let mut spec = serde_json::json!({
         "command": command, "args": args, "env": {}, "kill_grace_ms": 2000,
@@ -190,11 +191,20 @@ pub fn spec(command: &str, args: &[&str], extra: &str) -> String {
         "pool_min_idle": 0, "pool_max_per_key": 4, "pool_max_per_worker": 16, "pool_idle_timeout_ms": 300000,
         "pool_max_requests": 1000, "pool_max_age_ms": 3600000, "pool_wait_ms": 5000,
         "input_wait_ms": 60000, "max_parked_per_consumer": 16, "max_parked_per_worker": 256,
+        "limits": {"memory_mb": null, "processes": null, "cpu_seconds": null, "open_files": null},
     });
     if !extra.is_empty() {
         let more: serde_json::Value = serde_json::from_str(extra).expect("extra json");
         for (k, v) in more.as_object().expect("object") {
-            spec[k] = v.clone();
+            match (k.as_str(), v.as_object()) {
+                // Limits the test does not name stay null (unset).
+                ("limits", Some(limits)) => {
+                    for (name, value) in limits {
+                        spec["limits"][name] = value.clone();
+                    }
+                }
+                _ => spec[k] = v.clone(),
+            }
         }
     }
     spec.to_string()

@@ -10,6 +10,7 @@ local floor = math.floor
 local format = string.format
 local gsub = string.gsub
 local ipairs = ipairs
+local match = string.match
 local next = next
 local pairs = pairs
 local setmetatable = setmetatable
@@ -117,6 +118,28 @@ _M.schema = {
         max_parked_per_worker = { type = "integer", minimum = 1, maximum = 65536, default = 256,
                                   description = "stateless calls in one worker that may wait "
                                                 .. "for input at once" },
+        -- No default: a limit not given is the host's own (nginx's).
+        limits = {
+            type = "object",
+            properties = {
+                memory_mb = { type = "integer", minimum = 16, maximum = 16777216,
+                              description = "address space of each backend process, in MiB "
+                                            .. "(RLIMIT_AS)" },
+                processes = { type = "integer", minimum = 1, maximum = 4194304,
+                              description = "processes and threads of the backends' user at "
+                                            .. "which a backend's fork fails (RLIMIT_NPROC, "
+                                            .. "counted per user, not per backend)" },
+                cpu_seconds = { type = "integer", minimum = 1, maximum = 31536000,
+                                description = "CPU time of each backend process: SIGXCPU, then "
+                                              .. "SIGKILL a CPU second later (RLIMIT_CPU)" },
+                open_files = { type = "integer", minimum = 3, maximum = 1048576,
+                               description = "open files of each backend process "
+                                             .. "(RLIMIT_NOFILE)" },
+            },
+            additionalProperties = false,
+            description = "resource limits of every backend process of the route, applied "
+                          .. "before it starts; a limit not given is the host's own",
+        },
     },
     required = { "command" },
 }
@@ -191,6 +214,10 @@ check_type = function(name, spec, v)
         if type(v) ~= "table" or (next(v) ~= nil and is_array(v)) then
             return format("%s must be an object", name)
         end
+        if spec.properties then
+            -- Members are checked by check_members, which names them.
+            return nil
+        end
         for k, item in pairs(v) do
             if type(k) ~= "string" then
                 return format("%s must have string keys", name)
@@ -214,6 +241,11 @@ local function attribute_name(field)
 end
 
 local function option_name(field)
+    -- A member of limits: limits.memory_mb is --limit-memory-mb.
+    local limit = match(field, "^limits%.(.+)$")
+    if limit then
+        return "--limit-" .. gsub(limit, "_", "-")
+    end
     return CLI_NAMES[field] or "--" .. gsub(field, "_", "-")
 end
 
@@ -243,6 +275,40 @@ local function check_env(env, name)
         if k == "" or find(k, "=", 1, true) then
             return format("%s key %s must be a non-empty name without \"=\"", name("env"),
                           json.string(k))
+        end
+    end
+    return nil
+end
+
+local function sorted_keys(t)
+    local keys = {}
+    for k in pairs(t) do
+        keys[#keys + 1] = tostring(k)
+    end
+    sort(keys)
+    return keys
+end
+
+-- The members of an object field with fixed members (limits): each is
+-- named `field.member`, and a member the schema does not know is refused.
+local function check_members(field, spec, v, name)
+    local unknown = {}
+    for k in pairs(v) do
+        if type(k) ~= "string" or spec.properties[k] == nil then
+            unknown[#unknown + 1] = tostring(k)
+        end
+    end
+    if #unknown > 0 then
+        sort(unknown)
+        return format("unknown field(s) in %s: %s (it knows %s)", name(field),
+                      concat(unknown, ", "), concat(sorted_keys(spec.properties), ", "))
+    end
+    for _, k in ipairs(sorted_keys(spec.properties)) do
+        if v[k] ~= nil then
+            local err = check_type(name(field .. "." .. k), spec.properties[k], v[k])
+            if err then
+                return err
+            end
         end
     end
     return nil
@@ -283,6 +349,7 @@ function _M.check(conf, name)
         end
         if v ~= nil then
             local err = check_type(name(k), spec, v)
+                        or (spec.properties and check_members(k, spec, v, name))
             if err then
                 return false, err
             end
@@ -303,6 +370,18 @@ function _M.check(conf, name)
 end
 
 local spawn_requests = setmetatable({}, { __mode = "k" })
+
+local LIMIT_NAMES = sorted_keys(_M.schema.properties.limits.properties)
+
+-- Every limit the host knows, null when not given (the host requires each).
+local function limits_json(limits)
+    local parts = {}
+    for i, k in ipairs(LIMIT_NAMES) do
+        local v = limits and limits[k]
+        parts[i] = json.string(k) .. ":" .. (v and json.integer(v) or "null")
+    end
+    return "{" .. concat(parts, ",") .. "}"
+end
 
 -- The Spawn frame payload for a checked `conf` (cached per conf table).
 function _M.spawn_request(conf)
@@ -334,6 +413,7 @@ function _M.spawn_request(conf)
         ',"input_wait_ms":', json.integer(conf.input_wait_ms),
         ',"max_parked_per_consumer":', json.integer(conf.max_parked_per_consumer),
         ',"max_parked_per_worker":', json.integer(conf.max_parked_per_worker),
+        ',"limits":', limits_json(conf.limits),
     }
     if conf.cwd then
         parts[#parts + 1] = ',"cwd":'
