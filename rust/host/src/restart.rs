@@ -148,7 +148,8 @@ mod tests {
             "restart_on_crash": true, "max_restarts": max, "restart_window_ms": window_ms,
             "pool_min_idle": 0, "pool_max_per_key": 1, "pool_max_per_worker": 1,
             "pool_idle_timeout_ms": 1000, "pool_max_requests": 1, "pool_max_age_ms": 1000, "pool_wait_ms": 0,
-            "input_wait_ms": 1000, "max_parked_per_consumer": 1, "max_parked_per_worker": 1
+            "input_wait_ms": 1000, "max_parked_per_consumer": 1, "max_parked_per_worker": 1,
+            "limits": {"memory_mb": null, "processes": null, "cpu_seconds": null, "open_files": null}
         }))
         .expect("spec");
         let on = Restarts::new(&spec).expect("on");
