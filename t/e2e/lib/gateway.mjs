@@ -29,6 +29,8 @@ if (external && !process.env.MCP_BRIDGE_E2E_PID_DIR) {
 }
 // Why a test that stops the gateway does not run, or false.
 export const stopSkip = external ? "the gateway is not ours to stop (MCP_BRIDGE_E2E_URL)" : false;
+// For a test that starts a gateway of its own with other options.
+export const ownGatewaySkip = external ? "it needs a gateway of its own (MCP_BRIDGE_E2E_URL)" : false;
 
 export function freePort() {
   return new Promise((resolve, reject) => {
