@@ -6,7 +6,10 @@
 #               mcp-proxy
 #               (prints a table, rewrites docs/benchmarks.md)
 #   make profile  host and nginx instructions per round trip (callgrind)
-#   make chaos  the chaos run (CHAOS_SECONDS=120, CHAOS_SEED to replay one)
+#   make chaos  the chaos run with its HTTP fuzz (CHAOS_SECONDS=120,
+#               CHAOS_SEED to replay one)
+#   make fuzz   coverage-guided fuzzing of the host's parsers, FUZZ_SECONDS=60
+#               per target (needs a nightly Rust; installs cargo-fuzz)
 #   make apisix-test  the plugin inside a real Apache APISIX built from source
 #               (APISIX_TESTBED=/opt/apisix-testbed; make test runs it when there)
 
@@ -16,7 +19,7 @@ WORKERS ?= 1
 CMD ?=
 APISIX_TESTBED ?= /opt/apisix-testbed
 
-.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench profile chaos clean
+.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench profile chaos fuzz clean
 
 all: build
 
@@ -57,6 +60,9 @@ profile: bench-deps build
 chaos: build
 	python3 ci/chaos.py
 
+fuzz:
+	bash ci/fuzz.sh
+
 clean:
 	cargo clean
-	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules ci/bench/.venv .bench
+	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules ci/bench/.venv .bench fuzz/target

@@ -165,6 +165,24 @@ pub fn printable(bytes: &[u8], max: usize) -> String {
     s
 }
 
+/// What the scanner accepts, serde_json accepts too, with the same ids; a
+/// text it does not accept gets serde_json's answer. Panics otherwise (the
+/// property test and the fuzz target `jsonrpc` hold the scanner to it).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn assert_scanner_agrees_with_serde(text: &[u8]) {
+    let slow = inspect_with_serde(text);
+    match scan::scan(text) {
+        Some(top) => {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(text).is_ok(),
+                "the scanner accepted what serde_json refuses"
+            );
+            assert_eq!(Ok(ids_of(text, top)), slow, "the scanner found other ids than serde_json");
+        }
+        None => assert_eq!(inspect(text), slow, "a text the scanner left to serde_json got another answer"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,13 +272,7 @@ mod tests {
         /// ids; a message it does not accept gets serde_json's answer.
         #[test]
         fn the_scanner_agrees_with_serde_json(text in prop_oneof![near_json(), prop::collection::vec(any::<u8>(), 0..40)]) {
-            let slow = inspect_with_serde(&text);
-            if let Some(top) = scan::scan(&text) {
-                prop_assert!(serde_json::from_slice::<serde_json::Value>(&text).is_ok());
-                prop_assert_eq!(Ok(ids_of(&text, top)), slow);
-            } else {
-                prop_assert_eq!(inspect(&text), slow);
-            }
+            assert_scanner_agrees_with_serde(&text);
         }
     }
 
