@@ -6,8 +6,10 @@
 #               mcp-proxy
 #               (prints a table, rewrites docs/benchmarks.md)
 #   make profile  host and nginx instructions per round trip (callgrind)
-#   make chaos  the chaos runs, without and with restart_on_crash
-#               (CHAOS_SECONDS=120 each, CHAOS_SEED to replay one)
+#   make chaos  the chaos runs with their HTTP fuzz, without and with
+#               restart_on_crash (CHAOS_SECONDS=120 each, CHAOS_SEED to replay one)
+#   make fuzz   coverage-guided fuzzing of the host's parsers, FUZZ_SECONDS=60
+#               per target (needs a nightly Rust; installs cargo-fuzz)
 #   make apisix-test  the plugin inside a real Apache APISIX built from source
 #               (APISIX_TESTBED=/opt/apisix-testbed; make test runs it when there)
 
@@ -17,7 +19,7 @@ WORKERS ?= 1
 CMD ?=
 APISIX_TESTBED ?= /opt/apisix-testbed
 
-.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench profile chaos clean
+.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench profile chaos fuzz clean
 
 all: build
 
@@ -59,6 +61,9 @@ chaos: build
 	python3 ci/chaos.py
 	python3 ci/chaos.py --restart-on-crash
 
+fuzz:
+	bash ci/fuzz.sh
+
 clean:
 	cargo clean
-	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules ci/bench/.venv .bench
+	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules ci/bench/.venv .bench fuzz/target

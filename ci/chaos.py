@@ -25,6 +25,13 @@ session ids still accepted, shared-dict keys left. Last it stops the gateway
 and checks that nothing it started is left. Prints one table; exits 1 if any
 leak or check figure is not 0 or the gateway stopped serving.
 
+Meanwhile an HTTP fuzz (ci/httpfuzz.py) sends random requests on every
+endpoint over raw sockets: random methods, headers, query strings, bodies
+and chunk sizes, split and slow writes, early closes. Every status must be
+one docs/mcp-bridge.md lists, the fuzz's own sessions must answer each
+request they accepted exactly once, and the error log must show no worker
+crash and no [alert], [crit] or [emerg] the chaos does not explain.
+
 Every choice comes from a seeded RNG (session #i has a stream of its own), so
 CHAOS_SEED=<seed> replays a run's choices; the interleaving still depends on
 timing.
@@ -34,7 +41,8 @@ MAX_RESTARTS times per session): a crash must then cost its session only the
 requests in flight, warn the client, and leave the session serving, until
 the crash past the bound ends it as without restarts.
 
-Usage: ci/chaos.py [--seconds N] [--short] [--seed N] [--clients N] [--keep] [--restart-on-crash]
+Usage: ci/chaos.py [--seconds N] [--short] [--seed N] [--clients N] [--fuzz-threads N] [--no-fuzz] [--keep]
+                   [--restart-on-crash]
 Environment: CHAOS_SECONDS (default 120), CHAOS_SEED.
 """
 import argparse
@@ -55,6 +63,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import httpfuzz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -174,10 +184,15 @@ EXPECTED_LOG = [
     # behind), or that died while the POST was delivered: 404.
     (re.compile(r"^connect\(\) to unix:\S+ failed \(N: Connection refused\) \[(POST|GET|DELETE)"), "kills"),
     (re.compile(r"^send\(\) failed \(N: Broken pipe\) \[(POST|GET|DELETE)"), "kills"),
+    # nginx itself, on the HTTP fuzz's malformed bodies.
+    (re.compile(r"^client sent invalid chunked body"), "fuzz"),
 ]
-# Error-log lines that are a bug whatever caused them.
+# Error-log lines that are a bug whatever caused them: Lua errors, a panic,
+# a process that crashed (only the chaos's SIGKILLs are expected).
 BUG_LOG = re.compile(r"runtime error|lua entry thread aborted|attempt to (index|call|compare|perform|concatenate)"
-                     r"|panicked|stack traceback")
+                     r"|panicked|stack traceback|exited on signal (?!9$)\d+")
+# Levels at which a line the chaos does not explain is a bug too.
+GRAVE_LEVELS = ("emerg", "alert", "crit")
 
 
 def free_port():
@@ -2312,6 +2327,7 @@ class Run:
         self.stuck = 0
         self.chaos_seconds = 0.0
         self.ends = collections.Counter()
+        self.fuzz = None
 
     def track(self, stream):
         with self._lock:
@@ -2621,9 +2637,9 @@ def log_groups(path):
     return groups
 
 
-def drive_chaos(gateway, seed, seconds, clients):
-    """Runs the clients, the chaos and the RSS sampler for `seconds`, then
-    stops driving and closes every client connection."""
+def drive_chaos(gateway, seed, seconds, clients, fuzz_threads):
+    """Runs the clients, the HTTP fuzz, the chaos and the RSS sampler for
+    `seconds`, then stops driving and closes every client connection."""
     run = Run(gateway, seed, clients)
     run.sampling_done = threading.Event()
     run.sampler = threading.Thread(target=run.sample, args=(run.sampling_done,), daemon=True)
@@ -2632,6 +2648,10 @@ def drive_chaos(gateway, seed, seconds, clients):
     schedule = chaos_schedule(random.Random(f"{seed}/schedule"), seconds)
     threads = [threading.Thread(target=run.chaos, args=(schedule, started), daemon=True)]
     threads += [threading.Thread(target=run.drive, daemon=True) for _ in range(clients)]
+    if fuzz_threads:
+        run.fuzz = httpfuzz.Fuzz(gateway.port, BASE_URI, [STATUS_URI, METRICS_URI], seed, run.stats, run.stop,
+                                 run.disrupted_since, MAX_MESSAGE)
+        threads += [threading.Thread(target=run.fuzz.run, args=(i,), daemon=True) for i in range(fuzz_threads)]
     for t in threads:
         t.start()
     run.stop.wait(seconds)
@@ -2872,7 +2892,14 @@ def measure(gateway, run):
         (f"requests hung (no response in {ANSWER_LIMIT} s, or only at a TTL)", run.stats.count["requests hung"]),
         ("stateless replies with another call's notifications",
          run.stats.count["stateless: replies with another call's notifications"]),
-        ("unexpected HTTP statuses", run.stats.count["unexpected statuses"]),
+        ("unexpected HTTP statuses (the fuzz's included)", run.stats.count["unexpected statuses"]),
+        ("fuzz: complete requests without an answer", run.stats.count["fuzz: complete requests without an answer"]),
+        ("fuzz: accepted requests never answered", run.stats.count["fuzz: accepted requests never answered"]),
+        ("fuzz: requests answered twice", run.stats.count["fuzz: requests answered twice"]),
+        ("fuzz: refused requests that reached the backend",
+         run.stats.count["fuzz: refused requests that reached the backend"]),
+        ("fuzz: Streamable replies without exactly one response",
+         run.stats.count["fuzz: Streamable replies without exactly one response"]),
         ("left after the gateway stopped", len(left)),
     ]
     for pid in sorted(live | zombies | left):
@@ -2888,8 +2915,9 @@ def print_log_groups(run, path):
         return 0
     c = run.stats.count
     causes = {"worker kills": c["worker kills"], "host kills": c["host kills"], "reloads": c["reloads"],
-              "kills": c["worker kills"] + c["host kills"], "resets": c["resets"],
-              "oversized bodies": run.stats.statuses[("POST /message (bad input)", 413)]}
+              "kills": c["worker kills"] + c["host kills"], "resets": c["resets"] + c["fuzz: closed early"],
+              "oversized bodies": run.stats.statuses[("POST /message (bad input)", 413)]
+              + c["fuzz: requests sent"], "fuzz": c["fuzz: requests sent"]}
     bugs = 0
     print("\ngateway error log, [error] and above, grouped:")
     for (level, msg), n in sorted(groups.items(), key=lambda kv: -kv[1]):
@@ -2898,9 +2926,17 @@ def print_log_groups(run, path):
             bugs += n
         elif any(p.match(msg) and causes[cause] for p, cause in EXPECTED_LOG):
             tag = "expected"
+        elif level in GRAVE_LEVELS:
+            tag = "BUG"
+            bugs += n
         else:
             tag = "look"
         print(f"  {n:6d}  {tag:8s} [{level}] {msg}")
+    # Each SIGKILL of a worker explains one such line, no more.
+    crashed = sum(n for (_, msg), n in groups.items() if msg == "worker process N exited on signal 9")
+    if crashed > c["worker kills"]:
+        print(f"  {crashed} workers ended by SIGKILL, {c['worker kills']} killed by the chaos: BUG")
+        bugs += crashed - c["worker kills"]
     return bugs
 
 
@@ -2915,6 +2951,15 @@ def print_statuses_and_findings(run):
         print(f"\nfindings (with the first session #; CHAOS_SEED={run.seed} replays its choices):")
         for what, n in run.stats.findings.most_common():
             print(f"  {n:6d}  {what}  (#{run.stats.first_session.get(what)})")
+
+
+def fuzz_statuses(run):
+    """Every status the HTTP fuzz got, with counts."""
+    codes = collections.Counter()
+    for (what, code), n in run.stats.statuses.items():
+        if what.startswith("fuzz "):
+            codes[code] += n
+    return ", ".join(f"{code} x{n}" for code, n in sorted(codes.items())) or "none"
 
 
 def print_table(run, elapsed, leaks, final_failures):
@@ -2993,6 +3038,16 @@ def print_table(run, elapsed, leaks, final_failures):
         ("  crashes answered with an error", str(c["stateless: crashes answered with an error"])),
         ("  grandchildren of pooled backends", str(c["stateless: grandchildren of pooled backends"])),
         ("  pooled backends' ends (metrics)", ends("pool")),
+        ("HTTP fuzz requests", f"{c['fuzz: requests sent']} sent (whole {c['fuzz: writes whole']}, split "
+         f"{c['fuzz: writes split']}, slow {c['fuzz: writes slow']}, closed early {c['fuzz: writes early close']})"
+         if run.fuzz else "off"),
+        ("  their statuses", fuzz_statuses(run)),
+        ("  unanswered", f"{c['fuzz: incomplete requests left unanswered']} incomplete by design, "
+         f"{c['fuzz: malformed requests closed without an answer']} malformed closed by nginx, "
+         f"{c['fuzz: unanswered after a kill or reload']} after a kill or reload"),
+        ("  own sessions", f"HTTP+SSE requests accepted and answered once {c['fuzz: own requests accepted and answered']} "
+         f"(+{c['fuzz: own requests lost to a kill']} lost to a kill); Streamable requests answered once "
+         f"{c['fuzz: own Streamable requests answered once']}"),
         ("429s", str(c["429s"])),
         ("worker kills", str(c["worker kills"])),
         ("host kills", str(c["host kills"])),
@@ -3026,6 +3081,8 @@ def main():
     ap.add_argument("--short", action="store_true", help=f"{SHORT_SECONDS} s of chaos, for make test")
     ap.add_argument("--seed", type=int, default=None, help="replay a run's choices (default: $CHAOS_SEED or random)")
     ap.add_argument("--clients", type=int, default=24, help="clients driven at once (default 24)")
+    ap.add_argument("--fuzz-threads", type=int, default=2, help="senders of the HTTP fuzz (default 2)")
+    ap.add_argument("--no-fuzz", action="store_true", help="no HTTP fuzz")
     ap.add_argument("--keep", action="store_true", help="keep the gateway's log and files even if all went well")
     ap.add_argument("--restart-on-crash", action="store_true",
                     help=f"the gateway restarts crashed backends (at most {MAX_RESTARTS} times per session)")
@@ -3042,12 +3099,13 @@ def main():
     workdir = tempfile.mkdtemp(prefix="mcp-bridge-chaos-")
     os.chmod(workdir, 0o755)
     gateway = Gateway(workdir, free_port())
+    fuzz = "no HTTP fuzz" if args.no_fuzz else f"{args.fuzz_threads} HTTP fuzz senders"
     print(f"chaos: seed {seed} (CHAOS_SEED={seed} replays its choices), {seconds:g} s, {args.clients} clients, "
-          f"gateway on 127.0.0.1:{gateway.port}{', restart_on_crash' if RESTARTS else ''}", flush=True)
+          f"{fuzz}, gateway on 127.0.0.1:{gateway.port}{', restart_on_crash' if RESTARTS else ''}", flush=True)
     failed = True
     try:
         gateway.start()
-        run = drive_chaos(gateway, seed, seconds, args.clients)
+        run = drive_chaos(gateway, seed, seconds, args.clients, 0 if args.no_fuzz else args.fuzz_threads)
         print(f"chaos: driving stopped after {run.chaos_seconds:.1f} s; waiting for sessions to end", flush=True)
         leaks, problems, final_failures = measure(gateway, run)
         bugs = print_log_groups(run, gateway.log_path)

@@ -1283,3 +1283,74 @@ a patient client: 200, slots 1
 DELETE: 200
 processes left: none
 idle: true
+
+
+
+=== TEST 27: header values that are not UTF-8 get the answer any wrong value gets (a fuzz find: they got 503, and an [error] in the log)
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local c = t.client("/mcp")
+        local init = { jsonrpc = "2.0", id = 1, method = "initialize", params = {
+            protocolVersion = "2025-11-25", capabilities = {}, clientInfo = { name = "x", version = "1" } } }
+        ngx.say("initialize, version \\xff: ",
+                t.refusal(c:post(init, { session = false, version = "\xff2025-11-25" })))
+        local _, reply = c:modern("tools/list", {}, { mcp_method = "tools/\xc3" })
+        ngx.say("stateless, Mcp-Method tools/\\xc3: ", t.refusal(reply))
+        _, reply = c:modern("tools/list", {}, { version = "2026-07-28\xfe" })
+        ngx.say("stateless, version 2026-07-28\\xfe: ", t.refusal(reply))
+        assert(c:initialize())
+        ngx.say("in a session, version \\x80: ", t.refusal(c:post({ jsonrpc = "2.0", id = 2, method = "ping" },
+                                                                  { version = "\x80" })))
+        ngx.say("GET, Accept text/event-stream\\xff: ", c:get({ accept = "text/event-stream\xff", version = "\xff" }).status)
+        ngx.say("the session still serves: ", (c:tool("echo", { text = "yes" })))
+        ngx.say("DELETE: ", c:delete().status)
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+initialize, version \xff: 400 -32602 the request has no params._meta id 1
+stateless, Mcp-Method tools/\xc3: 400 -32020 the Mcp-Method header (tools/�) differs from the method (tools/list) id 1
+stateless, version 2026-07-28\xfe: 400 -32020 the MCP-Protocol-Version header (2026-07-28�) differs from params._meta (2026-07-28) id 2
+in a session, version \x80: 400 -32000 unsupported MCP-Protocol-Version "�" id 2
+GET, Accept text/event-stream\xff: 400
+the session still serves: yes
+DELETE: 200
+processes left: none
+idle: true
+
+
+
+=== TEST 28: a refusal that does not read the body, of a request whose chunked body is malformed: 400, never a 500 (a fuzz find: the lua module raised an error when discarding it)
+--- config
+location = /t {
+    content_by_lua_block {
+        local function raw(request)
+            local sock = ngx.socket.tcp()
+            sock:settimeouts(2000, 2000, 5000)
+            assert(sock:connect("127.0.0.1", ngx.var.server_port))
+            assert(sock:send(request))
+            local line, err = sock:receive("*l")
+            sock:close()
+            return line or ("no answer: " .. err)
+        end
+        local bad = "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+        ngx.say("unknown session id: ", raw("POST /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: abc\r\n"
+                                             .. "Content-Type: application/json\r\n" .. bad))
+        ngx.say("wrong Content-Type: ", raw("POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n" .. bad))
+        ngx.say("no sessionId: ", raw("POST /mcp/message HTTP/1.1\r\nHost: x\r\n" .. bad))
+        ngx.say("unknown sessionId: ", raw("POST /mcp/message?sessionId=" .. string.rep("0", 48)
+                                           .. " HTTP/1.1\r\nHost: x\r\n" .. bad))
+    }
+}
+--- response_body
+unknown session id: HTTP/1.1 400 Bad Request
+wrong Content-Type: HTTP/1.1 400 Bad Request
+no sessionId: HTTP/1.1 400 Bad Request
+unknown sessionId: HTTP/1.1 400 Bad Request
+--- no_error_log
+[crit]
+[alert]
+runtime error

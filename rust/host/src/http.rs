@@ -66,11 +66,43 @@ fn take_block<'a>(payload: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]),
     Ok(rest.split_at(len))
 }
 
+impl Headers<'_> {
+    fn into_owned(self) -> Headers<'static> {
+        fn owned(text: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(text.into_owned())
+        }
+        Headers {
+            method: owned(self.method),
+            session: owned(self.session),
+            version: owned(self.version),
+            mcp_method: self.mcp_method.map(owned),
+            mcp_name: self.mcp_name.map(owned),
+            accept: owned(self.accept),
+            slot: self.slot,
+        }
+    }
+
+    /// The headers block of a Request frame. The worker passes a client's
+    /// header values on as they came, escaping only what JSON must: bytes
+    /// that are not UTF-8 are read as U+FFFD, so such a value names no
+    /// version or method and gets the same answer as any other wrong one.
+    fn parse(block: &[u8]) -> Result<Headers<'_>, String> {
+        match serde_json::from_slice(block) {
+            Ok(headers) => Ok(headers),
+            Err(_) if std::str::from_utf8(block).is_err() => {
+                let text = String::from_utf8_lossy(block);
+                serde_json::from_str(&text).map(Headers::into_owned).map_err(|e| format!("headers: {e}"))
+            }
+            Err(e) => Err(format!("headers: {e}")),
+        }
+    }
+}
+
 impl<'a> Request<'a> {
     pub fn parse(payload: &'a [u8]) -> Result<Request<'a>, String> {
         let (binding, rest) = Binding::split(payload)?;
         let (headers, rest) = take_block(rest, "headers")?;
-        let headers: Headers = serde_json::from_slice(headers).map_err(|e| format!("headers: {e}"))?;
+        let headers = Headers::parse(headers)?;
         let (spec, body) = take_block(rest, "spawn request")?;
         Ok(Request { binding, headers, spec, body })
     }
@@ -298,6 +330,29 @@ mod tests {
         cut.truncate(cut.len() - 2);
         assert!(Request::parse(&cut).is_err());
         assert!(Request::parse(&request("nope", "", "")).unwrap_err().contains("headers"));
+    }
+
+    /// A fuzz find: a client's header value that is not UTF-8 made the
+    /// host refuse the whole request, and the client got 503 (the worker
+    /// saw its host close the connection) with an [error] in the log.
+    #[test]
+    fn a_header_value_that_is_not_utf8_still_makes_a_request() {
+        let with_headers = |headers: &[u8]| {
+            let mut out = Binding { route: "r".into(), consumer: String::new() }.encode();
+            for block in [headers, b""] {
+                out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                out.extend_from_slice(block);
+            }
+            out.extend_from_slice(b"{}");
+            out
+        };
+        let payload = with_headers(b"{\"method\":\"POST\",\"version\":\"\xff2025\",\"mcp_name\":\"caf\xc3\xa9 \xc3\"}");
+        let r = Request::parse(&payload).expect("a header value that is not UTF-8 is no reason to refuse the request");
+        assert_eq!(&*r.headers.version, "\u{fffd}2025");
+        assert_eq!(r.headers.mcp_name.as_deref(), Some("caf\u{e9} \u{fffd}"), "what is UTF-8 is kept");
+        assert_eq!((&*r.headers.method, r.body), ("POST", &b"{}"[..]));
+        let err = Request::parse(&with_headers(b"{\"method\":\"\xff\"")).expect_err("cut short");
+        assert!(err.starts_with("headers: "), "other errors are still errors: {err}");
     }
 
     #[tokio::test]

@@ -17,6 +17,8 @@ pub mod endpoint;
 pub mod escapees;
 pub mod events;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod host;
 pub mod http;
 pub mod limits;

@@ -336,6 +336,25 @@ mod tests {
         }
     }
 
+    /// Fuzz finds: a message the scanner leaves to serde_json was written
+    /// again by serde_json and scanned once more, which refused a top-level
+    /// name it had escaped (`"\u0000x"`, `"a\"b"`) and nesting past the
+    /// scanner's own limit: valid requests got 400 "a message must be a
+    /// JSON object".
+    #[test]
+    fn any_message_serde_json_accepts_is_a_message() {
+        let deep = format!("{}1{}", "[".repeat(120), "]".repeat(120));
+        for text in [
+            r#"{"\u0069d":1,"method":"a","\u0000params":{"_meta":{"progressToken":1.5e3}}}"#.to_string(),
+            r#"{"jsonrpc":"2.0","id":1e0,"method":"ping","a\"b":1,"c\\d":2}"#.to_string(),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"deep":{deep}}}}}"#),
+        ] {
+            let (_, shape) = parse(text.as_bytes()).expect("serde_json takes it");
+            let m = Message::parse(text.into_bytes()).expect("so does the bridge");
+            assert!(matches!((m.form(), shape), (Ok(Form::Request { .. }), Shape::Request { .. })));
+        }
+    }
+
     #[test]
     fn errors_carry_the_id_and_data() {
         let e = error(&json!(7), code::UNSUPPORTED_VERSION, "no", Some(json!({"supported": ["x"]})));

@@ -80,13 +80,15 @@ fn inspect_with_serde(bytes: &[u8]) -> Result<Ids, String> {
             let one: Envelope = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
             one.sort_into(&mut ids);
         }
-        Some(b'[') => match serde_json::from_str::<Vec<Envelope>>(text) {
-            Ok(batch) => batch.into_iter().for_each(|m| m.sort_into(&mut ids)),
-            // Not a batch of objects: still passed on if it is JSON at all.
-            Err(_) => {
-                serde_json::from_str::<IgnoredAny>(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        Some(b'[') => {
+            let batch: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            // Only objects are messages: serde would read an array as the
+            // fields of an Envelope too ([[1], "m"] as a request with id [1]).
+            for item in batch.into_iter().filter(|item| item.get().starts_with('{')) {
+                let one: Envelope = serde_json::from_str(item.get()).map_err(|e| format!("not valid JSON: {e}"))?;
+                one.sort_into(&mut ids);
             }
-        },
+        }
         Some(_) => {
             serde_json::from_str::<IgnoredAny>(text).map_err(|e| format!("not valid JSON: {e}"))?;
             return Err("not a JSON object or array".into());
@@ -165,6 +167,24 @@ pub fn printable(bytes: &[u8], max: usize) -> String {
     s
 }
 
+/// What the scanner accepts, serde_json accepts too, with the same ids; a
+/// text it does not accept gets serde_json's answer. Panics otherwise (the
+/// property test and the fuzz target `jsonrpc` hold the scanner to it).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn assert_scanner_agrees_with_serde(text: &[u8]) {
+    let slow = inspect_with_serde(text);
+    match scan::scan(text) {
+        Some(top) => {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(text).is_ok(),
+                "the scanner accepted what serde_json refuses"
+            );
+            assert_eq!(Ok(ids_of(text, top)), slow, "the scanner found other ids than serde_json");
+        }
+        None => assert_eq!(inspect(text), slow, "a text the scanner left to serde_json got another answer"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +202,17 @@ mod tests {
         assert!(check(b"{\"a\":").unwrap_err().contains("not valid JSON"));
         assert!(check(b"{\"a\":\"\xff\"}").unwrap_err().contains("UTF-8"));
         assert!(check(b"{\"a\":1} {\"b\":2}").unwrap_err().contains("not valid JSON"), "two messages");
+    }
+
+    /// A fuzz find: serde read an array in a batch as the fields of a
+    /// message, so `[[[1], "m"]]` held a request with id `[1]`, which a
+    /// client would get an error response for.
+    #[test]
+    fn only_objects_in_a_batch_are_messages() {
+        assert_eq!(inspect(br#"[[[1], "m"], [2, null]]"#).expect("JSON"), Ids::default());
+        let ids = inspect(br#"[[[1], "m"], {"id": 3, "method": "m"}, 4, {"id": 5, "result": {}}]"#).expect("JSON");
+        assert_eq!((ids.requests, ids.responses), (vec!["3".to_string()], vec!["5".to_string()]));
+        assert!(check(b"[[1], ").unwrap_err().contains("not valid JSON"));
     }
 
     #[test]
@@ -254,13 +285,7 @@ mod tests {
         /// ids; a message it does not accept gets serde_json's answer.
         #[test]
         fn the_scanner_agrees_with_serde_json(text in prop_oneof![near_json(), prop::collection::vec(any::<u8>(), 0..40)]) {
-            let slow = inspect_with_serde(&text);
-            if let Some(top) = scan::scan(&text) {
-                prop_assert!(serde_json::from_slice::<serde_json::Value>(&text).is_ok());
-                prop_assert_eq!(Ok(ids_of(&text, top)), slow);
-            } else {
-                prop_assert_eq!(inspect(&text), slow);
-            }
+            assert_scanner_agrees_with_serde(&text);
         }
     }
 

@@ -12,8 +12,12 @@
 
 use std::ops::Range;
 
-/// Nesting deeper than this is left to serde_json (its limit is 128).
+/// Nesting deeper than this is left to serde_json.
 const MAX_DEPTH: usize = 100;
+
+/// serde_json's own nesting limit: no text it wrote from a value it parsed
+/// is deeper. (The scanner's stack of 128 bits holds that much.)
+const SERDE_DEPTH: usize = 128;
 
 /// Numbers longer than this (or with an exponent) are left to serde_json,
 /// which may find them out of range.
@@ -52,13 +56,16 @@ pub struct Scanned {
 /// valid, or not an object or an array of objects (see the module
 /// documentation).
 pub fn scan(text: &[u8]) -> Option<Scanned> {
-    Scanner { b: text, i: 0, breaks: false, any_number: false }.top()
+    Scanner { b: text, i: 0, breaks: false, serialized: false }.top()
 }
 
 /// [`scan`] for a text serde_json wrote from a value it had parsed: its
-/// numbers are certain, whatever their size.
+/// numbers are certain, whatever their size; a member name it escaped holds
+/// a quote, a backslash or a control character, so it is none of those the
+/// bridge looks for; its nesting is within serde_json's limit. So every
+/// object or array of objects it wrote is accepted.
 pub fn scan_serialized(text: &[u8]) -> Option<Scanned> {
-    Scanner { b: text, i: 0, breaks: false, any_number: true }.top()
+    Scanner { b: text, i: 0, breaks: false, serialized: true }.top()
 }
 
 impl Scanner<'_> {
@@ -103,7 +110,7 @@ impl Scanner<'_> {
 /// when that is not certain (a name with escapes, the
 /// name twice, or `range` is not an object): ask serde_json.
 pub fn member(text: &[u8], range: Range<usize>, key: &str) -> Option<Option<Range<usize>>> {
-    let mut s = Scanner { b: &text[..range.end], i: range.start, breaks: false, any_number: true };
+    let mut s = Scanner { b: &text[..range.end], i: range.start, breaks: false, serialized: true };
     if s.peek()? != b'{' {
         return None;
     }
@@ -155,8 +162,9 @@ struct Scanner<'a> {
     i: usize,
     /// Whether whitespace so far held a line break.
     breaks: bool,
-    /// Whether numbers of any size are certain (the text is serde_json's).
-    any_number: bool,
+    /// Whether the text is serde_json's (see [`scan_serialized`]), or one
+    /// `scan` accepted already.
+    serialized: bool,
 }
 
 impl Scanner<'_> {
@@ -199,7 +207,7 @@ impl Scanner<'_> {
                 return None;
             }
             let name_start = self.i + 1;
-            if self.string()? {
+            if self.string()? && !self.serialized {
                 // An escaped name might spell one of interest.
                 return None;
             }
@@ -260,7 +268,7 @@ impl Scanner<'_> {
             // A value starts here.
             match self.peek()? {
                 open @ (b'{' | b'[') => {
-                    if depth + level >= MAX_DEPTH {
+                    if depth + level >= if self.serialized { SERDE_DEPTH } else { MAX_DEPTH } {
                         return None;
                     }
                     let object = open == b'{';
@@ -345,7 +353,7 @@ impl Scanner<'_> {
             }
             self.digits();
         }
-        if self.any_number {
+        if self.serialized {
             if matches!(self.peek(), Some(b'e' | b'E')) {
                 self.i += 1;
                 if matches!(self.peek(), Some(b'+' | b'-')) {

@@ -16,6 +16,7 @@ use crate::host::{Host, Registered, SessionInfo, Transport};
 use crate::limits::limits_note;
 use crate::lines::{Line, LineReader};
 use crate::log;
+use crate::mcp;
 use crate::message;
 use crate::reaper::Exit;
 use crate::restart::{self, Restarts, SSE_REPLAY_ID};
@@ -71,14 +72,12 @@ const STDOUT_BUFFER: usize = 16 * 1024;
 /// message.
 pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
     let unknown = || (AckStatus::UnknownSession, "session not found".to_string());
-    let Some(id) = payload.get(..SESSION_ID_LEN).and_then(|id| std::str::from_utf8(id).ok()) else {
-        return unknown();
-    };
+    let Some((id, rest)) = split_delivery(&payload) else { return unknown() };
     let sessions = host.sessions.borrow();
     let Some(session) = sessions.get(id) else { return unknown() };
     // A session of another route or consumer, or of the other transport,
     // looks exactly like none.
-    let Some(message) = session.info.binding.strip(&payload[SESSION_ID_LEN..]) else { return unknown() };
+    let Some(message) = session.info.binding.strip(rest) else { return unknown() };
     let Transport::Sse(inbox) = &session.kind else { return unknown() };
     let len = message.len();
     if len > inbox.max_message {
@@ -115,6 +114,12 @@ pub fn deliver(host: &Host, mut payload: Vec<u8>) -> (AckStatus, String) {
     }
 }
 
+/// The session id a Deliver payload starts with, and what follows it.
+pub(crate) fn split_delivery(payload: &[u8]) -> Option<(&str, &[u8])> {
+    let (id, rest) = payload.split_at_checked(SESSION_ID_LEN)?;
+    Some((std::str::from_utf8(id).ok()?, rest))
+}
+
 /// What a session's requests need of it: its backend's stdin and what is
 /// checked before a message goes there.
 pub struct Inbox {
@@ -126,10 +131,14 @@ pub struct Inbox {
 }
 
 /// Ids of the client's requests the backend has not answered yet, so that
-/// a client still gets a response to each if the backend ends first.
+/// a client still gets a response to each if the backend ends first. An id
+/// is known by its canonical text (see `mcp::canonical`): a backend may
+/// write it otherwise than the client did (`"\u00e9"` for `"é"`), and its
+/// response still answers the request.
 #[derive(Default)]
 struct Pending {
-    ids: RefCell<HashMap<String, u64>>,
+    /// By canonical id: the id as the client wrote it, and when it was sent.
+    ids: RefCell<HashMap<String, (String, u64)>>,
     sent: Cell<u64>,
 }
 
@@ -143,7 +152,7 @@ impl Pending {
         for id in ids {
             let n = self.sent.get() + 1;
             self.sent.set(n);
-            pending.insert(id, n);
+            pending.insert(mcp::canonical(id.as_bytes()), (id, n));
         }
     }
 
@@ -153,13 +162,14 @@ impl Pending {
         }
         let mut pending = self.ids.borrow_mut();
         for id in ids {
-            pending.remove(id);
+            pending.remove(&mcp::canonical(id.as_bytes()));
         }
     }
 
-    /// The unanswered ids, oldest first; forgets them.
+    /// The unanswered ids as the client wrote them, oldest first; forgets
+    /// them.
     fn take(&self) -> Vec<String> {
-        let mut ids: Vec<(String, u64)> = self.ids.borrow_mut().drain().collect();
+        let mut ids: Vec<(String, u64)> = self.ids.borrow_mut().drain().map(|(_, sent)| sent).collect();
         ids.sort_by_key(|&(_, n)| n);
         ids.into_iter().map(|(id, _)| id).collect()
     }
@@ -762,5 +772,24 @@ fn describe(ended: End, exit: Option<Exit>, max: usize) -> String {
         End::RestartLimit => format!("backend {status}, past the restart bound (max_restarts)"),
         End::RestartFailed => format!("backend {status} and could not be restarted"),
         End::ReplayRefused => "the restarted backend refused the replayed initialize".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fuzz find: a backend that wrote a request's id otherwise than its
+    /// client (its own escaping of the same string) left the request
+    /// pending, and when the session ended its client got a second
+    /// response for it, an error.
+    #[test]
+    fn a_response_answers_its_request_however_its_id_is_written() {
+        let pending = Pending::default();
+        pending.sent(vec![r#""\u00e9 \"q\" \ud83d\ude00""#.into(), "7".into(), r#""a\/b""#.into()]);
+        pending.answered(&["\"é \\\"q\\\" 😀\"".into(), r#""a/b""#.into()]);
+        assert_eq!(pending.take(), vec!["7".to_string()]);
+        pending.sent(vec!["1".into(), r#""x""#.into()]);
+        assert_eq!(pending.take(), vec!["1".to_string(), r#""x""#.to_string()], "as the client wrote them, in order");
     }
 }

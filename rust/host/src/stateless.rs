@@ -181,7 +181,7 @@ fn validate(request: &Request<'_>, message: &Value, id: &Value, method: &str) ->
 
 /// A header value as sent: surrounding whitespace dropped, and a
 /// `=?base64?…?=` value decoded.
-fn decode_header(value: &str) -> String {
+pub(crate) fn decode_header(value: &str) -> String {
     let value = value.trim();
     match value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) {
         Some(encoded) => base64_decode(encoded).and_then(|b| String::from_utf8(b).ok()).unwrap_or_default(),
@@ -189,7 +189,7 @@ fn decode_header(value: &str) -> String {
     }
 }
 
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let value = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',

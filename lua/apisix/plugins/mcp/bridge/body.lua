@@ -10,6 +10,7 @@ local find = string.find
 local io_open = io.open
 local match = string.match
 local ngx = ngx
+local pcall = pcall
 local req = ngx.req
 local tonumber = tonumber
 
@@ -42,6 +43,15 @@ end
 
 local MALFORMED = "the chunked request body is malformed"
 local EMPTY = "request body is empty; expected a JSON-RPC message"
+_M.MALFORMED = MALFORMED
+
+-- Discards the request body, as a refusal that does not read it must, so
+-- that the client gets the answer rather than a reset. Returns false when
+-- the body is malformed (a chunked body nginx cannot parse: the lua module
+-- raises an error for it, which was a 500): the client gets 400 for that.
+function _M.discard()
+    return (pcall(req.discard_body))
+end
 
 -- Reads a chunked body from the raw connection. Returns the body, or nil
 -- and 413 (over `max`) or 400 (malformed).
@@ -95,7 +105,7 @@ function _M.read(max)
     if declared and declared > max then
         -- nginx reads and drops the rest, so the client gets the answer
         -- instead of a reset.
-        req.discard_body()
+        _M.discard()
         return nil, 413
     end
     local body

@@ -40,6 +40,15 @@ local HOST_SILENCE_MARGIN_MS = 5000
 
 local RETRY_AFTER = { ["Retry-After"] = admission.RETRY_AFTER_SECONDS }
 
+-- A refusal that does not read the body; a body found malformed meanwhile
+-- gets 400 instead.
+local function refuse(status, message)
+    if not request_body.discard() then
+        return respond.error(400, request_body.MALFORMED)
+    end
+    return respond.error(status, message)
+end
+
 -- GET {base_uri}/sse
 function _M.open(route, binding)
     local conf = route.conf
@@ -115,17 +124,14 @@ function _M.deliver(route, binding)
     else
         local args, err = req.get_uri_args(MAX_URI_ARGS)
         if err == "truncated" then
-            req.discard_body()
-            return respond.error(400, "too many query parameters")
+            return refuse(400, "too many query parameters")
         end
         session_id = args.sessionId
         if type(session_id) == "table" then
-            req.discard_body()
-            return respond.error(400, "sessionId must be given once")
+            return refuse(400, "sessionId must be given once")
         end
         if type(session_id) ~= "string" or session_id == "" then
-            req.discard_body()
-            return respond.error(400, "missing sessionId query parameter")
+            return refuse(400, "missing sessionId query parameter")
         end
     end
     -- The session is looked for first: a client gets 404 for a session
@@ -133,8 +139,7 @@ function _M.deliver(route, binding)
     -- while the body arrives, which may take long.
     local sock = hosts.connect_session(session_id, checked)
     if not sock then
-        req.discard_body()
-        return respond.error(404, "session not found")
+        return refuse(404, "session not found")
     end
     hosts.done(sock, true)
 

@@ -43,6 +43,7 @@ local tonumber = tonumber
 local _M = {}
 
 local SERVER_ERROR = -32000
+local PARSE_ERROR = -32700
 local SESSION_NOT_FOUND = -32001
 local ALLOW = { Allow = "GET, POST, DELETE" }
 local RETRY_AFTER = { ["Retry-After"] = admission.RETRY_AFTER_SECONDS }
@@ -174,6 +175,15 @@ local function request_id(body)
     return nil
 end
 
+-- A refusal that does not read the body; a body found malformed meanwhile
+-- gets 400 instead.
+local function refuse(status, code, message, headers)
+    if not request_body.discard() then
+        return respond.rpc_error(400, PARSE_ERROR, request_body.MALFORMED)
+    end
+    return respond.rpc_error(status, code, message, headers)
+end
+
 local function accepts(accept, media)
     return find(accept, media, 1, true) or find(accept, "*/*", 1, true)
 end
@@ -295,8 +305,7 @@ function _M.handle(route, binding)
     local var = ngx.var
     local session = var.http_mcp_session_id or ""
     if session ~= "" and not hosts.is_session_id(session) then
-        req.discard_body()
-        return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found")
+        return refuse(404, SESSION_NOT_FOUND, "Session not found")
     end
     local accept = lower(var.http_accept or "")
     local body = ""
@@ -307,13 +316,11 @@ function _M.handle(route, binding)
             media = lower(match(media or "", "^%s*([^;%s]*)") or "")
         end
         if media ~= "application/json" then
-            req.discard_body()
-            return respond.rpc_error(415, SERVER_ERROR, "Content-Type must be application/json")
+            return refuse(415, SERVER_ERROR, "Content-Type must be application/json")
         end
         if not (accepts(accept, "application/json") and accepts(accept, "text/event-stream")) then
-            req.discard_body()
-            return respond.rpc_error(406, SERVER_ERROR, "Accept must list application/json and "
-                                                        .. "text/event-stream")
+            return refuse(406, SERVER_ERROR, "Accept must list application/json and "
+                                             .. "text/event-stream")
         end
         local status, why
         body, status, why = request_body.read(conf.max_message_bytes)
@@ -323,7 +330,7 @@ function _M.handle(route, binding)
                                          .. route.name("max_message_bytes") .. " ("
                                          .. conf.max_message_bytes .. ")")
             end
-            return respond.rpc_error(400, -32700, why)
+            return respond.rpc_error(400, PARSE_ERROR, why)
         end
     elseif method == "GET" then
         if not accepts(accept, "text/event-stream") then
