@@ -66,4 +66,4 @@ fuzz:
 
 clean:
 	cargo clean
-	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules ci/bench/.venv .bench fuzz/target
+	rm -rf t/servroot t/e2e/node_modules ci/bench/node_modules ci/bench/.venv .bench rust/fuzz/target

@@ -1,6 +1,6 @@
 //! The host's parsers run on arbitrary bytes, the way the host runs them,
 //! with the properties each must keep checked as it goes: the entry points
-//! of the fuzz targets (`fuzz/`, `make fuzz`), and of the tests that replay
+//! of the fuzz targets (`rust/fuzz/`, `make fuzz`), and of the tests that replay
 //! their kept inputs and feed them generated ones. Each function panics
 //! when a property does not hold; any other input must pass.
 //!
@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 /// The fuzz targets, by name: what `make fuzz` runs and what the tests
-/// replay from `fuzz/seeds/<name>` and `fuzz/crashes/<name>`.
+/// replay from `rust/fuzz/seeds/<name>` and `rust/fuzz/crashes/<name>`.
 pub type Target = fn(&[u8]);
 
 pub const TARGETS: [(&str, Target); 4] =
@@ -420,11 +420,11 @@ mod tests {
     use proptest::prelude::*;
     use std::path::Path;
 
-    /// Every input kept in the repository (`fuzz/seeds`, and each crash
-    /// the fuzzers found, once fixed, in `fuzz/crashes`) passes its target.
+    /// Every input kept in the repository (`rust/fuzz/seeds`, and each crash
+    /// the fuzzers found, once fixed, in `rust/fuzz/crashes`) passes its target.
     #[test]
     fn every_kept_fuzz_input_passes_its_target() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         let mut replayed = 0;
         for (name, target) in TARGETS {
             for kind in ["seeds", "crashes"] {

@@ -174,15 +174,16 @@ impl Pending {
         ids.into_iter().map(|(id, _)| id).collect()
     }
 
-    /// The unanswered ids now, in no order.
+    /// The unanswered ids now (canonical), in no order.
     fn snapshot(&self) -> Vec<String> {
         self.ids.borrow().keys().cloned().collect()
     }
 
-    /// Those of `ids` still unanswered, oldest first; forgets them.
+    /// Those of `ids` (canonical, from [`Pending::snapshot`]) still
+    /// unanswered, as the client wrote them, oldest first; forgets them.
     fn take_these(&self, ids: Vec<String>) -> Vec<String> {
         let mut pending = self.ids.borrow_mut();
-        let mut taken: Vec<(String, u64)> = ids.into_iter().filter_map(|id| pending.remove_entry(&id)).collect();
+        let mut taken: Vec<(String, u64)> = ids.iter().filter_map(|id| pending.remove(id)).collect();
         taken.sort_by_key(|&(_, n)| n);
         taken.into_iter().map(|(id, _)| id).collect()
     }
