@@ -603,7 +603,7 @@ the session still works: yes
 
 
 
-=== TEST 14: runaway backends (memory, CPU) are stopped by the route's limits: the call in flight gets an error, the session ends, another session keeps answering meanwhile, nothing is left, and the metrics name the CPU limit
+=== TEST 14: runaway backends (memory, CPU) are stopped by the route's limits: the call in flight gets an error, the session ends, another session keeps answering meanwhile, nothing is left, and the metrics name the limit
 --- config
 location = /t {
     content_by_lua_block {
@@ -673,12 +673,12 @@ location = /t {
                 ngx.sleep(0.01)
             end
         end
-        ngx.say("ended by the CPU limit: ", count("limit_cpu"), ", exited: ", count("backend_exited"))
+        ngx.say("ended by the CPU limit: ", count("limit_cpu"), ", by the memory limit: ", count("limit_memory"))
     }
 }
 --- response_body
 memory: an allocation failed under 128 MiB: true
-memory: the call: -32000 the MCP server ended before responding (backend exited with status 1)
+memory: the call: -32000 the MCP server ended before responding (backend exited with status 1 on reaching its memory limit)
 memory: stream eof, the other session answered: true, backend gone: true
 cpu: the call: -32000 the MCP server ended before responding (backend killed by signal 24 on reaching its CPU time limit)
 cpu: stream eof, the other session answered: true, backend gone: true
@@ -686,9 +686,9 @@ cpu (SIGXCPU ignored): the call: -32000 the MCP server ended before responding (
 cpu: stream eof, the other session answered: true, backend gone: true
 processes left: none
 idle: true
-ended by the CPU limit: 2, exited: 1
+ended by the CPU limit: 2, by the memory limit: 1
 --- error_log eval
-[qr/the MCP server "\S+" ended the session \d+ ms after it started: backend exited with status 1; its last stderr lines?: .*an allocation failed after \d+ MiB.*; it ran under limits: memory_mb 128, cpu_seconds 1/,
+[qr/the MCP server "\S+" ended the session \d+ ms after it started: backend exited with status 1 on reaching its memory limit; its last stderr lines?: .*an allocation failed after \d+ MiB.*; it ran under limits: memory_mb 128, cpu_seconds 1/,
  qr/ended the session \d+ ms after it started: backend killed by signal 24 on reaching its CPU time limit; .*it ran under limits: memory_mb 128, cpu_seconds 1/]
 --- timeout: 30
 

@@ -5,15 +5,14 @@
 //! (signals coalesce), so each wake-up reaps until nothing is left. Each
 //! exit is looked at before it is reaped (`waitid` with `WNOWAIT`): a
 //! process killed by SIGKILL is still there to say whether its CPU limit
-//! did it. A backend's status goes to whoever watches its pid; every
+//! did it, and a failed one what its address-space limit was, which its
+//! peak resident memory (from `wait4`) is compared with. A backend's status goes to whoever watches its pid; every
 //! reaping also wakes the sessions waiting for their process group to
 //! empty.
 
 use crate::limits;
 use crate::log;
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::Pid;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
@@ -29,13 +28,27 @@ pub enum Exit {
     /// Killed by the kernel on reaching its CPU time limit: SIGXCPU at the
     /// soft limit, or SIGKILL at the hard one.
     CpuLimit(i32),
+    /// Failed (an exit status, or a signal when `signalled`) once its peak
+    /// resident memory had reached [`MEMORY_LIMIT_SHARE`] of its
+    /// address-space limit: an allocation failed, and the process with it.
+    MemoryLimit {
+        status: i32,
+        signalled: bool,
+    },
 }
+
+/// The share of a process's address-space limit that its peak resident
+/// memory must have reached for its failure to be put down to that limit
+/// (address space is more than what is resident: libraries, stacks, and
+/// reservations never touched).
+pub const MEMORY_LIMIT_SHARE: f64 = 0.75;
 
 impl Exit {
     /// The session end reason, for metrics, when a limit ended the process.
     pub fn limit_reason(self) -> Option<&'static str> {
         match self {
             Exit::CpuLimit(_) => Some("limit_cpu"),
+            Exit::MemoryLimit { .. } => Some("limit_memory"),
             Exit::Code(_) | Exit::Signal(_) => None,
         }
     }
@@ -57,6 +70,12 @@ impl fmt::Display for Exit {
             Exit::Code(c) => write!(f, "exited with status {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
             Exit::CpuLimit(s) => write!(f, "killed by signal {s} on reaching its CPU time limit"),
+            Exit::MemoryLimit { status, signalled: false } => {
+                write!(f, "exited with status {status} on reaching its memory limit")
+            }
+            Exit::MemoryLimit { status, signalled: true } => {
+                write!(f, "killed by signal {status} on reaching its memory limit")
+            }
         }
     }
 }
@@ -162,15 +181,47 @@ fn reap_one() -> Option<(i32, Exit)> {
         };
         break (pid, exit);
     };
+    // Only a failure needs its memory looked at, and only under a limit.
+    let address_space = match exit {
+        Exit::Code(0) | Exit::CpuLimit(_) | Exit::MemoryLimit { .. } => None,
+        Exit::Code(_) | Exit::Signal(_) => address_space_limit(pid),
+    };
     loop {
-        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(_) => return Some((pid, exit)),
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
+        // SAFETY: wait4 writes the status and the usage into the locals.
+        let mut status = 0;
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            let peak = usage.ru_maxrss.max(0) as f64 * 1024.0;
+            let exit = match (exit, address_space) {
+                (Exit::Code(c), Some(limit)) if peak >= limit as f64 * MEMORY_LIMIT_SHARE => {
+                    Exit::MemoryLimit { status: c, signalled: false }
+                }
+                (Exit::Signal(s), Some(limit)) if peak >= limit as f64 * MEMORY_LIMIT_SHARE => {
+                    Exit::MemoryLimit { status: s, signalled: true }
+                }
+                _ => exit,
+            };
+            return Some((pid, exit));
+        }
+        match Errno::last() {
+            Errno::EINTR if reaped < 0 => continue,
+            e => {
                 // Not reaped: looking again would find the same exit forever.
-                log!(Error, "waitpid({pid}): {e}");
+                log!(Error, "wait4({pid}) returned {reaped}: {e}");
                 return None;
             }
         }
     }
+}
+
+/// The address-space limit (RLIMIT_AS, soft) of `pid`, a zombie not reaped
+/// yet; None when it has none.
+fn address_space_limit(pid: i32) -> Option<u64> {
+    // SAFETY: prlimit with a null new limit only reads into `limit`.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::prlimit(pid, libc::RLIMIT_AS, std::ptr::null(), &mut limit) } != 0 {
+        return None;
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }

@@ -37,7 +37,7 @@ pub struct Restarts {
 pub fn is_crash(exit: Option<Exit>) -> bool {
     match exit {
         Some(Exit::Code(c)) => c != 0,
-        Some(Exit::Signal(_) | Exit::CpuLimit(_)) => true,
+        Some(Exit::Signal(_) | Exit::CpuLimit(_) | Exit::MemoryLimit { .. }) => true,
         None => false,
     }
 }

@@ -689,7 +689,7 @@ fn a_memory_limit_too_small_to_start_the_backend_ends_its_session_at_once() {
         "{stderr}"
     );
     match s.frame() {
-        Some((b'X', why)) => assert_eq!(why, "backend exited with status 127"),
+        Some((b'X', why)) => assert_eq!(why, "backend exited with status 127 on reaching its memory limit"),
         other => panic!("expected an exit frame, got {other:?}"),
     }
     assert!(wait_until(Duration::from_secs(5), || !exists(s.pid)));
