@@ -70,7 +70,10 @@ pub struct CallRun {
     pub call_id: u64,
     pub events: mpsc::Receiver<CallEvent>,
     pub method: String,
-    pub digest: String,
+    /// The call's parameters, for the digest a state binds it to: made
+    /// only when the call is parked, which few are.
+    params: Value,
+    digest: Option<String>,
     /// Capabilities the backend asked for that the client did not declare
     /// (see `stateless::complete`).
     pub refused: Vec<String>,
@@ -80,13 +83,14 @@ pub struct CallRun {
 }
 
 impl CallRun {
-    pub fn new(lease: Lease, call_id: u64, events: mpsc::Receiver<CallEvent>, method: &str, digest: String) -> CallRun {
+    pub fn new(lease: Lease, call_id: u64, events: mpsc::Receiver<CallEvent>, method: &str, params: Value) -> CallRun {
         CallRun {
             lease,
             call_id,
             events,
             method: method.to_string(),
-            digest,
+            params,
+            digest: None,
             refused: Vec::new(),
             waiting: Vec::new(),
             generated: 0,
@@ -154,6 +158,14 @@ impl CallRun {
                 }
             },
         }
+    }
+
+    /// The digest of the call's parameters (see [`digest`]).
+    fn digest(&mut self) -> String {
+        if self.digest.is_none() {
+            self.digest = Some(digest(Some(&std::mem::take(&mut self.params))));
+        }
+        self.digest.clone().unwrap_or_default()
     }
 
     /// The `input_required` result for the waiting questions.
@@ -325,7 +337,7 @@ impl Parked {
     /// past `per_worker` (the error is for the client).
     pub fn reserve(
         &self,
-        run: &CallRun,
+        run: &mut CallRun,
         binding: &Binding,
         wait: Duration,
         per_consumer: usize,
@@ -347,7 +359,7 @@ impl Parked {
             r: binding.route.clone(),
             c: binding.consumer.clone(),
             m: run.method.clone(),
-            d: run.digest.clone(),
+            d: run.digest(),
             e: expires.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         };
         Ok((handle, self.seal(&claims)))
@@ -374,10 +386,17 @@ impl Parked {
     /// The parked call a retry's `state` names, if the state is genuine,
     /// unexpired, of this host, and of this request (route, consumer,
     /// method, parameters). A state is good once: the call leaves here.
-    pub fn resume(&self, state: &str, binding: &Binding, method: &str, digest: &str) -> Result<CallRun, &'static str> {
+    pub fn resume(
+        &self,
+        state: &str,
+        binding: &Binding,
+        method: &str,
+        params: Option<&Value>,
+    ) -> Result<CallRun, &'static str> {
         let claims = self.open(state).ok_or(STALE_STATE)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(u64::MAX);
-        if claims.r != binding.route || claims.c != binding.consumer || claims.m != method || claims.d != digest {
+        if claims.r != binding.route || claims.c != binding.consumer || claims.m != method || claims.d != digest(params)
+        {
             return Err(STALE_STATE);
         }
         if claims.e <= now {

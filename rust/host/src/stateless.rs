@@ -416,11 +416,10 @@ where
             .map_err(|why| refuse(400, &client_id, code::INVALID_PARAMS, &why, None))?,
         false => Input { answers: Answers::default(), state: None },
     };
-    let digest = mrtr::digest(message.get("params"));
     let mut run = match input.state {
         Some(state) => host
             .parked
-            .resume(&state, &request.binding, &method, &digest)
+            .resume(&state, &request.binding, &method, message.get("params"))
             .map_err(|why| refuse(400, &client_id, code::INVALID_PARAMS, why, None))?,
         None => {
             let lease = host
@@ -430,11 +429,15 @@ where
                 .map_err(|r| pool_refusal(r, &client_id))?;
             let call_id = next_call_id();
             message["id"] = json!(call_id);
+            let params = match multi_round {
+                true => message.get("params").cloned().unwrap_or(Value::Null),
+                false => Value::Null,
+            };
             let (events_tx, events) = mpsc::channel(CALL_QUEUE);
             if !lease.call(message, events_tx) {
                 return Err(refuse(502, &client_id, code::SERVER_ERROR, "the MCP server ended", None));
             }
-            CallRun::new(lease, call_id, events, &method, digest)
+            CallRun::new(lease, call_id, events, &method, params)
         }
     };
     run.answer_waiting(&input.answers);
