@@ -31,20 +31,33 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
-/// Waits up to `timeout` for one of `set`; `None` on timeout.
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<libc::c_int> {
+/// Waits up to `timeout` for one of `set`; `None` on timeout. Gives the
+/// signal and the pid of its sender.
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<(libc::c_int, libc::pid_t)> {
     let ts =
         libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     loop {
-        // SAFETY: valid set and timespec; the siginfo pointer may be null.
-        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+        // SAFETY: valid set, siginfo and timespec; si_pid is what the
+        // kernel wrote for this signal.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let sig = unsafe { libc::sigtimedwait(set, &mut info, &ts) };
         if sig > 0 {
-            return Some(sig);
+            return Some((sig, unsafe { info.si_pid() }));
         }
         if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
             continue;
         }
         return None;
+    }
+}
+
+fn signal_name(signal: libc::c_int) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        n => format!("signal {n}"),
     }
 }
 
@@ -160,8 +173,10 @@ pub fn run(
         // listen address, probe every 20 ms (bounded by START_LIMIT).
         let timeout = if ready.is_some() { Duration::from_millis(20) } else { Duration::from_secs(3600) };
         match wait_signal(&waited, timeout) {
-            Some(libc::SIGCHLD) => status = reap(master).0,
-            Some(_) if !stop_sent => {
+            Some((libc::SIGCHLD, _)) => status = reap(master).0,
+            Some((signal, sender)) if !stop_sent => {
+                // Say who: a stop nobody at the terminal asked for is a mystery otherwise.
+                eprintln!("mcp-bridge: stopping: {} from process {sender}", signal_name(signal));
                 // SIGTERM is nginx's fast shutdown: workers exit at once,
                 // their hosts see it and end every session.
                 // SAFETY: signalling our own child.
