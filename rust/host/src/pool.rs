@@ -50,9 +50,6 @@ const EXIT_AFTER_EOF: Duration = Duration::from_millis(100);
 pub enum CallEvent {
     /// A notification related to the call (progress, log messages).
     Notification(Value),
-    /// The backend asked the client for something (its method); the pool
-    /// answered it with an error, since a stateless client cannot be asked.
-    Refused(String),
     /// The backend asks the client something (elicitation, sampling,
     /// roots) in the middle of the call: the call answers it (see `mrtr`)
     /// with [`Lease::answer`].
@@ -566,11 +563,6 @@ impl MemberTask {
                     ),
                 };
                 let _ = self.child.send(answer.to_string().into_bytes());
-                if method != "ping" {
-                    if let Some((_, events)) = &self.current {
-                        let _ = events.send(CallEvent::Refused(method)).await;
-                    }
-                }
                 false
             }
             Shape::Notification { method } => {

@@ -513,7 +513,6 @@ async fn drive(run: &mut CallRun, items: mpsc::Sender<Item>, cx: &CallContext<'_
                 }
                 Item::Message(n.to_string().into_bytes())
             }
-            CallEvent::Refused(_) => continue,
             CallEvent::Asked { id, method, params } => {
                 if !multi_round {
                     let why = format!("{} cannot ask the client anything in {}", cx.method, mcp::MODERN_VERSION);
