@@ -123,8 +123,14 @@ pub fn relay_log(from: impl Read, mut to: impl Write) {
     }
 }
 
+/// Whether `path` holds `pid`, whole (nginx writes it in one `write`).
+fn pid_file_names(path: &Path, pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| text.trim_end().parse() == Ok(pid) && text.ends_with('\n'))
+}
+
 /// Runs nginx until it exits or a stop signal arrives, then waits for every
-/// descendant. `ready` is called once nginx accepts connections on `probe`.
+/// descendant. `ready` is called once nginx accepts connections on `probe`
+/// and its pid file names it: scripts that wait for the banner read it.
 /// Returns nginx's exit status.
 pub fn run(
     binary: &Path,
@@ -187,7 +193,10 @@ pub fn run(
             None => {}
         }
         if let Some(f) = ready.take() {
-            if TcpStream::connect_timeout(&probe, Duration::from_millis(100)).is_ok() {
+            // nginx listens before it writes its pid file.
+            if pid_file_names(&prefix.join("nginx.pid"), master)
+                && TcpStream::connect_timeout(&probe, Duration::from_millis(100)).is_ok()
+            {
                 f();
             } else if started.elapsed() > START_LIMIT {
                 // SAFETY: signalling our own child.

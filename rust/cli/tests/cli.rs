@@ -676,6 +676,41 @@ fn non_loopback_address() -> Option<String> {
         .map(String::from)
 }
 
+/// Scripts that wait for the banner read nginx's pid file next (chaos.py
+/// does), but nginx listens before it writes that file. An nginx that
+/// writes it a second late shows whether the banner waits for it.
+#[test]
+fn the_banner_waits_for_the_pid_file() {
+    let scratch = Scratch::new("slow-pid");
+    let real = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx is installed");
+    let slow = scratch.0.join("slow-nginx");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$1\" = -V ] && exec {real} -V\n\
+             sed 's|pid .*;|pid '\"$2\"'/real.pid;|' \"$4\" > \"$4.slow\"\n\
+             pid=$$\n\
+             (sleep 1; echo $pid > \"$2/nginx.pid\") &\n\
+             exec {real} -p \"$2\" -c \"$4.slow\"\n"
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let prefix = scratch.0.join("prefix");
+    let (prefix_arg, slow_arg) = (prefix.to_string_lossy().into_owned(), slow.to_string_lossy().into_owned());
+    let gateway = Gateway::start(&["--prefix", &prefix_arg, "--nginx", &slow_arg], |_| {});
+    let text = std::fs::read_to_string(prefix.join("nginx.pid")).expect("nginx.pid right after the banner");
+    let master: i32 = text.trim().parse().expect("a pid");
+    let stat = std::fs::read_to_string(format!("/proc/{master}/stat")).expect("the master runs");
+    let parent = stat.rsplit(") ").next().and_then(|r| r.split(' ').nth(1)).and_then(|p| p.parse::<i32>().ok());
+    assert_eq!(parent, Some(gateway.pid()), "{text} is not serve's nginx: {stat}");
+    Session::open(gateway.port).initialize();
+}
+
 #[test]
 fn the_status_report_refuses_other_machines_with_json() {
     let port = free_port();
