@@ -81,14 +81,14 @@ function _M.parse_url(url)
     elseif db ~= "" and (not match(db, "^%d+$") or #db > 5) then
         return url_error(url, "the database must be a number")
     end
-    local host, port = match(hostport, "^%[([%x:.]+)%]:?(%d*)$")
+    local host, colon, port = match(hostport, "^%[([%x:.]+)%](:?)(%d*)$")
     if not host then
-        host, port = match(hostport, "^([%w.-]+):?(%d*)$")
+        host, colon, port = match(hostport, "^([%w.-]+)(:?)(%d*)$")
     end
-    if not host or host == "" then
+    if not host then
         return url_error(url, "missing or invalid host")
     end
-    if find(hostport, ":", 1, true) and port == "" then
+    if colon == ":" and port == "" then
         return url_error(url, "missing port after the colon")
     end
     port = port == "" and 6379 or tonumber(port)
