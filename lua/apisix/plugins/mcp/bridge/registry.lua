@@ -19,6 +19,7 @@ local concat = table.concat
 local find = string.find
 local floor = math.floor
 local match = string.match
+local min = math.min
 local ngx = ngx
 local ngx_log = ngx.log
 local ngx_now = ngx.now
@@ -48,8 +49,8 @@ local OFF = "cluster mode is off"
 -- node_alive answers remembered, forgotten all at once past this many.
 local MAX_REMEMBERED = 1024
 -- After Redis could not be reached, requests in this worker fail at once
--- for this long (at most a renewal period) instead of each paying a
--- connect timeout when Redis is unreachable rather than refusing.
+-- for this long (at most a renewal period): a Redis that times out rather
+-- than refuses would otherwise cost every request a connect timeout.
 local MAX_BACKOFF_MS = 1000
 local MAX_SCAN_ROUNDS = 1000
 
@@ -199,7 +200,7 @@ function _M.new(cluster, opts)
         node_key = prefix .. "node:" .. address,
         lease_ms = lease_ms,
         period_ms = period_ms,
-        backoff = math.min(period_ms, MAX_BACKOFF_MS) / 1000,
+        backoff = min(period_ms, MAX_BACKOFF_MS) / 1000,
         client = redis.new(conn),
         counts = counts,
         lock_key = shm_prefix .. "lock",
@@ -253,7 +254,7 @@ end
 function instance:failed(err, kind)
     if kind == "connection" then
         self.down_until = ngx_now() + self.backoff
-        self.down_err = err
+        self.down_err = "Redis not retried yet after: " .. tostring(err)
     end
     return nil, err
 end
