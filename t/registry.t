@@ -510,3 +510,42 @@ location = /t {
 nodes: 3, shared: 3
 keys: 7
 keys after a lease: []
+
+
+
+=== TEST 9: one worker of a node renews per period, and another takes over when it is gone
+--- config
+location = /t {
+    content_by_lua_block {
+        local rt = require("registrytest")
+        local registry = require("apisix.plugins.mcp.bridge.registry")
+        -- Two instances of the same node stand for two of its workers.
+        local renewals = { 0, 0 }
+        local workers = {}
+        for i = 1, 2 do
+            workers[i] = assert(registry.new(rt.settings("lock", "10.0.0.1:9080"), {
+                counts = function() renewals[i] = renewals[i] + 1; return {} end }))
+            assert(workers[i]:start())
+        end
+        ngx.sleep(1.05)
+        local total = renewals[1] + renewals[2]
+        -- 200 ms periods: about 6 renewals in 1.05 s, not 12.
+        ngx.say("renewals in about 5 periods: ", total >= 4 and total <= 8 or total)
+        local before = renewals[1] + renewals[2]
+        workers[1]:stop()
+        workers[2]:stop()
+        workers[3] = assert(registry.new(rt.settings("lock", "10.0.0.1:9080"), {
+            counts = function() renewals[3] = (renewals[3] or 0) + 1; return {} end }))
+        assert(workers[3]:start())
+        ngx.sleep(1.05)
+        ngx.say("renewals by the first two after they stopped: ", renewals[1] + renewals[2] - before)
+        ngx.say("by the one left: ", renewals[3] >= 4 and renewals[3] <= 7 or renewals[3])
+        ngx.say("lease kept: ", (rt.client():command("EXISTS", "mcp-bridge:lock:node:10.0.0.1:9080")))
+        workers[3]:stop()
+    }
+}
+--- response_body
+renewals in about 5 periods: true
+renewals by the first two after they stopped: 0
+by the one left: true
+lease kept: 1
