@@ -549,3 +549,33 @@ renewals in about 5 periods: true
 renewals by the first two after they stopped: 0
 by the one left: true
 lease kept: 1
+
+
+
+=== TEST 10: a node killed and started again within its lease forgets its previous life's counts
+--- config
+location = /t {
+    content_by_lua_block {
+        local rt = require("registrytest")
+        local a = rt.node("again", "10.0.0.1:9080")
+        local b = rt.node("again", "10.0.0.2:9080")
+        ngx.sleep(0.05)
+        ngx.say("A: ", a.acquire("r", 3), " ", a.acquire("r", 3), "; B: ", b.acquire("r", 3))
+        ngx.say("fields: ", rt.fields("again", "r"))
+        -- kill -9 of A, and A again at once: a new nginx, a new slots dict.
+        a.reg:stop()
+        ngx.shared["mcp-bridge-slots"]:flush_all()
+        local again = rt.node("again", "10.0.0.1:9080")
+        ngx.sleep(0.1)
+        ngx.say("after A started again: ", rt.fields("again", "r"))
+        ngx.say("B takes the slots A's previous life held: ", b.acquire("r", 3), " ", b.acquire("r", 3),
+                " ", b.acquire("r", 3))
+        again.reg:stop()
+        b.reg:stop()
+    }
+}
+--- response_body
+A: true true; B: true
+fields: 10.0.0.1:9080=2 10.0.0.2:9080=1
+after A started again: 10.0.0.2:9080=1
+B takes the slots A's previous life held: true true false

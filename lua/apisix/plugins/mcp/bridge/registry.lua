@@ -205,6 +205,7 @@ function _M.new(cluster, opts)
         counts = counts,
         lock_key = shm_prefix .. "lock",
         report_key = shm_prefix .. "report",
+        fresh_key = shm_prefix .. "fresh",
         since = ngx_now(),
         routes_seen = {},
         alive_cache = {},
@@ -414,6 +415,43 @@ function instance:count_nodes()
     return nodes
 end
 
+-- A node that starts counts no session yet (its slots dict is new), so what
+-- Redis still holds under its address is a previous life's: a node killed
+-- outright and started again within a lease would otherwise keep those
+-- counts, which no renewal touches once the route has no session here.
+-- Done once per start of the node, before its first renewal that reaches
+-- Redis; a reload keeps the dict, and its counts stand.
+function instance:forget_previous_life()
+    local shm = ngx.shared[SLOTS_DICT]
+    if self.fresh_done or (shm and shm:get(self.fresh_key)) then
+        return true
+    end
+    local cursor, pattern = "0", self.prefix .. "sessions:*"
+    for _ = 1, MAX_SCAN_ROUNDS do
+        local res, err, kind = self.client:command("SCAN", cursor, "MATCH", pattern,
+                                                   "COUNT", 1000)
+        if type(res) ~= "table" or type(res[2]) ~= "table" then
+            return nil, err or "unexpected reply to SCAN", kind
+        end
+        for _, hash in ipairs(res[2]) do
+            local ok
+            ok, err, kind = self.client:command("HDEL", hash, self.address)
+            if not ok then
+                return nil, err, kind
+            end
+        end
+        cursor = res[1]
+        if cursor == "0" then
+            break
+        end
+    end
+    self.fresh_done = true
+    if shm then
+        shm:set(self.fresh_key, true)
+    end
+    return true
+end
+
 -- One renewal: the node's lease, its counts, the report. An outage is
 -- logged when it starts and when it ends (the state the node's workers
 -- share in the report), not at every period.
@@ -433,7 +471,10 @@ function instance:renew_now()
         args[i + 5] = own and tostring(own < 0 and 0 or own) or ""
     end
 
-    local totals, err, kind = self:script(keys, args)
+    local totals, err, kind = self:forget_previous_life()
+    if totals then
+        totals, err, kind = self:script(keys, args)
+    end
     local nodes
     if type(totals) == "table" then
         nodes, err, kind = self:count_nodes()
