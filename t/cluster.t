@@ -219,7 +219,8 @@ location = /t {
         ngx.say("POST: ", reply.status, " ", reply.headers["x-owner"], " ", reply.headers["mcp-session-id"] == id,
                 " ", reply.body)
         ngx.say("owner got: ", got.method, " ", got.uri, " session ", got.session == id, " custom ", got.custom,
-                " host ", got.host, " forwarded by ", got.forwarded, " length ", got.length)
+                " host ", got.host, " forwarded by ", got.forwarded:match("^%S+"), " (signed ",
+                cluster.is_forwarded(got.forwarded), ") length ", got.length)
         ngx.say("body: ", got.body)
 
         -- A stream: each event as the owner sends it.
@@ -247,7 +248,7 @@ location = /t {
 }
 --- response_body
 POST: 418 yes true {"owner":"answered"}
-owner got: POST /mcp session true custom kept host localhost forwarded by 127.0.0.1:$TEST_NGINX_SERVER_PORT length 46
+owner got: POST /mcp session true custom kept host localhost forwarded by 127.0.0.1:$TEST_NGINX_SERVER_PORT (signed true) length 46
 body: {"jsonrpc":"2.0","id":5,"method":"tools/list"}
 GET: 200 text/event-stream yes
   event 1
@@ -438,5 +439,44 @@ own prefix names this node: local
 held elsewhere: 418 {"owner":"answered"}
 forged tag: 400 -32602 requestState is unknown, used, expired or of another request; call again without it id 2
 requests at the owner: 1
+processes left: none
+idle: true
+
+
+
+=== TEST 9: a request another node forwarded skips the Host check, which that node made; a forged mark does not
+--- routes
+mcp = { base_uri = "/mcp", command = "$TEST_NGINX_FIXTURE", args = { "--pid-dir", "$TEST_NGINX_PID_DIR" },
+        allowed_hosts = { "localhost" }, kill_grace_ms = 500 },
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local cluster = require("apisix.plugins.mcp.bridge.cluster")
+        t.clear("$TEST_NGINX_PID_DIR")
+        local c = t.client("/mcp", { host = "node-b.internal:9080" })
+        local function init(mark)
+            local reply = c:request("POST", '{"jsonrpc":"2.0","id":1,"method":"initialize","params":'
+                .. '{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}',
+                { session = false, headers = mark and { "X-MCP-Bridge-Forwarded: " .. mark } or nil })
+            return reply.status, reply.headers["mcp-session-id"]
+        end
+        ngx.say("another Host: ", (init()))
+        ngx.say("with a made-up mark: ", (init("127.0.0.1:1 " .. string.rep("0", 32))))
+        local mark = cluster.forwarded_mark()
+        ngx.say("with another cluster's mark: ", (init(mark:sub(1, -2) .. (mark:sub(-1) == "0" and "1" or "0"))))
+        local status, id = init(mark)
+        ngx.say("forwarded by a node: ", status)
+        c.session = id
+        ngx.say("DELETE, forwarded: ", c:delete({ headers = { "X-MCP-Bridge-Forwarded: " .. mark } }).status)
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+another Host: 403
+with a made-up mark: 403
+with another cluster's mark: 403
+forwarded by a node: 200
+DELETE, forwarded: 200
 processes left: none
 idle: true

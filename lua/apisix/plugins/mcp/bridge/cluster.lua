@@ -194,6 +194,28 @@ function _M.resolve(id)
     return "remote", address
 end
 
+-- What a node puts in the header of a request it forwards: its address and
+-- a MAC of it. The owner checked nothing of the client's (Host, Origin)
+-- that the forwarder, with the same settings, did not check already; only
+-- a node of the cluster can make it, so a client cannot use it to skip
+-- those checks.
+function _M.forwarded_mark()
+    if not settings then
+        return nil
+    end
+    return own_address .. " " .. mac("forwarded", own_address)
+end
+
+-- Whether `mark` (a forwarded request's header) was made by a node of this
+-- cluster.
+function _M.is_forwarded(mark)
+    if not settings or type(mark) ~= "string" then
+        return false
+    end
+    local address, given = match(mark, "^(%S+) (%x+)$")
+    return address ~= nil and is_address(address) and mac("forwarded", address) == given
+end
+
 -- The host's id within a client's id, without any check (for ids this
 -- node handed out itself, such as the session a DELETE just ended).
 function _M.host_id(id)

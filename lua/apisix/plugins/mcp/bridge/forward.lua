@@ -7,6 +7,7 @@
 -- A client that goes away ends this request (ngx.on_abort), which closes
 -- the connection to the owner: the owner sees its client leave.
 local body = require("apisix.plugins.mcp.bridge.body")
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local eventstream = require("apisix.plugins.mcp.bridge.eventstream")
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local registry = require("apisix.plugins.mcp.bridge.registry")
@@ -50,7 +51,7 @@ local NOT_RETURNED = {
     server = true, date = true, ["content-length"] = true,
 }
 
-local function request_head(forwarded_by, content)
+local function request_head(content)
     local uri = ngx.var.request_uri
     local lines = { req.get_method(), " ", uri, " HTTP/1.1\r\n" }
     for name, value in pairs(req.get_headers(MAX_HEADERS, true)) do
@@ -64,7 +65,7 @@ local function request_head(forwarded_by, content)
             end
         end
     end
-    lines[#lines + 1] = _M.HEADER .. ": " .. forwarded_by .. "\r\nConnection: close\r\n"
+    lines[#lines + 1] = _M.HEADER .. ": " .. cluster.forwarded_mark() .. "\r\nConnection: close\r\n"
     if content ~= "" or req.get_method() == "POST" then
         lines[#lines + 1] = "Content-Length: " .. #content .. "\r\n"
     end
@@ -185,11 +186,10 @@ local function copy_until_close(sock, write)
 end
 
 -- Forwards the current request to `owner` ("host:port") with `content` as
--- its body; `transport` names it in the metrics, `forwarded_by` (this
--- node's address) goes in the forwarded header. Returns nothing once the owner
+-- its body; `transport` names it in the metrics. Returns nothing once the owner
 -- answered (the request is over); nil when the owner is gone (nothing was
 -- sent to the client: the caller answers 404).
-function _M.relay(route, owner, transport, content, forwarded_by)
+function _M.relay(route, owner, transport, content)
     if registry.enabled() and registry.node_alive(owner) == false then
         metrics.forward_refused(route.key, "owner_gone")
         return nil
@@ -205,7 +205,7 @@ function _M.relay(route, owner, transport, content, forwarded_by)
         return nil
     end
     eventstream.watch_client_abort()
-    ok, err = sock:send(request_head(forwarded_by, content) .. content)
+    ok, err = sock:send(request_head(content) .. content)
     local status, headers, framing
     if ok then
         status, headers, framing = response_head(sock)

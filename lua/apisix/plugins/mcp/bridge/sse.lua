@@ -139,7 +139,7 @@ local function forward_message(route, owner)
         return refuse(404, "session not found")
     end
     local body = read_message(route)
-    forward.relay(route, owner, "sse", body, cluster.settings().node_address)
+    forward.relay(route, owner, "sse", body)
     return respond.error(404, "session not found")
 end
 

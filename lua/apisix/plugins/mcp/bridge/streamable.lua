@@ -374,7 +374,7 @@ function _M.handle(route, binding)
     end
 
     if owner then
-        forward.relay(route, owner, "streamable", body, cluster.settings().node_address)
+        forward.relay(route, owner, "streamable", body)
         return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found", nil,
                                  request_id(body))
     end
@@ -393,7 +393,7 @@ function _M.handle(route, binding)
         if holder and not var.http_x_mcp_bridge_forwarded then
             -- The call waits on another node; if that node is gone, this
             -- node's host tells the client the state is of no use.
-            forward.relay(route, holder, "stateless", body, cluster.settings().node_address)
+            forward.relay(route, holder, "stateless", body)
         end
         path = path or hosts.own()
         if not path then
