@@ -1335,7 +1335,9 @@ def run_chaos(c, seconds, rng):
     anyio.run(after)
     table, front_left, stale, exits = leak_report(c)
     print(f"cluster chaos: {elapsed:.0f} s, events: {dict(events)}")
-    print("sessions: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print("sessions: " + "; ".join(f"{kind} {counts[(kind, 'completed')]} completed, "
+                                   f"{counts[(kind, 'disrupted')]} disrupted"
+                                   for kind in ("sse", "streamable", "stateless")))
     print(f"{'':28} {'backends left':>14} {'hosts left':>11} {'nginx left':>11}")
     for label, (b, h, x) in table.items():
         print(f"{label:28} {b:14} {h:11} {x:11}")
