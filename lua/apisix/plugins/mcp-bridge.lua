@@ -65,6 +65,11 @@ end
 --     runtime_dir: /var/run/mcp-bridge   # parent of the hosts' private directories
 --     host_program: /usr/local/apisix/mcp-bridge-host
 --     lua_module_has_body_filter_fix: true   # see lua_module_refusal()
+--     cluster:                  # several nodes behind one load balancer
+--       node_address: 10.0.0.5:9080   # where the other nodes reach this one
+--       secret: ...             # the same on every node, 16 bytes or more
+--       redis: redis://10.0.0.9:6379/0
+--       name: mcp-bridge        # optional; lease_ms: 5000, optional
 -- Settings apply at once, so every worker finds every host; the host starts,
 -- and worker shutdown is watched, on the first session. A starting worker
 -- takes back node slots of workers that died.
@@ -73,7 +78,10 @@ function _M.init()
     if refusal then
         ngx.log(ngx.ERR, refusal)
     end
-    worker.set(plugin.plugin_attr(plugin_name))
+    local ok, err = worker.set(plugin.plugin_attr(plugin_name))
+    if not ok then
+        ngx.log(ngx.ERR, "mcp-bridge: plugin_attr: ", err, "; cluster mode is off")
+    end
     worker.configure()
     worker.started()
     -- After every plugin's init: the prometheus plugin's registry exists

@@ -10,8 +10,10 @@
 -- `initialize` took is kept here until the host tells this worker (see
 -- watcher.lua) that the session ended.
 local admission = require("apisix.plugins.mcp.bridge.admission")
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local config = require("apisix.plugins.mcp.bridge.config")
 local eventstream = require("apisix.plugins.mcp.bridge.eventstream")
+local forward = require("apisix.plugins.mcp.bridge.forward")
 local hosts = require("apisix.plugins.mcp.bridge.hosts")
 local json = require("apisix.plugins.mcp.bridge.json")
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
@@ -205,7 +207,7 @@ end
 -- Writes the rest of a host's reply to the client: `head` is the Head
 -- frame's payload; `new_session`: the reply carries the id of a session
 -- this request made (see UNANSWERED). Returns nothing; ends the request.
-local function relay_reply(route, sock, head, new_session)
+local function relay_reply(route, sock, head, new_session, asked_session)
     local conf = route.conf
     local status, body, session, retry = match(head, "^(%d+) (%a+) (%S+) ?(%d*)$")
     status = tonumber(status)
@@ -215,7 +217,7 @@ local function relay_reply(route, sock, head, new_session)
     end
     local headers = {}
     if session ~= "-" then
-        headers["Mcp-Session-Id"] = session
+        headers["Mcp-Session-Id"] = cluster.tag(session)
     end
     if retry ~= "" then
         headers["Retry-After"] = retry
@@ -227,7 +229,7 @@ local function relay_reply(route, sock, head, new_session)
             -- The session is gone from its host: a slot this worker keeps
             -- for it is free now, not only once its processes are (the
             -- host's event says so to the other workers).
-            release(ngx.var.http_mcp_session_id, true)
+            release(asked_session, true)
         end
         return respond.empty(status, headers)
     end
@@ -304,8 +306,19 @@ function _M.handle(route, binding)
     end
     local var = ngx.var
     local session = var.http_mcp_session_id or ""
-    if session ~= "" and not hosts.is_session_id(session) then
-        return refuse(404, SESSION_NOT_FOUND, "Session not found")
+    local owner
+    if session ~= "" then
+        local where, found = cluster.resolve(session)
+        if where == "remote" and not var.http_x_mcp_bridge_forwarded then
+            owner = found
+        elseif where == "local" and hosts.is_session_id(found) then
+            session = found
+        else
+            if cluster.enabled() then
+                metrics.forward_refused(route.key, where and "loop" or "forged")
+            end
+            return refuse(404, SESSION_NOT_FOUND, "Session not found")
+        end
     end
     local accept = lower(var.http_accept or "")
     local body = ""
@@ -342,6 +355,11 @@ function _M.handle(route, binding)
         end
     end
 
+    if owner then
+        forward.relay(route, owner, "streamable", body, cluster.settings().node_address)
+        return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found", nil,
+                                 request_id(body))
+    end
     local path, conn
     if session ~= "" then
         conn, path = hosts.connect_session(session, true)
@@ -426,7 +444,7 @@ function _M.handle(route, binding)
             end
         end
     end
-    return relay_reply(route, sock, head, new_session)
+    return relay_reply(route, sock, head, new_session, session)
 end
 
 -- Ends session `id` at the host at `path` as a DELETE would (from a timer:
