@@ -448,7 +448,7 @@ class Sse:
                         self.answers[key] = msg
                         self.cond.notify_all()
                 event, data = None, []
-        except (OSError, ValueError, http.client.HTTPException):
+        except Exception:  # noqa: BLE001 - a stream cut (or closed by close()) in any way ends it
             return
         finally:
             self.ended.set()
@@ -1373,6 +1373,9 @@ def run_chaos(c, seconds, rng):
             except Exception as e:  # noqa: BLE001
                 final.append(f"{kind}: {describe(e)}")
     anyio.run(after)
+    # Every client is gone: the cluster's counts must come back to 0.
+    counted = c.wait_idle()
+    counts_detail = c.redis.cluster_sessions() if counted else {}
     table, front_left, stale, exits = leak_report(c)
     print(f"cluster chaos: {elapsed:.0f} s, events: {dict(events)}")
     print("sessions: " + "; ".join(f"{kind} {counts[(kind, 'completed')]} completed, "
@@ -1383,7 +1386,10 @@ def run_chaos(c, seconds, rng):
         print(f"{label:28} {b:14} {h:11} {x:11}")
     print(f"{'front':28} {'':14} {'':11} {front_left:11}")
     print(f"{'Redis stale keys':28} {len(stale):14}")
-    bad = sum(b + h + x for b, h, x in table.values()) + front_left + len(stale)
+    print(f"{'Redis sessions, none live':28} {counted if counted is not None else '?':>14}")
+    bad = sum(b + h + x for b, h, x in table.values()) + front_left + len(stale) + (counted if counted is not None else 1)
+    if counts_detail:
+        print(f"Redis counts with no session live: {counts_detail}")
     failures = 0
     if bad:
         print(f"FAILED leaks: {bad}" + (f" (keys {stale})" if stale else ""))
