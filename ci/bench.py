@@ -1080,7 +1080,7 @@ def cluster_echo(port, sid, warmup, duration):
             "per_s": len(samples) / sum(samples), "round_trips": len(samples)}
 
 
-def run_cluster(plan, run_dir):
+def run_cluster(plan):
     """Two `serve` nodes sharing a Redis, one Streamable session on the first:
     its echo calls posted to it, then to the second node, which forwards
     them. (Markdown rows, or the line saying why there are none; a failure
@@ -1090,7 +1090,8 @@ def run_cluster(plan, run_dir):
     if "--cluster" not in (command_output([BRIDGE, "serve", "--help"]) or ""):
         return "Not measured in this run: this mcp-bridge has no cluster mode (`serve --cluster`).", None
     log("cluster: two nodes and Redis, a local and a forwarded echo")
-    workdir = tempfile.mkdtemp(prefix="cluster-", dir=run_dir)
+    # Not under run_dir: the nodes' socket paths must stay short.
+    workdir = tempfile.mkdtemp(prefix="mcp-bench-cluster-")
     os.chmod(workdir, 0o755)
     redis = cluster.Redis(workdir)
     secret = hashlib.sha256(os.urandom(32)).hexdigest()
@@ -1449,7 +1450,7 @@ def main():
     text = table(gateways, results) if gateways else ""
     if text:
         print(text + "\n")
-    cluster_text, cluster_failure = run_cluster(plan, run_dir) if "cluster" in wanted else ("", None)
+    cluster_text, cluster_failure = run_cluster(plan) if "cluster" in wanted else ("", None)
     if cluster_text:
         print(cluster_text)
     duration_s = time.monotonic() - started
