@@ -26,8 +26,11 @@ the tests below, one line each ("ok" or "FAILED <why>"):
      accepts nothing);
   5. the cluster-wide ceiling: the 5th session gets 429 on every node, and a
      new one starts once one ends;
+  7. a stateless (2026-07-28) call whose backend asks the client mid-call
+     (the conformance fixture on two more nodes): the SDK's retries, which
+     carry the requestState, go to the other node, which forwards them;
   6. leaks: with the nodes stopped, no backend, host or nginx is left, and
-     after a lease no key of the cluster is left in Redis.
+     after a lease no key of the cluster is left in Redis (run last).
 
 With --chaos SECONDS, instead: a dozen SDK clients of all three kinds
 through the front while workers are killed, nodes reloaded and one node is
@@ -46,6 +49,7 @@ import argparse
 import asyncio
 import collections
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -502,7 +506,8 @@ class Node:
     """One `mcp-bridge serve` node, and what can be learnt about its
     processes."""
 
-    def __init__(self, workdir, index, redis_port, ceiling, name=CLUSTER_NAME, secret=None, plain=False):
+    def __init__(self, workdir, index, redis_port, ceiling, name=CLUSTER_NAME, secret=None, plain=False,
+                 fixture_args=()):
         self.workdir = workdir
         self.index = index
         self.port = free_port()
@@ -512,6 +517,7 @@ class Node:
         self.name = name
         self.secret = secret
         self.plain = plain
+        self.fixture_args = list(fixture_args)
         self.pid_dir = os.path.join(workdir, f"pids-node{index}")
         os.mkdir(self.pid_dir)
         os.chmod(self.pid_dir, 0o1777)
@@ -539,7 +545,7 @@ class Node:
                     "--cluster-lease-ms", str(LEASE_MS), "--max-sessions-per-cluster", str(self.ceiling)]
             if self.name != CLUSTER_NAME:
                 cmd += ["--cluster-name", self.name]
-        cmd += ["--", os.path.join(BIN, "mcp-fixture")]
+        cmd += ["--", os.path.join(BIN, "mcp-fixture")] + self.fixture_args
         env = dict(os.environ, MCP_BRIDGE_CLUSTER_SECRET=self.secret)
         with open(self.log_path, "w") as logf:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL, env=env)
@@ -1222,6 +1228,84 @@ def test_ceiling(c):
     return ""
 
 
+async def mrtr_calls(first_port, retry_port):
+    """A stateless (2026-07-28) SDK client whose first requests go to one node
+    and whose retries (requests carrying a requestState) go to another: the
+    conformance fixture's tools that ask the client mid-call. Returns (the
+    tools' texts, what the client was asked, retries sent)."""
+    anyio, httpx2, Client, _, streamable_http_client, Implementation = sdk_modules()
+    import mcp_types
+
+    retries = itertools.count()
+    sent = []
+
+    async def route(request):
+        retry = b'"requestState"' in request.content
+        if retry:
+            next(retries)
+        request.url = request.url.copy_with(port=retry_port if retry else first_port)
+        sent.append((request.method, retry))
+
+    asked = []
+
+    async def on_elicit(context, params):
+        asked.append(params.message)
+        return mcp_types.ElicitResult(action="accept", content={"name": "Alice"})
+
+    async def on_sample(context, params):
+        asked.append("sampling")
+        return mcp_types.CreateMessageResult.model_validate(
+            {"role": "assistant", "content": {"type": "text", "text": "Paris"}, "model": "cluster",
+             "stopReason": "endTurn"})
+
+    texts = {}
+    timeout = httpx2.Timeout(30, read=300)
+    async with httpx2.AsyncClient(timeout=timeout, event_hooks={"request": [route]}, trust_env=False) as http:
+        transport = streamable_http_client(f"http://127.0.0.1:{first_port}{BASE_URI}", http_client=http)
+        info = Implementation(name="cluster-mrtr", version="1.0.0")
+        async with Client(transport, mode=MODERN_VERSION, client_info=info, elicitation_callback=on_elicit,
+                          sampling_callback=on_sample) as client:
+            for tool in ("test_input_required_result_elicitation", "test_input_required_result_sampling",
+                         "test_input_required_result_multi_round"):
+                result = await client.call_tool(tool, {})
+                check(not result.is_error, f"{tool}: {result}")
+                texts[tool] = result.content[0].text
+    return texts, asked, next(retries)
+
+
+def test_mrtr(c):
+    """7. A stateless call's retry (its requestState) on another node than
+    the one holding the call."""
+    anyio = sdk_modules()[0]
+    nodes = [Node(c.workdir, 5 + i, c.redis.port, CEILING, secret=c.secret, fixture_args=["--conformance"])
+             for i in range(2)]
+    c.extra += nodes
+    try:
+        for n in nodes:
+            n.start()
+        before = nodes[1].forwarded()
+        holder = {}
+
+        async def main():
+            with anyio.fail_after(60):
+                holder["out"] = await mrtr_calls(nodes[0].port, nodes[1].port)
+        try:
+            anyio.run(main)
+        except Exception as e:  # noqa: BLE001 - any SDK failure is the finding
+            raise Failed(f"the SDK's calls: {describe(e)}") from None
+        texts, asked, retries = holder["out"]
+        check("Alice" in texts["test_input_required_result_elicitation"], f"the elicitation's result: {texts}")
+        check("Paris" in texts["test_input_required_result_sampling"], f"the sampling's result: {texts}")
+        check(len(asked) == 4, f"the client was asked {asked}, not 4 questions")
+        moved = nodes[1].forwarded() - before
+        check(retries >= 4 and moved == retries,
+              f"the retries' node forwarded {moved:.0f} requests; {retries} retries were sent to it")
+    finally:
+        for n in nodes:
+            n.stop()
+    return f"{retries} retries forwarded"
+
+
 def leak_report(c):
     """Stops everything but Redis; {node label: (backends, hosts, nginx)},
     front nginx left, and the stale keys after a lease."""
@@ -1264,6 +1348,7 @@ TESTS = [
     (3, "Redis stopped and restarted", test_redis_down),
     (4, "forged ids", test_forged_ids),
     (5, "the cluster-wide ceiling", test_ceiling),
+    (7, "a stateless call's retry (requestState) on another node", test_mrtr),
     (6, "leaks after stop", test_leaks),
 ]
 
