@@ -915,6 +915,7 @@ def test_sdk_clients(c):
     url = f"http://127.0.0.1:{c.front.port}{BASE_URI}"
     before = {t: c.forwarded_total(transport=t) for t in ("sse", "streamable")}
     before_all = c.forwarded_total()
+    before_node = [n.forwarded() for n in c.nodes]
     errors = []
     sids = {}
 
@@ -944,7 +945,9 @@ def test_sdk_clients(c):
     check(all(v > 0 for v in moved.values()),
           f"mcp_bridge_forwarded_requests_total did not move for every transport: {moved} "
           f"(all transports: {c.forwarded_total() - before_all})")
-    return f"forwarded: {moved}"
+    per_node = [n.forwarded() - b for n, b in zip(c.nodes, before_node)]
+    check(all(v > 0 for v in per_node), f"not every node forwarded requests: {per_node}")
+    return f"forwarded: {moved}, by node {per_node}"
 
 
 def open_on(node, name):
