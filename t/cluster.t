@@ -401,3 +401,42 @@ SSE call: there
 processes left: none
 idle: true
 requests at the owner: 0
+
+
+
+=== TEST 8: the retry of a stateless call goes to the node holding the call; a state whose node tag is forged goes nowhere else
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local cluster = require("apisix.plugins.mcp.bridge.cluster")
+        local mine = cluster.settings()
+        local s = {}
+        for k, v in pairs(mine) do s[k] = v end
+        s.node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_1"
+        assert(cluster.configure(s))
+        local prefix = cluster.state_prefix()
+        assert(cluster.configure(mine))
+        ngx.say("own prefix names this node: ", (cluster.resolve_state(cluster.state_prefix() .. "x")))
+        local c = t.client("/mcp")
+        local function retry(state)
+            local r, reply = c:modern("tools/call", { name = "echo", arguments = {}, requestState = state,
+                                                     inputResponses = { a = { action = "decline" } } })
+            return reply or r
+        end
+        local there = retry(prefix .. "0123456789abcdef.00.00")
+        ngx.say("held elsewhere: ", there.status, " ", there.body)
+        local flipped = prefix:sub(1, -3) .. (prefix:sub(-2, -2) == "0" and "1" or "0") .. "~"
+        local forged = retry(flipped .. "0123456789abcdef.00.00")
+        ngx.say("forged tag: ", t.refusal(forged))
+        ngx.say("requests at the owner: ", ngx.shared.owner:get("requests"))
+        t.say_cleanup("$TEST_NGINX_PID_DIR", "mcp")
+    }
+}
+--- response_body
+own prefix names this node: local
+held elsewhere: 418 {"owner":"answered"}
+forged tag: 400 -32602 requestState is unknown, used, expired or of another request; call again without it id 2
+requests at the owner: 1
+processes left: none
+idle: true

@@ -122,7 +122,9 @@ end
 -- APISIX's control API (127.0.0.1:9090 by default):
 --   GET    /v1/plugin/mcp-bridge/sessions            every worker's live sessions
 --   DELETE /v1/plugin/mcp-bridge/sessions/<id start>  ends that session
+--   GET    /v1/plugin/mcp-bridge/cluster             this node in its cluster
 local SESSIONS_URI = "/v1/plugin/mcp-bridge/sessions"
+local CLUSTER_URI = "/v1/plugin/mcp-bridge/cluster"
 
 local function list_sessions()
     return 200, { sessions = control.sessions() }
@@ -137,9 +139,18 @@ local function end_session()
     return 200, { ended = prefix }
 end
 
+local function cluster_state()
+    local state = control.cluster()
+    if not state then
+        return 404, { error_msg = "this node is not in a cluster (plugin_attr.mcp-bridge.cluster)" }
+    end
+    return 200, state
+end
+
 function _M.control_api()
     return {
         { methods = { "GET" }, uris = { SESSIONS_URI }, handler = list_sessions },
+        { methods = { "GET" }, uris = { CLUSTER_URI }, handler = cluster_state },
         { methods = { "DELETE" }, uris = { SESSIONS_URI .. "/*" }, handler = end_session },
     }
 end

@@ -430,6 +430,27 @@ mod tests {
     }
 
     #[test]
+    fn cluster_options_go_together_and_the_secret_never_comes_from_the_command_line() {
+        let err = |s: &str| try_parse(s).expect_err("refused");
+        assert!(err("serve --node-address 10.0.0.1:9080").contains("--node-address needs --cluster"));
+        assert!(err("serve --max-sessions-per-cluster 3").contains("needs --cluster"));
+        assert!(err("serve --cluster http://x").contains("redis:// URL"));
+        assert!(err("serve --cluster redis://127.0.0.1:6379").contains("MCP_BRIDGE_CLUSTER_SECRET"));
+        assert!(err("serve --cluster-secret x --cluster redis://r:1").contains("unknown option --cluster-secret"));
+        let from_file = serve("serve --cluster redis://r:1 --cluster-secret-file /s --max-sessions-per-cluster 4");
+        assert_eq!(from_file.cluster_secret_file.as_deref(), Some(std::path::Path::new("/s")));
+        assert_eq!(from_file.max_sessions_per_cluster, Some(4));
+        let env = |k: &str| (k == CLUSTER_SECRET_VAR).then(|| OsString::from("sixteen bytes at least"));
+        match parse(&args("serve --cluster redis://r:1 --cluster-lease-ms 900"), &env).expect("parse") {
+            Action::Serve(s) => {
+                assert_eq!(s.cluster_secret_env.as_deref(), Some("sixteen bytes at least"));
+                assert_eq!(s.cluster_lease_ms, Some(900));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn defaults_and_the_command_after_the_separator() {
         let s = serve("serve -- npx -y @modelcontextprotocol/server-filesystem /data");
         assert_eq!(s.listen, "127.0.0.1:9080");

@@ -33,11 +33,13 @@ local HOST_ID_LEN = 48
 local MAC_HEX = 32
 -- "host:port" of at most 255 bytes, in hex.
 local MAX_ADDRESS_HEX = 510
+local STATE_TAG = "^([0-9a-f]+)%-(" .. string.rep("[0-9a-f]", MAC_HEX) .. ")~(.*)$"
 local TAGGED_ID = "^(" .. string.rep("[0-9a-f]", HOST_ID_LEN) .. ")%-([0-9a-f]+)%-("
                   .. string.rep("[0-9a-f]", MAC_HEX) .. ")$"
 
 local settings
 local own_address, own_tag_prefix
+local own_state_prefix = ""
 
 local HEX = {}
 for i = 0, 255 do
@@ -61,6 +63,11 @@ end
 local function mac(host_id, address)
     return to_hex(hmac_sha1(settings.secret, settings.name .. "\n" .. host_id .. "\n" .. address),
                   MAC_HEX / 2)
+end
+
+-- The MAC of a node's tag on input_required states (see state_prefix).
+local function node_mac(address)
+    return mac("node", address)
 end
 
 local function is_address(s)
@@ -103,7 +110,7 @@ end
 -- Takes the `cluster` settings (nil: cluster mode off). Returns true, or
 -- nil and what is wrong (cluster mode is off then).
 function _M.configure(c)
-    settings, own_address, own_tag_prefix = nil, nil, nil
+    settings, own_address, own_tag_prefix, own_state_prefix = nil, nil, nil, ""
     local ok, err = _M.check(c)
     if not ok or c == nil then
         return ok, err
@@ -112,7 +119,37 @@ function _M.configure(c)
                  secret = c.secret, redis = c.redis, lease_ms = c.lease_ms or _M.DEFAULT_LEASE_MS }
     own_address = c.node_address
     own_tag_prefix = "-" .. to_hex(own_address) .. "-"
+    own_state_prefix = to_hex(own_address) .. "-" .. node_mac(own_address) .. "~"
     return true
+end
+
+-- What the host puts before the requestState of a stateless call that
+-- waits for its client's input: this node's address and its MAC, so that
+-- the retry can reach this node from any other ("" outside cluster mode).
+function _M.state_prefix()
+    return own_state_prefix
+end
+
+-- Where the call of a retry's `state` waits:
+--   "local", <the state after the node's tag>   here (or cluster mode is off)
+--   "remote", <owner address>                   on another node
+--   nil                                         a forged or foreign tag
+function _M.resolve_state(state)
+    if not settings then
+        return "local", state
+    end
+    local address_hex, given, rest = match(state, STATE_TAG)
+    if not address_hex or #address_hex % 2 ~= 0 then
+        return nil
+    end
+    local address = from_hex(address_hex)
+    if not is_address(address) or node_mac(address) ~= given then
+        return nil
+    end
+    if address == own_address then
+        return "local", rest
+    end
+    return "remote", address
 end
 
 function _M.enabled()

@@ -6,6 +6,7 @@
 --
 -- What the worker sees itself (refusals, spawn failures) is counted where it
 -- happens; the rest comes from the host's events (see watcher.lua).
+local registry = require("apisix.plugins.mcp.bridge.registry")
 local watcher = require("apisix.plugins.mcp.bridge.watcher")
 
 local concat = table.concat
@@ -286,6 +287,10 @@ function _M.text()
     local dict = ngx.shared[_M.DICT]
     if not dict then
         return nil, "no lua_shared_dict " .. _M.DICT
+    end
+    local report = registry.report()
+    if report then
+        _M.cluster(report)
     end
     local keys = dict:get_keys(0)
     sort(keys, series_order)

@@ -65,16 +65,21 @@ function _M.from_loopback()
     return sub(addr, 1, 4) == "127." or addr == "::1" or addr == "unix:"
 end
 
--- The cluster as the registry last saw it (nothing outside cluster mode).
-local function cluster_json()
+-- This node in its cluster, as the registry last saw it; nil outside
+-- cluster mode.
+function _M.cluster()
     local c = cluster.settings()
     if not c then
-        return ""
+        return nil
     end
     local report = registry.report() or {}
-    return ',"cluster":' .. json.value({ name = c.name, node = c.node_address,
-                                         redis = report.redis, nodes = report.nodes,
-                                         sessions = report.sessions })
+    return { name = c.name, node = c.node_address, redis = report.redis, nodes = report.nodes,
+             sessions = report.sessions }
+end
+
+local function cluster_json()
+    local state = _M.cluster()
+    return state and ',"cluster":' .. json.value(state) or ""
 end
 
 -- Reclaims slots of dead workers first, so the figures are current.

@@ -53,17 +53,28 @@ local RETRY_AFTER = { ["Retry-After"] = admission.RETRY_AFTER_SECONDS }
 local HOST_SILENCE_MARGIN_MS = 5000
 
 -- The retry of a stateless call that waits for its client's input names
--- the host holding it: its requestState starts with that host's token.
-local REQUEST_STATE_TOKEN = '"requestState"%s*:%s*"(' .. string.rep("%x", 16) .. ')%.'
+-- the host holding it: its requestState starts with that host's token (in
+-- cluster mode, after the tag of the node that runs that host).
+local REQUEST_STATE = '"requestState"%s*:%s*"([^"]*)"'
+local HOST_TOKEN = "^(" .. string.rep("%x", 16) .. ")%."
 
--- The host of the call a retry's requestState names, connected; nil when
--- the request is no such retry or that host is gone (its own host then
--- tells the client the state is of no use).
+-- The host of the call a retry's requestState names, connected; or nil and
+-- the address of the node that holds it (cluster mode); nil when the
+-- request is no such retry or that host is gone (its own host then tells
+-- the client the state is of no use).
 local function state_host(body)
     if not find(body, '"requestState"', 1, true) then
         return nil
     end
-    local token = match(body, REQUEST_STATE_TOKEN)
+    local state = match(body, REQUEST_STATE)
+    if not state then
+        return nil
+    end
+    local where, rest = cluster.resolve_state(state)
+    if where == "remote" then
+        return nil, nil, rest
+    end
+    local token = where and match(rest, HOST_TOKEN)
     if token then
         return hosts.connect_session(token, true)
     end
@@ -192,6 +203,12 @@ end
 
 local json_string = json.string
 
+-- The node's tag for input_required states, in cluster mode.
+local function state_prefix()
+    local prefix = cluster.state_prefix()
+    return prefix ~= "" and ',"state_prefix":"' .. prefix .. '"' or ""
+end
+
 -- The headers block of a Request frame (see Headers in rust/host/src/http.rs):
 -- json.value of the same fields, written straight out. `method` is one of
 -- three names and `session` empty or a checked id; neither needs escaping.
@@ -201,6 +218,7 @@ local function request_headers(method, session, version, mcp_method, mcp_name, a
            .. (mcp_name and ',"mcp_name":' .. json_string(mcp_name) or "")
            .. ',"method":"' .. method .. '","session":"' .. session .. '","slot":'
            .. (slot and "true" or "false")
+           .. state_prefix()
            .. (version and ',"version":' .. json_string(version) or "") .. "}"
 end
 
@@ -368,8 +386,14 @@ function _M.handle(route, binding)
                                      request_id(body))
         end
     else
+        local holder
         if method == "POST" then
-            conn, path = state_host(body)
+            conn, path, holder = state_host(body)
+        end
+        if holder and not var.http_x_mcp_bridge_forwarded then
+            -- The call waits on another node; if that node is gone, this
+            -- node's host tells the client the state is of no use.
+            forward.relay(route, holder, "stateless", body, cluster.settings().node_address)
         end
         path = path or hosts.own()
         if not path then
