@@ -1401,7 +1401,9 @@ def run_chaos(c, seconds, rng):
                 victim.kill9()
                 events["node kill -9"] += 1
                 killed_node = True
-                if stop.wait(2):
+                # Back well within its lease, as a service manager would
+                # restart it: its previous life's sessions must not count.
+                if stop.wait(0.3):
                     victim.start()
                     break
                 victim.start()
