@@ -1238,14 +1238,16 @@ async def mrtr_calls(first_port, retry_port):
     import mcp_types
 
     retries = itertools.count()
-    sent = []
+    # The first retry as sent (headers, body), for the forged states.
+    first_retry = {}
 
     async def route(request):
         retry = b'"requestState"' in request.content
         if retry:
             next(retries)
+            first_retry.setdefault("headers", dict(request.headers))
+            first_retry.setdefault("content", request.content)
         request.url = request.url.copy_with(port=retry_port if retry else first_port)
-        sent.append((request.method, retry))
 
     asked = []
 
@@ -1271,7 +1273,7 @@ async def mrtr_calls(first_port, retry_port):
                 result = await client.call_tool(tool, {})
                 check(not result.is_error, f"{tool}: {result}")
                 texts[tool] = result.content[0].text
-    return texts, asked, next(retries)
+    return texts, asked, next(retries), first_retry
 
 
 def test_mrtr(c):
@@ -1294,17 +1296,68 @@ def test_mrtr(c):
             anyio.run(main)
         except Exception as e:  # noqa: BLE001 - any SDK failure is the finding
             raise Failed(f"the SDK's calls: {describe(e)}") from None
-        texts, asked, retries = holder["out"]
+        texts, asked, retries, first_retry = holder["out"]
         check("Alice" in texts["test_input_required_result_elicitation"], f"the elicitation's result: {texts}")
         check("Paris" in texts["test_input_required_result_sampling"], f"the sampling's result: {texts}")
         check(len(asked) == 4, f"the client was asked {asked}, not 4 questions")
         moved = nodes[1].forwarded() - before
         check(retries >= 4 and moved == retries,
               f"the retries' node forwarded {moved:.0f} requests; {retries} retries were sent to it")
+        forged_states(nodes, first_retry)
     finally:
         for n in nodes:
             n.stop()
-    return f"{retries} retries forwarded"
+    return f"{retries} retries forwarded, forged requestStates refused"
+
+
+REQUEST_STATE = re.compile(rb'"requestState"\s*:\s*"([^"]*)"')
+STATE_TAG = re.compile(r"^([0-9a-f]+)-([0-9a-f]{32})~(.+)$")
+
+
+def forged_states(nodes, retry):
+    """A retry replayed with a forged node tag in its requestState (a flipped
+    MAC digit; an address of a listening socket of ours with a random MAC):
+    no success, nothing forwarded, nothing connects to the socket."""
+    m = REQUEST_STATE.search(retry.get("content") or b"")
+    check(m, "no retry carried a requestState")
+    state = m.group(1).decode()
+    tagged = STATE_TAG.match(state)
+    check(tagged and bytes.fromhex(tagged.group(1)).decode("utf-8", "replace") == nodes[0].address,
+          f"the requestState {short(state, 100)} does not start with the tag of the node holding the call "
+          f"({nodes[0].address})")
+    address_hex, mac, rest = tagged.groups()
+    trap = socket.socket()
+    trap.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(16)
+    trap.setblocking(False)
+    try:
+        trap_address = "127.0.0.1:%d" % trap.getsockname()[1]
+        forged = {"a flipped MAC digit": f"{address_hex}-{mac[:-1]}{'0' if mac[-1] != '0' else '1'}~{rest}",
+                  "naming a listening socket": f"{tag(trap_address)}-{secrets.token_hex(16)}~{rest}"}
+        headers = {k: v for k, v in retry["headers"].items()
+                   if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
+        before = [n.forwarded() for n in nodes]
+        bad = []
+        for what, fake in forged.items():
+            body = retry["content"].replace(m.group(0), b'"requestState":' + json.dumps(fake).encode())
+            status, h, answer = http_request(nodes[1].port, "POST", BASE_URI, body, headers)
+            try:
+                results = [x for x in jsonrpc_messages(h, answer) if "result" in x]
+            except ValueError:
+                results = []
+            if 200 <= status < 300 and results:
+                bad.append(f"{what}: {status} with a result {short(answer, 120)}")
+        check(not bad, "a forged requestState was answered: " + "; ".join(bad))
+        after = [n.forwarded() for n in nodes]
+        check(after == before, f"forged requestStates were forwarded: {before} -> {after}")
+        try:
+            trap.accept()[0].close()
+            raise Failed("a node connected to the address a forged requestState names")
+        except BlockingIOError:
+            pass
+    finally:
+        trap.close()
 
 
 def leak_report(c):
