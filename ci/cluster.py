@@ -1103,9 +1103,14 @@ def test_redis_down(c):
     return f"node keys back {took:.2f} s after Redis restarted"
 
 
+# What forged_requests sends to each port: a POST of each transport, a
+# Streamable GET and DELETE.
+FORGED_PER_PORT = 4
+
+
 def forged_requests(c, sid, ports):
-    """POSTs naming `sid` on both transports to each port: [(port, kind,
-    status)] of the answers that are not 404."""
+    """Requests naming `sid` on both transports to each port: what was
+    answered otherwise than with 404."""
     bad = []
     s = Streamable(0)
     sse = Sse(0)
@@ -1116,6 +1121,13 @@ def forged_requests(c, sid, ports):
         status, body = sse.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, port=port, sid=sid)
         if status != 404:
             bad.append(f"SSE on :{port} {status} {short(body, 80)}")
+        for method, accept in (("GET", "text/event-stream"), ("DELETE", None)):
+            headers = s.headers(sid)
+            if accept:
+                headers["Accept"] = accept
+            status, _, body = http_request(port, method, BASE_URI, None, headers)
+            if status != 404:
+                bad.append(f"Streamable {method} on :{port} {status} {short(body, 80)}")
     return bad
 
 
@@ -1175,7 +1187,7 @@ def test_forged_ids(c):
             except BlockingIOError:
                 pass
         refused = refused_forged(c) - refused_before
-        sent = len(cases) * len(ports) * 2
+        sent = len(cases) * len(ports) * FORGED_PER_PORT
         check(refused == sent, f"mcp_bridge_forward_refusals_total{{reason=\"forged\"}} rose by {refused}, "
               f"{sent} forged requests were sent")
         status, text, body = real.call("echo", {"text": "still"}, port=c.front.port)
@@ -1187,7 +1199,7 @@ def test_forged_ids(c):
             other_trap.close()
         if other:
             other.stop()
-    return f"{len(cases)} kinds x {len(ports)} ports x 2 transports refused"
+    return f"{len(cases)} kinds x {len(ports)} ports x {FORGED_PER_PORT} requests refused"
 
 
 def test_ceiling(c):
