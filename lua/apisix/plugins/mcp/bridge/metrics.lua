@@ -192,8 +192,8 @@ function _M.forward_refused(route_key, reason)
     add("forward_refusals_total", 1, { route_key, reason })
 end
 
--- The cluster as the registry last saw it: report = { redis = "up"|"down",
--- nodes = n, sessions = { [route] = n } }.
+-- The cluster as the registry's last renewal saw it: report = { redis =
+-- "up"|"down", nodes = n, sessions = { [route] = n } }.
 function _M.cluster(report)
     set("cluster_redis_up", report.redis == "up" and 1 or 0, {})
     if report.redis == "up" then
@@ -203,6 +203,8 @@ function _M.cluster(report)
         end
     end
 end
+
+registry.on_report(_M.cluster)
 
 function _M.refused(route_key, status)
     add("sessions_refused_total", 1, { route_key, tostring(status) })
@@ -288,10 +290,7 @@ function _M.text()
     if not dict then
         return nil, "no lua_shared_dict " .. _M.DICT
     end
-    local report = registry.report()
-    if report then
-        _M.cluster(report)
-    end
+
     local keys = dict:get_keys(0)
     sort(keys, series_order)
     local out, described = {}, {}

@@ -387,6 +387,9 @@ end
 
 function instance:publish(report)
     self.last_report = report
+    if self.on_report then
+        self.on_report(report)
+    end
     local shm = ngx.shared[SLOTS_DICT]
     if shm then
         shm:set(self.report_key, encode_report(report))
@@ -511,8 +514,17 @@ function instance:stop()
     self.stopped = true
 end
 
--- The node's registry, set by configure.
-local default
+-- The node's registry, set by configure, and who hears its reports.
+local default, report_listener
+
+-- Calls `fn(report)` after each renewal of the node's registry (in the
+-- worker that renewed): the metrics' gauges.
+function _M.on_report(fn)
+    report_listener = fn
+    if default then
+        default.on_report = fn
+    end
+end
 
 function _M.configure(cluster)
     if cluster == nil then
@@ -526,6 +538,7 @@ function _M.configure(cluster)
     if not inst then
         return nil, err
     end
+    inst.on_report = report_listener
     local old = default
     default = inst
     if old then
