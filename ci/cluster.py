@@ -30,13 +30,18 @@ the tests below, one line each ("ok" or "FAILED <why>"):
      (the conformance fixture on two more nodes): the SDK's retries, which
      carry the requestState, go to the other node, which forwards them;
   7. leaks: with the nodes stopped, no backend, host or nginx is left, and
-     after a lease no key of the cluster is left in Redis (always run).
+     after a lease no key of the cluster is left in Redis; no node's log
+     shows a Lua error, a panic or a crash (always run).
 
 With --chaos SECONDS, instead: a dozen SDK clients of all three kinds
 through the front while workers are killed, nodes reloaded and one node is
-killed with SIGKILL and started again; then every node is stopped and a leak
-table is printed (per node: backends and hosts left; Redis: stale keys),
-which must be all 0.
+killed with SIGKILL and started again within its lease. Wrong answers
+(a crossed or reordered echo or notification) fail the run; disrupted
+sessions are counted, with their most common errors. Then every kind of
+client must still work, the cluster's session counts in Redis must come
+back to 0, every node is stopped and a leak table is printed (per node:
+backends, hosts and nginx left; Redis: stale keys; bug lines in the
+logs), which must be all 0.
 
 Exit status 1 if any test fails. The run's files live in a temporary
 directory, removed at the end, kept (and its path printed) on a failure.
@@ -1393,6 +1398,30 @@ def leak_report(c):
     return table, front_left, stale, exits
 
 
+# Log lines that are a bug whatever the test did: Lua errors, a panic, a
+# process that crashed (only the tests' SIGKILLs are expected), nginx's
+# gravest levels.
+BUG_LOG = re.compile(r"runtime error|lua entry thread aborted|attempt to (index|call|compare|perform|concatenate)"
+                     r"|panicked|stack traceback|exited on signal (?!9$)\d+|\[(alert|crit|emerg)\]")
+
+
+# nginx's [alert] for a worker (or a host it reaps) the chaos killed.
+KILLED_LOG = re.compile(r"(worker|unknown) process \d+ exited on signal 9$")
+
+
+def bug_lines(c):
+    """{node log: [lines]} of every log of every node's every start."""
+    found = {}
+    for path in sorted(os.listdir(c.workdir)):
+        if re.match(r"^node\d+-\d+\.log$", path):
+            with open(os.path.join(c.workdir, path), errors="replace") as f:
+                lines = [short(line.strip(), 240) for line in f
+                         if BUG_LOG.search(line) and not KILLED_LOG.search(line.strip())]
+            if lines:
+                found[path] = lines
+    return found
+
+
 def test_leaks(c):
     """7. Nothing left after the nodes stop."""
     table, front_left, stale, exits = leak_report(c)
@@ -1404,6 +1433,8 @@ def test_leaks(c):
     nonzero = {k: v for k, v in exits.items() if v not in (0, None)}
     if nonzero:
         bad.append(f"exit status on SIGTERM: {nonzero}")
+    for path, lines in bug_lines(c).items():
+        bad.append(f"{path}: {len(lines)} lines such as {lines[0]}")
     check(not bad, "; ".join(bad))
     return ""
 
@@ -1452,6 +1483,7 @@ def run_chaos(c, seconds, rng):
     wrong = []
     stop = threading.Event()
     events = collections.Counter()
+    reasons = collections.Counter()
 
     def chaos():
         killed_node = False
@@ -1498,6 +1530,8 @@ def run_chaos(c, seconds, rng):
                 if isinstance(e, Wrong):
                     wrong.append(str(e))
                 counts[(kind, "disrupted")] += 1
+                why = re.sub(r"[0-9a-f]{16,}", "<id>", describe(e))
+                reasons[(kind, re.sub(r"\d{3,}|#\d+|\d+\.\d+", "N", why))] += 1
             await anyio.sleep(rng.uniform(0, 0.3))
 
     async def main():
@@ -1534,13 +1568,20 @@ def run_chaos(c, seconds, rng):
     print("sessions: " + "; ".join(f"{kind} {counts[(kind, 'completed')]} completed, "
                                    f"{counts[(kind, 'disrupted')]} disrupted"
                                    for kind in ("sse", "streamable", "stateless")))
+    for (kind, why), n in reasons.most_common(6):
+        print(f"  disrupted {kind} x{n}: {short(why, 200)}")
     print(f"{'':28} {'backends left':>14} {'hosts left':>11} {'nginx left':>11}")
     for label, (b, h, x) in table.items():
         print(f"{label:28} {b:14} {h:11} {x:11}")
     print(f"{'front':28} {'':14} {'':11} {front_left:11}")
     print(f"{'Redis stale keys':28} {len(stale):14}")
     print(f"{'Redis sessions, none live':28} {counted if counted is not None else '?':>14}")
-    bad = sum(b + h + x for b, h, x in table.values()) + front_left + len(stale) + (counted if counted is not None else 1)
+    bugs = bug_lines(c)
+    print(f"{'error log lines of bugs':28} {sum(len(v) for v in bugs.values()):14}")
+    for path, lines in bugs.items():
+        print(f"  {path}: {lines[:3]}")
+    bad = (sum(b + h + x for b, h, x in table.values()) + front_left + len(stale)
+           + (counted if counted is not None else 1) + sum(len(v) for v in bugs.values()))
     if counts_detail:
         print(f"Redis counts with no session live: {counts_detail}")
     failures = 0
