@@ -6,8 +6,9 @@ session land on a node that does not own it and must be forwarded.
 Starts a real redis-server on a free port (no persistence), three nodes
 (`--cluster redis://... --node-address ... --cluster-lease-ms 1500
 --max-sessions-per-cluster 4`, 2 workers each, bridging the fixture server,
-the secret in MCP_BRIDGE_CLUSTER_SECRET) and a plain nginx in front of them
-(HTTP/1.1 upstream, no buffering either way, long read timeouts), then runs
+the secret in MCP_BRIDGE_CLUSTER_SECRET, `--allowed-host 127.0.0.1` as the
+front passes its own Host) and a plain nginx in front of them (HTTP/1.1
+upstream, no buffering either way, long read timeouts), then runs
 the tests below, one line each ("ok" or "FAILED <why>"):
 
   1. the official Python SDK's clients through the front (HTTP+SSE,
@@ -16,12 +17,14 @@ the tests below, one line each ("ok" or "FAILED <why>"):
      requests were forwarded;
   2. kill -9 of one node: its sessions end (404, their streams close), the
      other nodes' sessions carry on, its `node:` key leaves Redis within the
-     lease, and a live node refuses its ids at once;
+     lease, and a live node refuses its ids at once; started again on the
+     same address, it no longer counts its previous life's sessions;
   3. Redis stopped mid-run: sessions go on and new ones start; Redis back on
      the same port: the node keys return and the ceiling holds again, at
      exactly the live sessions cluster-wide;
-  4. forged ids (random, a flipped MAC digit, another cluster's real id):
-     404 from every node, and no outbound connection (the forwarding
+  4. forged ids (random, a flipped MAC digit, another cluster's real id) on
+     POSTs of both transports and a Streamable GET and DELETE: 404 from
+     every node and the front, and no outbound connection (the forwarding
      metrics do not move and a socket listening at the address the id names
      accepts nothing);
   5. the cluster-wide ceiling: the 5th session gets 429 on every node, and a
@@ -29,6 +32,8 @@ the tests below, one line each ("ok" or "FAILED <why>"):
   6. a stateless (2026-07-28) call whose backend asks the client mid-call
      (the conformance fixture on two more nodes): the SDK's retries, which
      carry the requestState, go to the other node, which forwards them;
+     a retry whose requestState's node tag is forged is neither answered
+     nor forwarded;
   7. leaks: with the nodes stopped, no backend, host or nginx is left, and
      after a lease no key of the cluster is left in Redis; no node's log
      shows a Lua error, a panic or a crash (always run).
@@ -1012,10 +1017,18 @@ def test_node_killed(c):
         check(not slow, f"404 for the dead node's session not quick: {slow}")
         for n in survivors:
             check(sessions[n.index].delete(port=c.front.port) == 200, f"DELETE of {sessions[n.index].name}")
+            sessions[n.index].sid = None
     finally:
         sse.close()
-    # Back for the next tests, on the same address: its old ids stay dead.
-    victim.start()
+        for n in survivors:
+            if sessions[n.index].sid:
+                try:
+                    sessions[n.index].delete(port=n.port)
+                except OSError:
+                    pass
+        # Back for the next tests, on the same address: its old ids stay dead.
+        if not victim.running():
+            victim.start()
     back = wait_for(lambda: victim.address in c.redis.node_keys(), LEASE_MS / 1000 + 2)
     check(back, f"the restarted {victim.label()} is not in Redis")
     status, _, _ = sessions[victim.index].call("echo", {"text": "x"}, port=victim.port)
