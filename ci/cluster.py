@@ -34,7 +34,10 @@ the tests below, one line each ("ok" or "FAILED <why>"):
      carry the requestState, go to the other node, which forwards them;
      a retry whose requestState's node tag is forged is neither answered
      nor forwarded;
-  7. leaks: with the nodes stopped, no backend, host or nginx is left, and
+  7. two nodes with serve's default Host check (loopback names on their own
+     port): a request sent to one with its own Host, for a session of the
+     other, is forwarded and answered;
+  8. leaks: with the nodes stopped, no backend, host or nginx is left, and
      after a lease no key of the cluster is left in Redis; no node's log
      shows a Lua error, a panic or a crash (always run).
 
@@ -515,7 +518,7 @@ class Node:
     processes."""
 
     def __init__(self, workdir, index, redis_port, ceiling, name=CLUSTER_NAME, secret=None, plain=False,
-                 fixture_args=()):
+                 fixture_args=(), allow_any_port=True):
         self.workdir = workdir
         self.index = index
         self.port = free_port()
@@ -526,6 +529,7 @@ class Node:
         self.secret = secret
         self.plain = plain
         self.fixture_args = list(fixture_args)
+        self.allow_any_port = allow_any_port
         self.pid_dir = os.path.join(workdir, f"pids-node{index}")
         os.mkdir(self.pid_dir)
         os.chmod(self.pid_dir, 0o1777)
@@ -545,9 +549,10 @@ class Node:
         self.log_path = prefix + ".log"
         cmd = [os.path.join(BIN, "mcp-bridge"), "serve", "--listen", self.address, "--workers", str(WORKERS),
                "--status-uri", STATUS_URI, "--metrics-uri", METRICS_URI, "--base-uri", BASE_URI,
-               # The front passes the client's Host (its own address).
-               "--allowed-host", "127.0.0.1", "--kill-grace-ms", "500",
-               "--prefix", prefix, "--env", f"MCP_FIXTURE_PID_DIR={self.pid_dir}"]
+               "--kill-grace-ms", "500", "--prefix", prefix, "--env", f"MCP_FIXTURE_PID_DIR={self.pid_dir}"]
+        if self.allow_any_port:
+            # The front passes the client's Host (its own address).
+            cmd += ["--allowed-host", "127.0.0.1"]
         if not self.plain:
             cmd += ["--cluster", f"redis://127.0.0.1:{self.redis_port}", "--node-address", self.address,
                     "--cluster-lease-ms", str(LEASE_MS), "--max-sessions-per-cluster", str(self.ceiling)]
@@ -1390,6 +1395,26 @@ def forged_states(nodes, retry):
         trap.close()
 
 
+def test_default_hosts(c):
+    """7. Nodes with serve's default Host check (loopback names on their own
+    port): a request sent to one node with its Host reaches the owner."""
+    nodes = [Node(c.workdir, 7 + i, c.redis.port, CEILING, secret=c.secret, allow_any_port=False) for i in range(2)]
+    c.extra += nodes
+    try:
+        for n in nodes:
+            n.start()
+        s = open_on(nodes[0], "default-hosts")
+        status, text, body = s.call("echo", {"text": "via the other node"}, port=nodes[1].port)
+        check(status == 200 and text == "via the other node",
+              f"a POST to {nodes[1].label()} (Host 127.0.0.1:{nodes[1].port}) for a session of "
+              f"{nodes[0].label()}: {status} {short(body)}")
+        s.delete()
+    finally:
+        for n in nodes:
+            n.stop()
+    return ""
+
+
 def leak_report(c):
     """Stops everything but Redis; {node label: (backends, hosts, nginx)},
     front nginx left, and the stale keys after a lease."""
@@ -1436,7 +1461,7 @@ def bug_lines(c):
 
 
 def test_leaks(c):
-    """7. Nothing left after the nodes stop."""
+    """8. Nothing left after the nodes stop."""
     table, front_left, stale, exits = leak_report(c)
     bad = [f"{k}: {b} backends, {h} hosts, {x} nginx/serve" for k, (b, h, x) in table.items() if b or h or x]
     if front_left:
@@ -1459,7 +1484,8 @@ TESTS = [
     (4, "forged ids", test_forged_ids),
     (5, "the cluster-wide ceiling", test_ceiling),
     (6, "a stateless call's retry (requestState) on another node", test_mrtr),
-    (7, "leaks after stop", test_leaks),
+    (7, "forwarding between nodes with serve's default Host check", test_default_hosts),
+    (8, "leaks after stop", test_leaks),
 ]
 
 
