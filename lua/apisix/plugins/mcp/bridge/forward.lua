@@ -33,6 +33,9 @@ local _M = {
 }
 
 local CONNECT_TIMEOUT_MS = 500
+-- For an owner the registry does not know: a live node on the nodes'
+-- network accepts well within this.
+local UNLEASED_CONNECT_TIMEOUT_MS = 100
 local SEND_TIMEOUT_MS = 10000
 local MAX_HEADERS = 100
 local MAX_HEAD_LINE = 16384
@@ -190,14 +193,13 @@ end
 -- answered (the request is over); nil when the owner is gone (nothing was
 -- sent to the client: the caller answers 404).
 function _M.relay(route, owner, transport, content)
-    if registry.enabled() and registry.node_alive(owner) == false then
-        metrics.forward_refused(route.key, "owner_gone")
-        return nil
-    end
+    -- A node without a lease is gone, or has only just started (or Redis
+    -- has just restarted empty): the connection decides, soon.
+    local leased = not registry.enabled() or registry.node_alive(owner) ~= false
     local host, port = match(owner, "^%[?(.-)%]?:(%d+)$")
     local sock = ngx_socket_tcp()
-    sock:settimeouts(CONNECT_TIMEOUT_MS, SEND_TIMEOUT_MS,
-                     2 * route.conf.keepalive_interval_ms + SILENCE_MARGIN_MS)
+    sock:settimeouts(leased and CONNECT_TIMEOUT_MS or UNLEASED_CONNECT_TIMEOUT_MS,
+                     SEND_TIMEOUT_MS, 2 * route.conf.keepalive_interval_ms + SILENCE_MARGIN_MS)
     local ok, err = sock:connect(host, tonumber(port))
     if not ok then
         ngx_log(ngx.INFO, "mcp-bridge: owner ", owner, " of a session is not reachable: ", err)

@@ -306,7 +306,7 @@ function instance:release(route)
 end
 
 -- true, false (no lease: the node is gone), or nil and an error (unknown).
--- An answer is remembered for a renewal period at most.
+-- A node found alive is remembered so for a renewal period at most.
 function instance:node_alive(address)
     if address == self.address then
         return true
@@ -327,14 +327,20 @@ function instance:node_alive(address)
     if type(res) ~= "number" then
         return self:failed(eerr or "unexpected reply to EXISTS", kind)
     end
+    if res ~= 1 then
+        -- Never remembered: a node started again on that address (within
+        -- what would be a remembered answer) would have its new sessions
+        -- refused. A dead node costs its clients' requests one EXISTS each.
+        return false
+    end
     if self.alive_cached >= MAX_REMEMBERED then
         self.alive_cache, self.alive_cached = {}, 0
     end
     if not cached then
         self.alive_cached = self.alive_cached + 1
     end
-    self.alive_cache[address] = { alive = res == 1, expires = now + self.period_ms / 1000 }
-    return res == 1
+    self.alive_cache[address] = { alive = true, expires = now + self.period_ms / 1000 }
+    return true
 end
 
 -- The report travels between workers in the slots dict as
