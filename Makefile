@@ -8,6 +8,10 @@
 #   make profile  host and nginx instructions per round trip (callgrind)
 #   make chaos  the chaos runs with their HTTP fuzz, without and with
 #               restart_on_crash (CHAOS_SECONDS=120 each, CHAOS_SEED to replay one)
+#   make cluster-test  three serve nodes with Redis behind a round-robin
+#               nginx: forwarding, node and Redis failures, forged ids,
+#               the cluster-wide ceiling, leaks (CLUSTER_CHAOS=SECONDS:
+#               its chaos run instead)
 #   make fuzz   coverage-guided fuzzing of the host's parsers, FUZZ_SECONDS=60
 #               per target (needs a nightly Rust; installs cargo-fuzz)
 #   make apisix-test  the plugin inside a real Apache APISIX built from source
@@ -18,8 +22,9 @@ BASE_URI ?= /mcp
 WORKERS ?= 1
 CMD ?=
 APISIX_TESTBED ?= /opt/apisix-testbed
+CLUSTER_CHAOS ?=
 
-.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench profile chaos fuzz clean
+.PHONY: all deps test-deps bench-deps build run test apisix-test lint bench profile chaos cluster-test fuzz clean
 
 all: build
 
@@ -60,6 +65,9 @@ profile: bench-deps build
 chaos: build
 	python3 ci/chaos.py
 	python3 ci/chaos.py --restart-on-crash
+
+cluster-test: test-deps build
+	python3 ci/cluster.py $(if $(CLUSTER_CHAOS),--chaos $(CLUSTER_CHAOS))
 
 fuzz:
 	bash ci/fuzz.sh

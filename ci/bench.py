@@ -11,8 +11,11 @@ endpoints) at the version pinned in ci/bench/requirements.txt. Each
 transport gets its rows: HTTP+SSE, Streamable HTTP sessions, and stateless
 requests of revision 2026-07-28. Every echo row also says how much CPU time
 the gateway's own processes spent per round trip (from
-/proc/PID/task/TID/schedstat over the measured window). Prints one Markdown
-table on stdout, with ratios against the baseline of the same run, and
+/proc/PID/task/TID/schedstat over the measured window). Below the table,
+cluster mode's rows: a Streamable HTTP echo posted to the session's own
+node, and to another node of the cluster that forwards it (two nodes and a
+local redis-server; one line says why not when redis-server or cluster
+mode is missing). Prints one Markdown table on stdout, with ratios against the baseline of the same run, and
 rewrites docs/benchmarks.md with it (not in --smoke mode). Progress goes to
 stderr; raw results to .bench/results.json.
 
@@ -26,13 +29,14 @@ Usage: ci/bench.py [--smoke] [--idle-seconds S] [--duration S] [--only NAME]...
   --idle-seconds   how long 1,000 idle sessions are held [30]
   --duration       measured seconds of each echo run [4]
   --only NAME      run only these gateways: direct, bridge1, bridge2,
-                   supergateway, mcp-proxy (repeatable); leaves
-                   docs/benchmarks.md alone
+                   supergateway, mcp-proxy, or the cluster rows: cluster
+                   (repeatable); leaves docs/benchmarks.md alone
 """
 import argparse
 import datetime
 import glob
 import hashlib
+import http.client
 import json
 import os
 import platform
@@ -46,6 +50,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -1043,6 +1049,86 @@ def failures(results):
     return out
 
 
+# ---- cluster mode: a forwarded request next to a local one ------------------
+
+def cluster_echo(port, sid, warmup, duration):
+    """Round trips of one Streamable session's echo calls, one after another
+    on a keep-alive connection to `port`: {median_us, p99_us, per_s}."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "MCP-Protocol-Version": cluster.LEGACY_VERSION, "Mcp-Session-Id": sid}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "echo", "arguments": {"text": "x" * 32}}})
+    samples = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < warmup + duration:
+            t0 = time.perf_counter()
+            conn.request("POST", cluster.BASE_URI, body=body, headers=headers)
+            r = conn.getresponse()
+            answer = r.read()
+            if r.status != 200 or b'"xxxx' not in answer:
+                raise Failure(f"echo on :{port}: {r.status} {answer[:160]!r}")
+            if time.monotonic() - started >= warmup:
+                samples.append(time.perf_counter() - t0)
+    finally:
+        conn.close()
+    samples.sort()
+    if not samples:
+        raise Failure(f"no round trip on :{port} within {duration} s")
+    return {"median_us": samples[len(samples) // 2] * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
+            "per_s": len(samples) / sum(samples), "round_trips": len(samples)}
+
+
+def run_cluster(plan):
+    """Two `serve` nodes sharing a Redis, one Streamable session on the first:
+    its echo calls posted to it, then to the second node, which forwards
+    them. (Markdown rows, or the line saying why there are none; a failure
+    or None)."""
+    if not os.access(cluster.REDIS_SERVER, os.X_OK):
+        return "Not measured in this run: redis-server is not installed (`apt-get install redis-server`).", None
+    if "--cluster" not in (command_output([BRIDGE, "serve", "--help"]) or ""):
+        return "Not measured in this run: this mcp-bridge has no cluster mode (`serve --cluster`).", None
+    log("cluster: two nodes and Redis, a local and a forwarded echo")
+    # Not under run_dir: the nodes' socket paths must stay short.
+    workdir = tempfile.mkdtemp(prefix="mcp-bench-cluster-")
+    os.chmod(workdir, 0o755)
+    redis = cluster.Redis(workdir)
+    secret = hashlib.sha256(os.urandom(32)).hexdigest()
+    nodes = [cluster.Node(workdir, i + 1, redis.port, 64, secret=secret) for i in range(2)]
+    results = {}
+    try:
+        redis.start()
+        for n in nodes:
+            n.start()
+        session = cluster.open_on(nodes[0], "bench")
+        for key, node in (("local", nodes[0]), ("forwarded", nodes[1])):
+            results[key] = cluster_echo(node.port, session.sid, plan["warmup"], plan["duration"])
+        session.delete()
+        moved = nodes[1].forwarded()
+        if moved < results["forwarded"]["round_trips"]:
+            raise Failure(f"the second node counts {moved:.0f} forwarded requests, "
+                          f"{results['forwarded']['round_trips']} were sent to it")
+    except (Failure, cluster.Failed, RuntimeError, OSError) as e:
+        return f"Not measured in this run: {e}", f"cluster: {e}"
+    finally:
+        for n in nodes:
+            n.stop()
+        redis.stop()
+        left = [f"{n.label()}: {n.left() + [(pid, 'backend') for pid in n.backends_left()]}"
+                for n in nodes if n.left() or n.backends_left()]
+        shutil.rmtree(workdir, ignore_errors=True)
+    if left:
+        return "Not measured in this run: processes left.", f"cluster: left running: {left}"
+    rows = ["| cluster: 2 nodes, Redis, Streamable echo (1 session, 32 bytes) | median / p99 | round trips/s |",
+            "|---|---|---|"]
+    for key, label in (("local", "POST to the session's node"),
+                       ("forwarded", "POST to the other node, forwarded to the session's")):
+        r = results[key]
+        rows.append(f"| {label} | {fmt_us(r['median_us'])} / {fmt_us(r['p99_us'])} | {r['per_s']:,.0f} |")
+    return "\n".join(rows), None
+
+
 # ---- the machine and the document -------------------------------------------
 
 def command_output(cmd):
@@ -1206,7 +1292,7 @@ def run_profile():
     return "\n".join(line for line in r.stdout.splitlines() if line.startswith("|"))
 
 
-def write_doc(table_text, info, plan, gateways, results, duration_s, profile_text):
+def write_doc(table_text, info, plan, gateways, results, duration_s, profile_text, cluster_text):
     notes = run_notes(gateways, results)
     behind_lines = behind(gateways, results)
     if behind_lines:
@@ -1235,6 +1321,16 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 {table_text}
 
 {NOTES}{"".join(f"- {n}{chr(10)}" for n in notes)}
+## Cluster mode: a forwarded request
+
+{cluster_text}
+
+Two `mcp-bridge serve` nodes (2 workers each) in one cluster (`--cluster`, a local redis-server),
+one Streamable HTTP session opened on the first: its `echo` calls posted, one after another on a
+keep-alive connection from a Python client, to the first node (local), then to the second, which
+forwards each to the first. The difference between the rows is what forwarding costs; the client
+is the same for both.
+
 ## Instructions per round trip
 
 {profile_text}
@@ -1295,6 +1391,8 @@ def raise_fd_limit():
 
 
 GATEWAYS = ["direct", "bridge1", "bridge2", "supergateway", "mcp-proxy"]
+# Not a column: rows of their own, below the table.
+EXTRAS = ["cluster"]
 
 
 def main():
@@ -1302,7 +1400,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny counts; does not write docs/benchmarks.md")
     ap.add_argument("--idle-seconds", type=float, help="how long the idle sessions are held [30]")
     ap.add_argument("--duration", type=float, help="measured seconds of each echo run [4]")
-    ap.add_argument("--only", action="append", choices=GATEWAYS, help="run only these gateways (repeatable)")
+    ap.add_argument("--only", action="append", choices=GATEWAYS + EXTRAS,
+                    help="run only these gateways, or the cluster rows (repeatable)")
     args = ap.parse_args()
     plan = dict(SMOKE if args.smoke else FULL)
     if args.idle_seconds is not None:
@@ -1319,7 +1418,7 @@ def main():
     os.chmod(run_dir, 0o755)
     started = time.monotonic()
 
-    wanted = set(args.only or GATEWAYS)
+    wanted = set(args.only or GATEWAYS + EXTRAS)
     # Headroom over the most sessions a scenario holds: a Streamable HTTP
     # session's slot is freed a moment after its DELETE is answered (when
     # the host's event reaches the worker), so the next scenario's sessions
@@ -1348,18 +1447,22 @@ def main():
             continue
         run_gateway(gw, plan, results[gw.key])
 
-    text = table(gateways, results)
-    print(text)
+    text = table(gateways, results) if gateways else ""
+    if text:
+        print(text + "\n")
+    cluster_text, cluster_failure = run_cluster(plan) if "cluster" in wanted else ("", None)
+    if cluster_text:
+        print(cluster_text)
     duration_s = time.monotonic() - started
     info = machine(fd_limit)
     with open(os.path.join(OUT_DIR, "results.json"), "w") as f:
         json.dump({"plan": plan, "machine": info, "results": results, "seconds": duration_s}, f, indent=1)
-    failed = failures(results)
+    failed = failures(results) + ([cluster_failure] if cluster_failure else [])
     if failed:
         for f in failed:
             log(f"FAILED: {f}")
     elif not args.smoke and not args.only:
-        write_doc(text, info, plan, gateways, results, duration_s, run_profile())
+        write_doc(text, info, plan, gateways, results, duration_s, run_profile(), cluster_text)
         log(f"wrote {os.path.relpath(DOC, ROOT)}")
     if not args.smoke:
         for line in behind(gateways, results):

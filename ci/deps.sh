@@ -19,7 +19,8 @@ if [[ "${1:-}" == "test" ]]; then
     # runs the benchmark's smoke test and, in a virtual environment (venv),
     # the end-to-end test with the MCP Python SDK.
     # valgrind runs make profile's smoke test.
-    want+=(lua-cjson luajit2 libtest-base-perl lua-check valgrind)
+    # redis-server: t/registry.t runs its own (the cluster registry's tests).
+    want+=(lua-cjson luajit2 libtest-base-perl lua-check valgrind redis-server)
     command -v node >/dev/null 2>&1 || want+=(nodejs npm)
     command -v python3 >/dev/null 2>&1 || want+=(python3)
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import ensurepip, venv" 2>/dev/null; then

@@ -3,7 +3,8 @@
 # Test::Nginx suites (with the real Test::Nginx when installed, else the
 # project's runner in t/lib), the end-to-end tests with the official MCP SDKs
 # (TypeScript and Python, installed by ci/deps.sh test), the official MCP
-# conformance suite, a benchmark and chaos smoke run, the plugin inside Apache
+# conformance suite, a benchmark and chaos smoke run, cluster mode (three
+# nodes, Redis, a round-robin front), the plugin inside Apache
 # APISIX (when a testbed is built), and a final check that nothing was left
 # running.
 set -euo pipefail
@@ -85,6 +86,12 @@ python3 ci/chaos.py --short
 
 step "chaos run with restart_on_crash (short)"
 python3 ci/chaos.py --seconds 15 --restart-on-crash
+
+step "cluster mode: three serve nodes, Redis, a round-robin nginx (ci/cluster.py)"
+python3 ci/cluster.py
+
+step "cluster chaos run (short; make cluster-test CLUSTER_CHAOS=120 for a long one)"
+python3 ci/cluster.py --chaos 20
 
 # Inside a real Apache APISIX (make apisix-test), when one is built at
 # $APISIX_TESTBED (default /opt/apisix-testbed); otherwise one line says why not.

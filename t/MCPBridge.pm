@@ -6,6 +6,7 @@ package t::MCPBridge;
 #   - http_config: package paths, lua_check_client_abort, the routes;
 #   - `--- routes`: Lua table fields defining routes by name (default: one
 #     route "mcp" at /mcp bridging the fixture server);
+#   - `--- settings`: more fields of the global settings (a cluster);
 #   - a `location /` that hands each request to the route whose base_uri
 #     matches it best, unless the block's config already calls serve();
 #   - the lua_shared_dict that counts sessions node-wide, unless the block
@@ -70,6 +71,8 @@ add_block_preprocessor(sub {
     my $slots_dict = $block->no_slots_dict ? "" : "lua_shared_dict mcp-bridge-slots 1m;";
     $slots_dict .= "\n    lua_shared_dict mcp-bridge-metrics 1m;";
     my $http_config = $block->http_config // "";
+    # `--- settings`: more global settings (cluster = { ... }).
+    my $settings = $block->settings // "";
     $block->set_value("http_config", <<_EOC_ . $http_config);
     lua_package_path "$root/lua/?.lua;$root/t/lua/?.lua;;";
     lua_package_cpath "$root/target/release/lib?.so;;";
@@ -79,7 +82,7 @@ add_block_preprocessor(sub {
 
     init_by_lua_block {
         local standalone = require("apisix.plugins.mcp.bridge.standalone")
-        standalone.settings({ runtime_dir = "$run_dir" })
+        standalone.settings({ runtime_dir = "$run_dir", $settings })
         local routes = {
 $routes
         }

@@ -30,6 +30,8 @@ the pool):
   11  the t/*.t suites under the real Test::Nginx with the testbed's nginx
   12  stateless 2026-07-28 requests served by each worker's pool
   13  a route shaped as docs/mcp-bridge.md's example: both endpoints
+  14  two nodes of one cluster (plugin_attr cluster, a Redis of their own):
+      each serves the other's sessions, the cluster's ceiling, kill -9 of one
 
 and checks that nothing is left running. Prints one table; exits 1 if any
 scenario failed. Whatever happens, every process it started is killed and the
@@ -479,7 +481,7 @@ class Streamable:
             self.error = rpc_error_text(self.body)
             return
         self.sid = self.reply_headers.get("mcp-session-id")
-        check(self.sid and re.fullmatch(r"[0-9a-f]{48}", self.sid),
+        check(self.sid and re.fullmatch(r"[0-9a-f]{48}(-[0-9a-f]+-[0-9a-f]{32})?", self.sid),
               f"initialize on {base}: Mcp-Session-Id {self.sid!r}")
         st = self.notify()
         check(st == 202, f"notifications/initialized on {base}: {st}")
@@ -616,7 +618,8 @@ class Apisix:
     its config.yaml and apisix.yaml, its ports."""
 
     def __init__(self, run, name, workers, routes, consumers=None, runtime_dir=None,
-                 host_program=True, body_filter_fix=True, plugins=("mcp-bridge", "key-auth", "prometheus")):
+                 host_program=True, body_filter_fix=True, plugins=("mcp-bridge", "key-auth", "prometheus"),
+                 cluster=None):
         self.run = run
         self.name = name
         self.workers_wanted = workers
@@ -643,6 +646,9 @@ class Apisix:
         if body_filter_fix:
             # The testbed's lua-nginx-module 0.10.28 carries the fix (0581262).
             attr["lua_module_has_body_filter_fix"] = True
+        if cluster:
+            # As docs/mcp-bridge.md's cluster set-up says.
+            attr["cluster"] = dict(cluster, node_address=f"127.0.0.1:{self.port}")
         plugin_attr = {"mcp-bridge": attr}
         if "prometheus" in plugins:
             plugin_attr["prometheus"] = {"export_addr": {"ip": "127.0.0.1", "port": self.metrics_port},
@@ -1932,6 +1938,79 @@ def s6_streamable_consumers(run, inst, pid_dir):
     return "; ".join(figures)
 
 
+def redis_keys(port, prefix):
+    r = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern", prefix + "*"],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=10)
+    return sorted(r.stdout.split())
+
+
+def s14_cluster(run, a, b, redis_port, pid_dir):
+    """Two APISIX nodes in one cluster: each serves the other's sessions by
+    forwarding, the ceiling is the cluster's, and a node killed outright
+    leaves the registry."""
+    prefix = "mcp-bridge:apisix-test:"
+    ok = wait_for(lambda: len(redis_keys(redis_port, prefix + "node:")) == 2, 10, 0.1)
+    check(ok, f"both nodes in the registry: {redis_keys(redis_port, prefix)}")
+    # Streamable: made on A, used through B.
+    s = Streamable(a.port, "/mcp")
+    check(s.status == 200, f"initialize on A: {s.status} {s.error}")
+    check(f"-{f'127.0.0.1:{a.port}'.encode().hex()}-" in s.sid, f"the id names A: {s.sid}")
+    s.port = b.port
+    texts = [s.call("echo", {"text": f"via B {i}"}) for i in range(5)]
+    check(texts == [f"via B {i}" for i in range(5)], f"calls through B: {texts}")
+    # HTTP+SSE: the stream on A, the POSTs through B.
+    sse = Session(a.port, "/mcp")
+    check(sse.status == 200, f"GET /mcp/sse on A: {sse.status}")
+    sse.port = b.port
+    check(sse.call("echo", {"text": "sse via B"}) == "sse via B", "an SSE call through B")
+    # A forged id, and one of another cluster: 404 from B.
+    forged = s.sid[:-1] + ("0" if s.sid[-1] != "0" else "1")
+    st, _ = s.rpc("ping", sid=forged)
+    check(st == 404, f"a forged id through B: {st}")
+    # The report is the last renewal's (every third of a lease).
+    wait_for(lambda: a.control("GET", "/v1/plugin/mcp-bridge/cluster")[1].get("nodes") == 2, 3, 0.1)
+    status, doc = a.control("GET", "/v1/plugin/mcp-bridge/cluster")
+    check(status == 200 and doc.get("nodes") == 2 and doc.get("redis") == "up"
+          and doc.get("node") == f"127.0.0.1:{a.port}", f"control API on A: {status} {doc}")
+    # The exporter renders every second.
+    wait_for(lambda: metric_sum(parse_metrics(b.metrics()), "forwarded_requests_total") >= 6, 3, 0.2)
+    forwarded = metric_sum(parse_metrics(b.metrics()), "forwarded_requests_total")
+    check(forwarded == 6, f"B's forwarded requests (5 Streamable, 1 SSE): {forwarded}")
+    # The cluster's ceiling (2): one session on each node, the third refused
+    # on either, and a slot back once one ends.
+    c1 = Streamable(a.port, "/capped")
+    c2 = Streamable(b.port, "/capped")
+    c3 = Streamable(a.port, "/capped")
+    check(c1.status == 200 and c2.status == 200, f"two sessions: {c1.status} {c2.status}")
+    check(c3.status == 429 and "max_sessions_per_cluster" in (c3.error or ""),
+          f"the third: {c3.status} {c3.error}")
+    check(c2.delete() == 200, "DELETE of B's session")
+    c4 = wait_for(lambda: Streamable(a.port, "/capped").status == 200, 5, 0.2)
+    check(c4, "a slot back after a DELETE")
+    # kill -9 of A: its sessions are gone, B answers 404 at once, and A
+    # leaves the registry within its lease.
+    # Every process of A: master, worker, APISIX's privileged agent (which
+    # renews the node's lease as the workers do), hosts and backends.
+    for p in processes_of(a.home):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    s.port = b.port
+    t0 = time.monotonic()
+    st, _ = s.rpc("ping")
+    took = time.monotonic() - t0
+    check(st == 404 and took < 1, f"A's session through B after A died: {st} in {took:.2f} s")
+    gone = wait_for(lambda: redis_keys(redis_port, prefix + "node:") == [f"{prefix}node:127.0.0.1:{b.port}"],
+                    1.5 * 3 + 1, 0.1)
+    check(gone, f"A left the registry: {redis_keys(redis_port, prefix)}")
+    b.stop()
+    check(wait_fixture_gone(pid_dir, 10), "every backend ended")
+    empty = wait_for(lambda: not redis_keys(redis_port, prefix), 1.5 * 3 + 1, 0.1)
+    check(empty, f"no key left once both nodes are gone: {redis_keys(redis_port, prefix)}")
+    return f"{forwarded} forwarded by B, 429 at the ceiling, A gone from the registry, no key left"
+
+
 def s7_streamable_control(run, inst, pid_dir):
     live = []
     try:
@@ -2277,6 +2356,34 @@ def main():
                 run.scenario("4d", "kill -9 of the master with live sessions", s4_kill_master,
                              run, inst, pids)
             inst.stop()
+
+        # --- two nodes of one cluster, with a Redis of their own
+        if want("14"):
+            if not shutil.which("redis-server"):
+                run.notes.append(("14", "skipped", "redis-server is not installed (apt-get install redis-server)"))
+            else:
+                redis_port = free_port()
+                redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
+                                          "--appendonly", "no", "--dir", run.scratch],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                run.children.append(redis)
+                pids = run.pid_dir("cluster")
+                cluster = {"name": "apisix-test", "secret": "the secret of the apisix-test cluster",
+                           "redis": f"redis://127.0.0.1:{redis_port}", "lease_ms": 1500}
+                routes = [run.route("mcp", "/mcp", pids, kill_grace_ms=500),
+                          run.route("capped", "/capped", pids, kill_grace_ms=500, max_sessions_per_cluster=2)]
+                nodes = [Apisix(run, name, 1, routes, cluster=cluster) for name in ("node-a", "node-b")]
+                # B's forward to A as A is killed may find A's socket still
+                # there: nginx's core logs the reset (the client gets 404).
+                nodes[1].expected_log = [re.compile(r"recv\(\) failed \(104: Connection reset by peer\)")]
+                for inst in nodes:
+                    inst.start()
+                run.scenario("14", "two APISIX nodes of one cluster: forwarding, the ceiling, kill -9",
+                             s14_cluster, run, nodes[0], nodes[1], redis_port, pids)
+                for inst in nodes:
+                    inst.stop()
+                redis.terminate()
+                redis.wait()
 
         # Last, alone: hosts of one user end what hosts of that user that
         # are gone left behind, so the suites' checks of that would race the

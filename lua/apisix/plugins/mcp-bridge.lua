@@ -65,6 +65,11 @@ end
 --     runtime_dir: /var/run/mcp-bridge   # parent of the hosts' private directories
 --     host_program: /usr/local/apisix/mcp-bridge-host
 --     lua_module_has_body_filter_fix: true   # see lua_module_refusal()
+--     cluster:                  # several nodes behind one load balancer
+--       node_address: 10.0.0.5:9080   # where the other nodes reach this one
+--       secret: ...             # the same on every node, 16 bytes or more
+--       redis: redis://10.0.0.9:6379/0
+--       name: mcp-bridge        # optional; lease_ms: 5000, optional
 -- Settings apply at once, so every worker finds every host; the host starts,
 -- and worker shutdown is watched, on the first session. A starting worker
 -- takes back node slots of workers that died.
@@ -73,7 +78,10 @@ function _M.init()
     if refusal then
         ngx.log(ngx.ERR, refusal)
     end
-    worker.set(plugin.plugin_attr(plugin_name))
+    local ok, err = worker.set(plugin.plugin_attr(plugin_name))
+    if not ok then
+        ngx.log(ngx.ERR, "mcp-bridge: plugin_attr: ", err, "; cluster mode is off")
+    end
     worker.configure()
     worker.started()
     -- After every plugin's init: the prometheus plugin's registry exists
@@ -114,7 +122,9 @@ end
 -- APISIX's control API (127.0.0.1:9090 by default):
 --   GET    /v1/plugin/mcp-bridge/sessions            every worker's live sessions
 --   DELETE /v1/plugin/mcp-bridge/sessions/<id start>  ends that session
+--   GET    /v1/plugin/mcp-bridge/cluster             this node in its cluster
 local SESSIONS_URI = "/v1/plugin/mcp-bridge/sessions"
+local CLUSTER_URI = "/v1/plugin/mcp-bridge/cluster"
 
 local function list_sessions()
     return 200, { sessions = control.sessions() }
@@ -129,9 +139,18 @@ local function end_session()
     return 200, { ended = prefix }
 end
 
+local function cluster_state()
+    local state = control.cluster()
+    if not state then
+        return 404, { error_msg = "this node is not in a cluster (plugin_attr.mcp-bridge.cluster)" }
+    end
+    return 200, state
+end
+
 function _M.control_api()
     return {
         { methods = { "GET" }, uris = { SESSIONS_URI }, handler = list_sessions },
+        { methods = { "GET" }, uris = { CLUSTER_URI }, handler = cluster_state },
         { methods = { "DELETE" }, uris = { SESSIONS_URI .. "/*" }, handler = end_session },
     }
 end

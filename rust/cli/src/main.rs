@@ -177,6 +177,41 @@ fn loopback_hosts(addr: SocketAddr) -> Vec<String> {
     vec![format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")]
 }
 
+/// Cluster mode's settings from the options: the node's address (the
+/// listen address unless it is a wildcard) and the secret (from its file,
+/// or the environment).
+fn cluster_settings(s: &Serve, listen: SocketAddr) -> Result<Option<nginx::Cluster>, String> {
+    let Some(redis) = &s.cluster else { return Ok(None) };
+    let node_address = match &s.node_address {
+        Some(a) => a.clone(),
+        None if listen.ip().is_unspecified() => {
+            return Err(format!(
+                "--listen {} is a wildcard address: give --node-address, where the other nodes reach this one",
+                s.listen
+            ))
+        }
+        None => listen.to_string(),
+    };
+    let secret = match (&s.cluster_secret_file, &s.cluster_secret_env) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--cluster-secret-file {}: {e}", path.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        (None, Some(secret)) => secret.clone(),
+        (None, None) => return Err("--cluster needs the cluster's secret".into()),
+    };
+    if secret.len() < 16 {
+        return Err(format!("the cluster's secret must be at least 16 bytes, it has {}", secret.len()));
+    }
+    Ok(Some(nginx::Cluster {
+        redis: redis.clone(),
+        node_address,
+        secret,
+        name: s.cluster_name.clone(),
+        lease_ms: s.cluster_lease_ms,
+    }))
+}
+
 fn serve(mut s: Serve) -> Result<i32, String> {
     let bin = my_dir()?;
     let native = beside_me(&bin, "libmcp_bridge_native.so")?;
@@ -215,12 +250,14 @@ fn serve(mut s: Serve) -> Result<i32, String> {
         "the default PATH"
     };
 
+    let cluster = cluster_settings(&s, addr)?;
+
     let (prefix, temporary) = make_prefix(s.prefix.as_deref(), &run_as)?;
     let result = (|| {
         let run = nginx::runtime_dir(&prefix);
         let libdir = native.parent().unwrap_or(Path::new(".")).to_path_buf();
         let config = nginx::config(&s, &nginx, &prefix, &libdir, run_as.directive.as_deref());
-        let placed = nginx::Placement { runtime_dir: &run, host_program: &host };
+        let placed = nginx::Placement { runtime_dir: &run, host_program: &host, cluster: cluster.as_ref() };
         let route = nginx::route_lua(&s, &s.command, &placed);
         nginx::write_prefix(&prefix, &config, &route, (run_as.uid, run_as.gid))?;
         check_reach(&run_as, &run, &host, &s, temporary)?;
@@ -236,6 +273,15 @@ fn serve(mut s: Serve) -> Result<i32, String> {
             if let Some(uri) = uri {
                 let _ = writeln!(banner, "mcp-bridge: {what} at http://{}{uri} (loopback clients only)", s.listen);
             }
+        }
+        if let Some(c) = &cluster {
+            let _ = writeln!(
+                banner,
+                "mcp-bridge: cluster {} via {}, this node at {}",
+                s.cluster_name.as_deref().unwrap_or("mcp-bridge"),
+                c.redis,
+                c.node_address
+            );
         }
         // The SSE endpoint's line comes last: scripts wait for it.
         let _ = write!(

@@ -126,6 +126,34 @@ pub fn check_socket_room(runtime_dir: &Path, uid: u32) -> Result<(), String> {
 pub struct Placement<'a> {
     pub runtime_dir: &'a Path,
     pub host_program: &'a Path,
+    pub cluster: Option<&'a Cluster>,
+}
+
+/// Cluster mode's settings, as gateway.lua passes them on (see cluster.lua).
+pub struct Cluster {
+    pub redis: String,
+    pub node_address: String,
+    pub secret: String,
+    pub name: Option<String>,
+    pub lease_ms: Option<u64>,
+}
+
+impl Cluster {
+    fn lua(&self) -> String {
+        let mut fields = format!(
+            "\n        redis = {},\n        node_address = {},\n        secret = {},",
+            lua_string(&self.redis),
+            lua_string(&self.node_address),
+            lua_string(&self.secret)
+        );
+        if let Some(name) = &self.name {
+            let _ = write!(fields, "\n        name = {},", lua_string(name));
+        }
+        if let Some(ms) = self.lease_ms {
+            let _ = write!(fields, "\n        lease_ms = {ms},");
+        }
+        format!("    cluster = {{{fields}\n    }},\n")
+    }
 }
 
 /// The Lua that defines the gateway's route (run by init_by_lua_file, in
@@ -152,6 +180,7 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
     let numbers = [
         ("max_sessions", s.max_sessions),
         ("max_sessions_per_node", s.max_sessions_per_node),
+        ("max_sessions_per_cluster", s.max_sessions_per_cluster),
         ("kill_grace_ms", s.kill_grace_ms),
         ("max_message_bytes", s.max_message_bytes),
         ("keepalive_interval_ms", s.keepalive_interval_ms),
@@ -204,14 +233,16 @@ pub fn route_lua(s: &Serve, command: &[String], placed: &Placement) -> String {
         }
     }
     format!(
-        "-- Written by `mcp-bridge serve`. It holds the backends' --env values:\n\
-         -- only its owner (nginx's master reads it) may read it.\n\
+        "-- Written by `mcp-bridge serve`. It holds the backends' --env values\n\
+         -- and the cluster's secret: only its owner (nginx's master reads it)\n\
+         -- may read it.\n\
          local standalone = require(\"apisix.plugins.mcp.bridge.standalone\")\n\
-         standalone.settings({{\n    runtime_dir = {},\n    host_program = {},\n}})\n\
+         standalone.settings({{\n    runtime_dir = {},\n    host_program = {},\n{}}})\n\
          -- names = \"cli\": messages name `mcp-bridge serve` options, not route fields.\n\
          standalone.define(\"gateway\", {{\n{fields}}}, {{ names = \"cli\" }})\n",
         lua_path(placed.runtime_dir),
         lua_path(placed.host_program),
+        placed.cluster.map(Cluster::lua).unwrap_or_default(),
     )
 }
 
@@ -242,6 +273,9 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path, user: Opti
     }
     // The metrics are counted in a shared dict only when they are served.
     let metrics_dict = if s.metrics_uri.is_some() { "\n    lua_shared_dict mcp-bridge-metrics 4m;" } else { "" };
+    // A node or Redis that is down refuses connections: the bridge logs
+    // that itself, once, rather than nginx at [error] on every attempt.
+    let cluster = if s.cluster.is_some() { "\n    lua_socket_log_errors off;" } else { "" };
     format!(
         "# Written by `mcp-bridge serve`.\n\
          {load}{user}daemon off;\n\
@@ -259,7 +293,7 @@ pub fn config(s: &Serve, nginx: &Nginx, prefix: &Path, libdir: &Path, user: Opti
              lua_package_path \"{p}/lua/?.lua;;\";\n    \
              lua_package_cpath \"{lib}/lib?.so;;\";\n    \
              lua_check_client_abort on;\n    \
-             lua_shared_dict mcp-bridge-slots 1m;{metrics_dict}\n    \
+             lua_shared_dict mcp-bridge-slots 1m;{metrics_dict}{cluster}\n    \
              client_body_temp_path {p}/tmp/body;\n    \
              proxy_temp_path {p}/tmp/proxy;\n    \
              fastcgi_temp_path {p}/tmp/fastcgi;\n    \
@@ -434,7 +468,7 @@ mod tests {
     }
 
     fn placed() -> Placement<'static> {
-        Placement { runtime_dir: Path::new("/p/run"), host_program: Path::new("/b/host") }
+        Placement { runtime_dir: Path::new("/p/run"), host_program: Path::new("/b/host"), cluster: None }
     }
 
     #[test]

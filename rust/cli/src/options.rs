@@ -82,6 +82,19 @@ options:
   --limit-cpu-seconds N         CPU time of each backend process: SIGXCPU
                                 then, SIGKILL a CPU second later [inherited]
   --limit-open-files N          open files of each backend process [inherited]
+  --cluster redis://HOST:PORT[/DB]
+                                cluster mode: this node is one of several behind
+                                a load balancer, and passes each request to the
+                                node that owns its session; Redis keeps the
+                                nodes' leases and the cluster's ceiling [off]
+  --node-address HOST:PORT      where the other nodes reach this one [--listen,
+                                unless it is a wildcard address]
+  --cluster-secret-file PATH    the cluster's secret (16 bytes or more, the same
+                                on every node) [$MCP_BRIDGE_CLUSTER_SECRET]
+  --cluster-name NAME           the cluster's name [mcp-bridge]
+  --cluster-lease-ms N          a node that stops renewing its lease leaves the
+                                cluster this long after [5000]
+  --max-sessions-per-cluster N  live sessions of every node together [no limit]
   --user USER                   user the workers and backends run as; other
                                 than yourself only when run as root [you]
   --log-level LEVEL             nginx error log level [notice]
@@ -115,6 +128,15 @@ pub struct Serve {
     pub prefix: Option<PathBuf>,
     /// None: the user running `serve`.
     pub user: Option<String>,
+    /// Cluster mode's Redis URL; None: cluster mode off.
+    pub cluster: Option<String>,
+    pub node_address: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
+    /// MCP_BRIDGE_CLUSTER_SECRET, as found when the options were parsed.
+    pub cluster_secret_env: Option<String>,
+    pub cluster_name: Option<String>,
+    pub cluster_lease_ms: Option<u64>,
+    pub max_sessions_per_cluster: Option<u64>,
     // Route fields: None (false) leaves config.lua's default.
     pub max_sessions: Option<u64>,
     pub max_sessions_per_node: Option<u64>,
@@ -165,6 +187,13 @@ impl Default for Serve {
             nginx: None,
             prefix: None,
             user: None,
+            cluster: None,
+            node_address: None,
+            cluster_secret_file: None,
+            cluster_secret_env: None,
+            cluster_name: None,
+            cluster_lease_ms: None,
+            max_sessions_per_cluster: None,
             max_sessions: None,
             max_sessions_per_node: None,
             slow_client_timeout_ms: None,
@@ -224,6 +253,38 @@ fn env_entry(v: &str, getenv: &dyn Fn(&str) -> Option<OsString>) -> Result<(Stri
         .ok_or_else(|| format!("--env {v}: {v} is not set in this environment (export it, or give --env {v}=VALUE)"))?;
     let val = val.into_string().map_err(|_| format!("--env {v}: the value of {v} is not valid UTF-8"))?;
     Ok((v.to_string(), val))
+}
+
+/// The environment variable a cluster's secret may come from.
+pub const CLUSTER_SECRET_VAR: &str = "MCP_BRIDGE_CLUSTER_SECRET";
+
+/// The cluster options go together: each needs --cluster, and --cluster
+/// needs a secret (never on the command line, which `ps` shows).
+fn check_cluster(s: &mut Serve, getenv: &dyn Fn(&str) -> Option<OsString>) -> Result<(), String> {
+    let Some(url) = &s.cluster else {
+        let given = [
+            ("--node-address", s.node_address.is_some()),
+            ("--cluster-secret-file", s.cluster_secret_file.is_some()),
+            ("--cluster-name", s.cluster_name.is_some()),
+            ("--cluster-lease-ms", s.cluster_lease_ms.is_some()),
+            ("--max-sessions-per-cluster", s.max_sessions_per_cluster.is_some()),
+        ];
+        return match given.iter().find(|(_, set)| *set) {
+            Some((option, _)) => Err(format!("{option} needs --cluster redis://HOST:PORT")),
+            None => Ok(()),
+        };
+    };
+    if !url.starts_with("redis://") || url.len() <= "redis://".len() {
+        return Err(format!("--cluster needs a redis:// URL such as redis://127.0.0.1:6379, got \"{url}\""));
+    }
+    if s.cluster_secret_file.is_none() {
+        let secret = getenv(CLUSTER_SECRET_VAR).ok_or_else(|| {
+            format!("--cluster needs the cluster's secret: --cluster-secret-file PATH, or {CLUSTER_SECRET_VAR} in the environment")
+        })?;
+        s.cluster_secret_env =
+            Some(secret.into_string().map_err(|_| format!("{CLUSTER_SECRET_VAR} is not valid UTF-8"))?);
+    }
+    Ok(())
 }
 
 /// Parses the command line; `getenv` reads this process's environment
@@ -311,12 +372,19 @@ pub fn parse(args: &[String], getenv: &dyn Fn(&str) -> Option<OsString>) -> Resu
                 }
                 s.user = Some(user);
             }
+            "--cluster" => s.cluster = Some(value()?),
+            "--node-address" => s.node_address = Some(value()?),
+            "--cluster-secret-file" => s.cluster_secret_file = Some(PathBuf::from(value()?)),
+            "--cluster-name" => s.cluster_name = Some(value()?),
+            "--cluster-lease-ms" => s.cluster_lease_ms = Some(number(name, &value()?)?),
+            "--max-sessions-per-cluster" => s.max_sessions_per_cluster = Some(number(name, &value()?)?),
             "--log-level" => s.log_level = value()?,
             "--nginx" => s.nginx = Some(PathBuf::from(value()?)),
             "--prefix" => s.prefix = Some(PathBuf::from(value()?)),
             _ => return Err(format!("unknown option {name}")),
         }
     }
+    check_cluster(&mut s, getenv)?;
     if s.workers == 0 || s.workers > 256 {
         return Err(format!("--workers must be between 1 and 256, got {}", s.workers));
     }
@@ -357,6 +425,27 @@ mod tests {
     fn serve(s: &str) -> Serve {
         match try_parse(s).expect("parse") {
             Action::Serve(s) => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_options_go_together_and_the_secret_never_comes_from_the_command_line() {
+        let err = |s: &str| try_parse(s).expect_err("refused");
+        assert!(err("serve --node-address 10.0.0.1:9080").contains("--node-address needs --cluster"));
+        assert!(err("serve --max-sessions-per-cluster 3").contains("needs --cluster"));
+        assert!(err("serve --cluster http://x").contains("redis:// URL"));
+        assert!(err("serve --cluster redis://127.0.0.1:6379").contains("MCP_BRIDGE_CLUSTER_SECRET"));
+        assert!(err("serve --cluster-secret x --cluster redis://r:1").contains("unknown option --cluster-secret"));
+        let from_file = serve("serve --cluster redis://r:1 --cluster-secret-file /s --max-sessions-per-cluster 4");
+        assert_eq!(from_file.cluster_secret_file.as_deref(), Some(std::path::Path::new("/s")));
+        assert_eq!(from_file.max_sessions_per_cluster, Some(4));
+        let env = |k: &str| (k == CLUSTER_SECRET_VAR).then(|| OsString::from("sixteen bytes at least"));
+        match parse(&args("serve --cluster redis://r:1 --cluster-lease-ms 900"), &env).expect("parse") {
+            Action::Serve(s) => {
+                assert_eq!(s.cluster_secret_env.as_deref(), Some("sixteen bytes at least"));
+                assert_eq!(s.cluster_lease_ms, Some(900));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -437,6 +437,58 @@ fn an_address_in_use_is_refused_with_a_hint() {
 }
 
 #[test]
+fn cluster_mode_needs_a_long_secret_and_an_address_the_other_nodes_reach() {
+    let scratch = Scratch::new("cluster");
+    let secret = scratch.0.join("secret");
+    std::fs::write(&secret, "short\n").expect("secret");
+    let secret_arg = secret.to_string_lossy().into_owned();
+    let port = free_port().to_string();
+    let (code, err) = run(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--cluster",
+        "redis://127.0.0.1:1",
+        "--cluster-secret-file",
+        &secret_arg,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the cluster's secret must be at least 16 bytes, it has 5"), "{err}");
+    std::fs::write(&secret, "a secret long enough for a cluster\n").expect("secret");
+    let (code, err) = run(&[
+        "serve",
+        "--listen",
+        &format!("0.0.0.0:{port}"),
+        "--cluster",
+        "redis://127.0.0.1:1",
+        "--cluster-secret-file",
+        &secret_arg,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is a wildcard address: give --node-address"), "{err}");
+    // Redis need not be up for the node to start and serve.
+    let gateway = Gateway::start(&["--cluster", "redis://127.0.0.1:1", "--cluster-secret-file", &secret_arg], |_| {});
+    let line = gateway.banner.iter().find(|l| l.contains("this node at")).cloned().unwrap_or_default();
+    assert!(
+        line.ends_with(&format!("cluster mcp-bridge via redis://127.0.0.1:1, this node at 127.0.0.1:{}", gateway.port)),
+        "{:?}",
+        gateway.banner
+    );
+    let mut session = Session::open(gateway.port);
+    session.initialize();
+    assert!(
+        session.post_path.contains(&format!("-{}-", hex(&format!("127.0.0.1:{}", gateway.port)))),
+        "{}",
+        session.post_path
+    );
+    assert!(!session.tool(2, "time").is_empty(), "the session serves");
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
 fn a_bad_option_is_reported_in_one_line_naming_the_option() {
     workspace_built();
     let addr = format!("127.0.0.1:{}", free_port());

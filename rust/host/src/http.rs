@@ -45,6 +45,10 @@ pub struct Headers<'a> {
     /// Whether the worker took a session slot for this request (it does for
     /// what looks like an `initialize`).
     pub slot: bool,
+    /// In cluster mode, what goes before an `input_required` state: the
+    /// node's tag and `~`, so that any node can pass the retry here.
+    #[serde(borrow)]
+    pub state_prefix: Cow<'a, str>,
 }
 
 /// A request, borrowing from its frame's payload.
@@ -79,6 +83,7 @@ impl Headers<'_> {
             mcp_name: self.mcp_name.map(owned),
             accept: owned(self.accept),
             slot: self.slot,
+            state_prefix: owned(self.state_prefix),
         }
     }
 

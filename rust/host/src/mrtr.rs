@@ -334,14 +334,15 @@ impl Parked {
     /// The handle and `requestState` under which `run` will wait for
     /// `binding`'s input, for `wait`. The oldest parked call of the same
     /// consumer gives way when it has `per_consumer` already; none is made
-    /// past `per_worker` (the error is for the client).
+    /// past `per_worker` (the error is for the client). The state starts
+    /// with `prefix` (see `Headers::state_prefix`).
     pub fn reserve(
         &self,
         run: &mut CallRun,
         binding: &Binding,
         wait: Duration,
-        per_consumer: usize,
-        per_worker: usize,
+        (per_consumer, per_worker): (usize, usize),
+        prefix: &str,
     ) -> Result<(String, String), &'static str> {
         if self.of(binding) >= per_consumer {
             self.evict_oldest(|b| b == binding, "too many calls of this consumer wait for input");
@@ -362,7 +363,7 @@ impl Parked {
             d: run.digest(),
             e: expires.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         };
-        Ok((handle, self.seal(&claims)))
+        Ok((handle, self.seal(&claims, prefix)))
     }
 
     /// Parks `run` under a handle [`Parked::reserve`] gave, until `wait`
@@ -438,17 +439,19 @@ impl Parked {
         }
     }
 
-    /// `<host token>.<claims, hex>.<MAC, hex>`: the token first, so the
-    /// worker can send the retry to this host.
-    fn seal(&self, claims: &Claims) -> String {
+    /// `[<prefix>]<host token>.<claims, hex>.<MAC, hex>`: the node's tag
+    /// and the host's token first, so that a worker of any node can send
+    /// the retry to this host. The MAC covers the prefix too.
+    fn seal(&self, claims: &Claims, prefix: &str) -> String {
         let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let signed = format!("{}.{}", self.token, hex(&payload));
+        let signed = format!("{prefix}{}.{}", self.token, hex(&payload));
         format!("{signed}.{}", hex(&self.mac(signed.as_bytes())))
     }
 
     fn open(&self, state: &str) -> Option<Claims> {
         let (signed, mac) = state.rsplit_once('.')?;
-        let (token, payload) = signed.split_once('.')?;
+        let ours = signed.rsplit_once('~').map_or(signed, |(_, ours)| ours);
+        let (token, payload) = ours.split_once('.')?;
         if token != self.token {
             return None;
         }
@@ -484,7 +487,7 @@ mod tests {
     #[test]
     fn a_state_opens_only_as_sealed_and_only_here() {
         let p = parked();
-        let state = p.seal(&claims());
+        let state = p.seal(&claims(), "");
         assert!(state.starts_with("0123456789abcdef."));
         assert_eq!(p.open(&state), Some(claims()));
         assert_eq!(p.open(&format!("{state}-TAMPERED")), None);
@@ -498,6 +501,17 @@ mod tests {
         assert_eq!(other.open(&state), None);
         assert_eq!(p.open("garbage"), None);
         assert_eq!(p.open("0123456789abcdef.zz.zz"), None);
+    }
+
+    #[test]
+    fn a_node_prefix_goes_first_and_is_signed_with_the_rest() {
+        let p = parked();
+        let state = p.seal(&claims(), "3132-abcd~");
+        assert!(state.starts_with("3132-abcd~0123456789abcdef."), "{state}");
+        assert_eq!(p.open(&state), Some(claims()));
+        // Another node's tag on the same state: refused.
+        assert_eq!(p.open(&state.replacen("3132-abcd~", "3133-abcd~", 1)), None);
+        assert_eq!(p.open(&state.replacen("3132-abcd~", "", 1)), None);
     }
 
     #[test]

@@ -365,6 +365,7 @@ struct CallContext<'a> {
     log_level: Option<usize>,
     answers: Answers,
     spec: &'a SpawnSpec,
+    state_prefix: &'a str,
 }
 
 /// How a call's run over one request ended.
@@ -451,6 +452,7 @@ where
         log_level,
         answers: input.answers,
         spec: &spec,
+        state_prefix: &request.headers.state_prefix,
     };
     let (items, stream) = mpsc::channel(CALL_QUEUE);
     let (reusable, driven) = {
@@ -550,8 +552,8 @@ async fn drive(run: &mut CallRun, items: mpsc::Sender<Item>, cx: &CallContext<'_
 /// state names the call, which then waits for the retry.
 async fn ask(run: &mut CallRun, items: &mpsc::Sender<Item>, cx: &CallContext<'_>) -> Driven {
     let wait = Duration::from_millis(cx.spec.input_wait_ms);
-    let reserved =
-        cx.host.parked.reserve(run, cx.binding, wait, cx.spec.max_parked_per_consumer, cx.spec.max_parked_per_worker);
+    let limits = (cx.spec.max_parked_per_consumer, cx.spec.max_parked_per_worker);
+    let reserved = cx.host.parked.reserve(run, cx.binding, wait, limits, cx.state_prefix);
     match reserved {
         Ok((handle, state)) => {
             let _ = items.send(Item::Final(200, run.input_required(cx.client_id, &state))).await;

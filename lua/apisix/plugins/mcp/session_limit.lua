@@ -12,11 +12,13 @@
 -- reclaimed by the others.
 local native = require("apisix.plugins.mcp.bridge.native")
 local node_slots = require("apisix.plugins.mcp.node_slots")
+local registry = require("apisix.plugins.mcp.bridge.registry")
 
 local floor = math.floor
 local ngx = ngx
 local ngx_log = ngx.log
 local setmetatable = setmetatable
+local timer_at = ngx.timer.at
 local type = type
 
 local _M = {}
@@ -24,20 +26,31 @@ local _M = {}
 local DEFAULT_ROUTE = "default"
 local CTX_KEY = "mcp_bridge_slot"
 
--- Guards whose slot is also counted on the node, and under which route.
+-- Guards whose slot is also counted on the node, or in the cluster, and
+-- under which route.
 local node_counted = setmetatable({}, { __mode = "k" })
+local cluster_counted = setmetatable({}, { __mode = "k" })
+
+local function release_in_cluster(premature, route)
+    if not premature then
+        registry.release(route)
+    end
+end
 
 local function is_ceiling(n)
     return type(n) == "number" and n == n
 end
 
 -- Returns a slot guard; or false and "rejected" when `route` already holds
--- `max` slots in this worker, or false and "node" when the node already
--- holds `max_per_node` (optional). A missing or non-numeric ceiling admits
+-- `max` slots in this worker, false and "node" when the node already holds
+-- `max_per_node` (optional), or false and "cluster" when every node of the
+-- cluster together holds `max_per_cluster` (optional; not checked while
+-- the cluster's Redis is out of reach). A missing or non-numeric ceiling admits
 -- nothing. A `detached` slot is not the current request's: it outlives it,
 -- and only release(slot) frees it.
-function _M.acquire(max, route, max_per_node, detached)
-    if not is_ceiling(max) or (max_per_node ~= nil and not is_ceiling(max_per_node)) then
+function _M.acquire(max, route, max_per_node, detached, max_per_cluster)
+    if not is_ceiling(max) or (max_per_node ~= nil and not is_ceiling(max_per_node))
+       or (max_per_cluster ~= nil and not is_ceiling(max_per_cluster)) then
         return false, "invalid ceiling"
     end
     route = route or DEFAULT_ROUTE
@@ -58,6 +71,20 @@ function _M.acquire(max, route, max_per_node, detached)
         end
         node_counted[slot] = route
     end
+    if max_per_cluster and registry.enabled() then
+        local ok, why = registry.acquire(route, floor(max_per_cluster))
+        if ok == false then
+            _M.release(slot)
+            return false, "cluster"
+        end
+        if ok then
+            cluster_counted[slot] = route
+        else
+            -- Redis is out of reach: the node serves on, bounded by its own
+            -- ceilings; its count reaches Redis again with the next lease.
+            ngx_log(ngx.INFO, "mcp-bridge: the cluster ceiling is not checked: ", why)
+        end
+    end
     if not detached then
         ngx.ctx[CTX_KEY] = slot
     end
@@ -75,6 +102,17 @@ function _M.release(slot)
     if route then
         node_counted[slot] = nil
         node_slots.release(route)
+    end
+    route = cluster_counted[slot]
+    if route then
+        cluster_counted[slot] = nil
+        -- From a timer: release() runs in the log phase too, where no
+        -- connection to Redis may be made.
+        local ok, err = timer_at(0, release_in_cluster, route)
+        if not ok then
+            ngx_log(ngx.WARN, "mcp-bridge: a session's end does not reach the cluster until its "
+                              .. "next lease: ", err)
+        end
     end
     return true
 end

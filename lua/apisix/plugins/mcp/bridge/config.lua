@@ -2,6 +2,7 @@
 -- its validation with messages that name the field, defaults, and the spawn
 -- request the host receives. Used by the APISIX plugin and the standalone
 -- gateway alike, so both accept exactly the same configuration.
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local json = require("apisix.plugins.mcp.bridge.json")
 
 local concat = table.concat
@@ -43,6 +44,10 @@ _M.schema = {
                                   description = "live sessions of this route in all workers "
                                                 .. "together (needs lua_shared_dict "
                                                 .. "mcp-bridge-slots)" },
+        max_sessions_per_cluster = { type = "integer", minimum = 1,
+                                     description = "live sessions of this route on every node "
+                                                   .. "of the cluster together (needs cluster "
+                                                   .. "mode)" },
         slow_client_timeout_ms = { type = "integer", minimum = 100, maximum = 3600000,
                                    default = 30000,
                                    description = "longest a client may take to accept one "
@@ -361,6 +366,9 @@ function _M.check(conf, name)
             and format("%s needs \"lua_shared_dict %s 1m;\" in the http "
                        .. "block (in APISIX: nginx_config.http.custom_lua_shared_dict)",
                        name("max_sessions_per_node"), _M.SLOTS_DICT))
+        or (conf.max_sessions_per_cluster and not cluster.enabled()
+            and format("%s needs cluster mode (in APISIX: plugin_attr.mcp-bridge.cluster)",
+                       name("max_sessions_per_cluster")))
         or (conf.cwd and sub(conf.cwd, 1, 1) ~= "/"
             and format("%s must be an absolute path, got %s", name("cwd"), json.string(conf.cwd)))
     if err then

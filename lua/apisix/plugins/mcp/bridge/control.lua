@@ -1,8 +1,8 @@
 -- What an operator may do with live sessions: list those of every worker
 -- (route, consumer, transport, the start of the id, backend pid, age, time
--- since the last message), and end one. APISIX serves these through its
--- control API (see mcp-bridge.lua); they decode the hosts' reports with
--- cjson, which APISIX always has.
+-- since the last message), and end one; and see the node in its cluster.
+-- APISIX serves these through its control API (see mcp-bridge.lua); they
+-- decode the hosts' reports with cjson, which APISIX always has.
 local cjson = require("cjson.safe")
 local native = require("apisix.plugins.mcp.bridge.native")
 local status = require("apisix.plugins.mcp.bridge.status")
@@ -24,6 +24,9 @@ local TOKEN_LEN = 16
 -- least that names a session to end.
 local MIN_PREFIX_LEN = 24
 local TIMEOUT_MS = 2000
+
+-- This node in its cluster (see status.cluster); nil outside cluster mode.
+_M.cluster = status.cluster
 
 -- Every live session of this nginx's workers, oldest first.
 function _M.sessions()

@@ -3,6 +3,7 @@
 -- endpoint, {base_uri}/sse and {base_uri}/message the HTTP+SSE ones. The log
 -- phase releases a request's slot. Works in APISIX's access phase and in a
 -- plain nginx content phase alike.
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local guard = require("apisix.plugins.mcp.bridge.guard")
 local respond = require("apisix.plugins.mcp.bridge.respond")
 local sse = require("apisix.plugins.mcp.bridge.sse")
@@ -58,8 +59,10 @@ function _M.handle(route, consumer)
     local uri = ngx.var.uri
     local conf = route.conf
     local base = conf.base_uri
+    -- A request another node forwarded was checked there, with the same
+    -- settings: its Host is the client's, which may be that node's own.
     local refusal = guard.check(conf)
-    if refusal then
+    if refusal and not cluster.is_forwarded(ngx.var.http_x_mcp_bridge_forwarded) then
         if uri == base or (base == "" and uri == "/") then
             return respond.rpc_error(403, -32000, refusal)
         end

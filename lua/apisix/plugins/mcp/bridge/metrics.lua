@@ -6,6 +6,7 @@
 --
 -- What the worker sees itself (refusals, spawn failures) is counted where it
 -- happens; the rest comes from the host's events (see watcher.lua).
+local registry = require("apisix.plugins.mcp.bridge.registry")
 local watcher = require("apisix.plugins.mcp.bridge.watcher")
 
 local concat = table.concat
@@ -49,6 +50,16 @@ local DEFS = {
                                { "route", "transport" } },
     session_teardown_seconds = { "histogram", "from a session's end until its processes "
                                               .. "were gone", { "route" }, TEARDOWN_BUCKETS },
+    forwarded_requests_total = { "counter", "requests for another node's session, passed to "
+                                            .. "that node", { "route", "transport" } },
+    forward_refusals_total = { "counter", "requests for a session of no live node (404), by "
+                                          .. "why: forged, owner_gone or loop",
+                               { "route", "reason" } },
+    cluster_nodes = { "gauge", "live nodes in the cluster's registry, as last seen", {} },
+    cluster_sessions = { "gauge", "live sessions of a route on every node of the cluster, "
+                                  .. "as last seen", { "route" } },
+    cluster_redis_up = { "gauge", "1 when this node reached the cluster's Redis last time "
+                                  .. "it tried, else 0", {} },
     messages_total = { "counter", "JSON-RPC messages, in (client to backend) and out",
                        { "route", "direction" } },
     message_bytes_total = { "counter", "bytes of JSON-RPC messages, in and out",
@@ -159,7 +170,41 @@ local function observe(name, v, values)
     end
 end
 
+local function set(name, v, values)
+    local s = current_sink()
+    if s == "apisix" then
+        apisix_metrics[name]:set(v, values)
+    elseif s == "dict" then
+        local ok, err = ngx.shared[_M.DICT]:set(series(name, DEFS[name][3], values), v)
+        if not ok then
+            ngx_log(ngx.WARN, "mcp-bridge: cannot set ", name, ": ", err)
+        end
+    end
+end
+
 -- Counted by the worker.
+
+function _M.forwarded(route_key, transport)
+    add("forwarded_requests_total", 1, { route_key, transport })
+end
+
+function _M.forward_refused(route_key, reason)
+    add("forward_refusals_total", 1, { route_key, reason })
+end
+
+-- The cluster as the registry's last renewal saw it: report = { redis =
+-- "up"|"down", nodes = n, sessions = { [route] = n } }.
+function _M.cluster(report)
+    set("cluster_redis_up", report.redis == "up" and 1 or 0, {})
+    if report.redis == "up" then
+        set("cluster_nodes", report.nodes or 0, {})
+        for route, n in pairs(report.sessions or {}) do
+            set("cluster_sessions", n, { route })
+        end
+    end
+end
+
+registry.on_report(_M.cluster)
 
 function _M.refused(route_key, status)
     add("sessions_refused_total", 1, { route_key, tostring(status) })
@@ -245,6 +290,7 @@ function _M.text()
     if not dict then
         return nil, "no lua_shared_dict " .. _M.DICT
     end
+
     local keys = dict:get_keys(0)
     sort(keys, series_order)
     local out, described = {}, {}

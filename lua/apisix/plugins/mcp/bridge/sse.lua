@@ -8,7 +8,9 @@
 -- (the host sends a keepalive frame after each silent interval), and a
 -- client abort ends the request at once through ngx.on_abort.
 local admission = require("apisix.plugins.mcp.bridge.admission")
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local eventstream = require("apisix.plugins.mcp.bridge.eventstream")
+local forward = require("apisix.plugins.mcp.bridge.forward")
 local hosts = require("apisix.plugins.mcp.bridge.hosts")
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local request_body = require("apisix.plugins.mcp.bridge.body")
@@ -81,7 +83,7 @@ function _M.open(route, binding)
     ngx_header["X-Accel-Buffering"] = "no"
     ngx_log(ngx.INFO, "mcp-bridge: session started, backend pid ", pid)
     local ok, err = ngx_print("event: endpoint\ndata: ", conf.base_uri, "/message?sessionId=",
-                              session.id, "\n\n")
+                              cluster.tag(session.id), "\n\n")
     if ok then
         ok, err = ngx_flush(true)
     end
@@ -113,9 +115,36 @@ local ACK_STATUS = {
     ["4"] = 413,
 }
 
+-- The POST's body, bounded by max_message_bytes; ends the request with 413
+-- or 400 when it cannot be had.
+local function read_message(route)
+    local conf = route.conf
+    local body, status, why = request_body.read(conf.max_message_bytes)
+    if body then
+        return body
+    end
+    if status == 413 then
+        return respond.error(413, "request body is larger than "
+                                  .. route.name("max_message_bytes") .. " ("
+                                  .. conf.max_message_bytes .. ")")
+    end
+    return respond.error(400, why)
+end
+
+-- A POST for a session of another node of the cluster: the owner answers.
+local function forward_message(route, owner)
+    if ngx.var.http_x_mcp_bridge_forwarded then
+        -- Forwarded to the wrong node: never passed on again.
+        metrics.forward_refused(route.key, "loop")
+        return refuse(404, "session not found")
+    end
+    local body = read_message(route)
+    forward.relay(route, owner, "sse", body)
+    return respond.error(404, "session not found")
+end
+
 -- POST {base_uri}/message?sessionId=<id>
 function _M.deliver(route, binding)
-    local conf = route.conf
     local session_id, checked
     local query = ngx.var.args
     if query and #query == PLAIN_ARGS_LEN and find(query, PLAIN_ARGS) then
@@ -134,6 +163,17 @@ function _M.deliver(route, binding)
             return refuse(400, "missing sessionId query parameter")
         end
     end
+    local where, owner = cluster.resolve(session_id)
+    if where == "remote" then
+        return forward_message(route, owner)
+    elseif not where then
+        metrics.forward_refused(route.key, "forged")
+        return refuse(404, "session not found")
+    end
+    if owner ~= session_id then
+        -- The host's part of a cluster id, checked with it.
+        session_id, checked = owner, true
+    end
     -- The session is looked for first: a client gets 404 for a session
     -- that is gone whatever its body. Its connection waits in the pool
     -- while the body arrives, which may take long.
@@ -143,20 +183,11 @@ function _M.deliver(route, binding)
     end
     hosts.done(sock, true)
 
-    local body, status, why = request_body.read(conf.max_message_bytes)
+    local body = read_message(route)
     local path
-    if body then
-        sock, path = hosts.connect_session(session_id, true)
-        if not sock then
-            return respond.error(404, "session not found")
-        end
-    else
-        if status == 413 then
-            return respond.error(413, "request body is larger than "
-                                      .. route.name("max_message_bytes") .. " ("
-                                      .. conf.max_message_bytes .. ")")
-        end
-        return respond.error(400, why)
+    sock, path = hosts.connect_session(session_id, true)
+    if not sock then
+        return respond.error(404, "session not found")
     end
 
     local kind, payload

@@ -21,9 +21,13 @@ local _M = {}
 
 local routes = {}
 
--- Global settings: { runtime_dir =, host_program = } (both optional).
+-- Global settings: { runtime_dir =, host_program =, cluster = } (all
+-- optional; see cluster.lua). Raises when the cluster settings are wrong.
 function _M.settings(opts)
-    worker.set(opts)
+    local ok, err = worker.set(opts)
+    if not ok then
+        error("mcp-bridge: invalid settings: " .. err, 2)
+    end
 end
 
 -- Defines route `name` from `conf`. Raises with a message naming the field

@@ -2,9 +2,11 @@
 -- of every worker of this nginx, and the node's slot counts. For operators
 -- and the chaos run; the standalone gateway serves it on loopback when
 -- asked to (--status-uri).
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local json = require("apisix.plugins.mcp.bridge.json")
 local native = require("apisix.plugins.mcp.bridge.native")
 local node_slots = require("apisix.plugins.mcp.node_slots")
+local registry = require("apisix.plugins.mcp.bridge.registry")
 local wire = require("apisix.plugins.mcp.bridge.wire")
 
 local concat = table.concat
@@ -63,6 +65,23 @@ function _M.from_loopback()
     return sub(addr, 1, 4) == "127." or addr == "::1" or addr == "unix:"
 end
 
+-- This node in its cluster, as the registry last saw it; nil outside
+-- cluster mode.
+function _M.cluster()
+    local c = cluster.settings()
+    if not c then
+        return nil
+    end
+    local report = registry.report() or {}
+    return { name = c.name, node = c.node_address, redis = report.redis, nodes = report.nodes,
+             sessions = report.sessions }
+end
+
+local function cluster_json()
+    local state = _M.cluster()
+    return state and ',"cluster":' .. json.value(state) or ""
+end
+
 -- Reclaims slots of dead workers first, so the figures are current.
 function _M.json()
     node_slots.reclaim()
@@ -87,6 +106,7 @@ function _M.json()
         '{"worker":', json.value(worker),
         ',"hosts":[', concat(list, ","), "]",
         ',"node":', json.value(node_slots.snapshot()),
+        cluster_json(),
         "}",
     })
 end

@@ -10,8 +10,10 @@
 -- `initialize` took is kept here until the host tells this worker (see
 -- watcher.lua) that the session ended.
 local admission = require("apisix.plugins.mcp.bridge.admission")
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local config = require("apisix.plugins.mcp.bridge.config")
 local eventstream = require("apisix.plugins.mcp.bridge.eventstream")
+local forward = require("apisix.plugins.mcp.bridge.forward")
 local hosts = require("apisix.plugins.mcp.bridge.hosts")
 local json = require("apisix.plugins.mcp.bridge.json")
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
@@ -51,17 +53,28 @@ local RETRY_AFTER = { ["Retry-After"] = admission.RETRY_AFTER_SECONDS }
 local HOST_SILENCE_MARGIN_MS = 5000
 
 -- The retry of a stateless call that waits for its client's input names
--- the host holding it: its requestState starts with that host's token.
-local REQUEST_STATE_TOKEN = '"requestState"%s*:%s*"(' .. string.rep("%x", 16) .. ')%.'
+-- the host holding it: its requestState starts with that host's token (in
+-- cluster mode, after the tag of the node that runs that host).
+local REQUEST_STATE = '"requestState"%s*:%s*"([^"]*)"'
+local HOST_TOKEN = "^(" .. string.rep("%x", 16) .. ")%."
 
--- The host of the call a retry's requestState names, connected; nil when
--- the request is no such retry or that host is gone (its own host then
--- tells the client the state is of no use).
+-- The host of the call a retry's requestState names, connected; or nil and
+-- the address of the node that holds it (cluster mode); nil when the
+-- request is no such retry or that host is gone (its own host then tells
+-- the client the state is of no use).
 local function state_host(body)
     if not find(body, '"requestState"', 1, true) then
         return nil
     end
-    local token = match(body, REQUEST_STATE_TOKEN)
+    local state = match(body, REQUEST_STATE)
+    if not state then
+        return nil
+    end
+    local where, rest = cluster.resolve_state(state)
+    if where == "remote" then
+        return nil, nil, rest
+    end
+    local token = where and match(rest, HOST_TOKEN)
     if token then
         return hosts.connect_session(token, true)
     end
@@ -190,6 +203,12 @@ end
 
 local json_string = json.string
 
+-- The node's tag for input_required states, in cluster mode.
+local function state_prefix()
+    local prefix = cluster.state_prefix()
+    return prefix ~= "" and ',"state_prefix":"' .. prefix .. '"' or ""
+end
+
 -- The headers block of a Request frame (see Headers in rust/host/src/http.rs):
 -- json.value of the same fields, written straight out. `method` is one of
 -- three names and `session` empty or a checked id; neither needs escaping.
@@ -199,13 +218,14 @@ local function request_headers(method, session, version, mcp_method, mcp_name, a
            .. (mcp_name and ',"mcp_name":' .. json_string(mcp_name) or "")
            .. ',"method":"' .. method .. '","session":"' .. session .. '","slot":'
            .. (slot and "true" or "false")
+           .. state_prefix()
            .. (version and ',"version":' .. json_string(version) or "") .. "}"
 end
 
 -- Writes the rest of a host's reply to the client: `head` is the Head
 -- frame's payload; `new_session`: the reply carries the id of a session
 -- this request made (see UNANSWERED). Returns nothing; ends the request.
-local function relay_reply(route, sock, head, new_session)
+local function relay_reply(route, sock, head, new_session, asked_session)
     local conf = route.conf
     local status, body, session, retry = match(head, "^(%d+) (%a+) (%S+) ?(%d*)$")
     status = tonumber(status)
@@ -215,7 +235,7 @@ local function relay_reply(route, sock, head, new_session)
     end
     local headers = {}
     if session ~= "-" then
-        headers["Mcp-Session-Id"] = session
+        headers["Mcp-Session-Id"] = cluster.tag(session)
     end
     if retry ~= "" then
         headers["Retry-After"] = retry
@@ -227,7 +247,7 @@ local function relay_reply(route, sock, head, new_session)
             -- The session is gone from its host: a slot this worker keeps
             -- for it is free now, not only once its processes are (the
             -- host's event says so to the other workers).
-            release(ngx.var.http_mcp_session_id, true)
+            release(asked_session, true)
         end
         return respond.empty(status, headers)
     end
@@ -304,8 +324,19 @@ function _M.handle(route, binding)
     end
     local var = ngx.var
     local session = var.http_mcp_session_id or ""
-    if session ~= "" and not hosts.is_session_id(session) then
-        return refuse(404, SESSION_NOT_FOUND, "Session not found")
+    local owner
+    if session ~= "" then
+        local where, found = cluster.resolve(session)
+        if where == "remote" and not var.http_x_mcp_bridge_forwarded then
+            owner = found
+        elseif where == "local" and hosts.is_session_id(found) then
+            session = found
+        else
+            if cluster.enabled() then
+                metrics.forward_refused(route.key, where and "loop" or "forged")
+            end
+            return refuse(404, SESSION_NOT_FOUND, "Session not found")
+        end
     end
     local accept = lower(var.http_accept or "")
     local body = ""
@@ -342,6 +373,11 @@ function _M.handle(route, binding)
         end
     end
 
+    if owner then
+        forward.relay(route, owner, "streamable", body)
+        return respond.rpc_error(404, SESSION_NOT_FOUND, "Session not found", nil,
+                                 request_id(body))
+    end
     local path, conn
     if session ~= "" then
         conn, path = hosts.connect_session(session, true)
@@ -350,8 +386,14 @@ function _M.handle(route, binding)
                                      request_id(body))
         end
     else
+        local holder
         if method == "POST" then
-            conn, path = state_host(body)
+            conn, path, holder = state_host(body)
+        end
+        if holder and not var.http_x_mcp_bridge_forwarded then
+            -- The call waits on another node; if that node is gone, this
+            -- node's host tells the client the state is of no use.
+            forward.relay(route, holder, "stateless", body)
         end
         path = path or hosts.own()
         if not path then
@@ -426,7 +468,7 @@ function _M.handle(route, binding)
             end
         end
     end
-    return relay_reply(route, sock, head, new_session)
+    return relay_reply(route, sock, head, new_session, session)
 end
 
 -- Ends session `id` at the host at `path` as a DELETE would (from a timer:

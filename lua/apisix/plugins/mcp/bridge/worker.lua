@@ -2,8 +2,10 @@
 -- stopping it when the worker shuts down gracefully (reload or quit), so
 -- sessions end at once instead of holding the worker until
 -- worker_shutdown_timeout.
+local cluster = require("apisix.plugins.mcp.bridge.cluster")
 local native = require("apisix.plugins.mcp.bridge.native")
 local node_slots = require("apisix.plugins.mcp.node_slots")
+local registry = require("apisix.plugins.mcp.bridge.registry")
 local watcher = require("apisix.plugins.mcp.bridge.watcher")
 
 local ngx = ngx
@@ -29,11 +31,15 @@ local watching = false
 -- Called after the settings were passed to the native module.
 local configure_hooks = {}
 
--- Global settings (not per route): runtime_dir, host_program. Takes effect
--- for hosts started afterwards.
+-- Global settings (not per route): runtime_dir, host_program (for hosts
+-- started afterwards) and cluster (see cluster.lua). Returns true, or nil
+-- and what is wrong with the cluster settings (cluster mode is off then).
 function _M.set(opts)
     settings = opts or {}
     configured = false
+    local ok, err = cluster.configure(settings.cluster)
+    registry.configure(ok and cluster.settings() or nil)
+    return ok, err
 end
 
 -- Passes the settings to the native module (once per change of settings).
@@ -100,8 +106,10 @@ local function reclaim(premature)
 end
 
 -- Called as a worker starts: takes back the node slots of a worker that
--- died (this one may be its replacement).
+-- died (this one may be its replacement), and keeps the node's lease in
+-- the cluster's registry.
 function _M.started()
+    registry.start()
     local ok, err = timer_at(0, reclaim)
     if not ok and err ~= "process exiting" then
         ngx_log(ngx.WARN, "mcp-bridge: cannot reclaim slots of dead workers: ", err)
