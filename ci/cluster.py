@@ -80,6 +80,8 @@ import time
 import traceback
 from urllib.parse import parse_qs, urlsplit
 
+from procs import children, cmdline, read_bytes, read_proc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 VENV_PYTHON = os.path.join(ROOT, "t", "e2e-python", ".venv", "bin", "python")
@@ -152,47 +154,6 @@ def tag(address):
 
 
 # ---------------------------------------------------------------- processes
-
-class Proc:
-    def __init__(self, pid, stat):
-        self.pid = pid
-        self.comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        self.state = fields[0]
-        self.ppid = int(fields[1])
-        self.starttime = int(fields[19])
-
-
-def read_proc(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return Proc(pid, f.read())
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def read_bytes(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def cmdline(pid):
-    return read_bytes(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode("utf-8", "replace").strip()
-
-
-def children(pid):
-    kids = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for task in tasks:
-        kids += [int(k) for k in read_bytes(f"/proc/{pid}/task/{task}/children").split()]
-    return kids
-
 
 def alive(pid, starttime):
     p = read_proc(pid)

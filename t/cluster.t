@@ -80,16 +80,7 @@ __DATA__
 location = /t {
     content_by_lua_block {
         local cluster = require("apisix.plugins.mcp.bridge.cluster")
-        local mine = cluster.settings()
-        local function id_of(host_id, changes)
-            local s = {}
-            for k, v in pairs(mine) do s[k] = v end
-            for k, v in pairs(changes or {}) do s[k] = v end
-            assert(cluster.configure(s))
-            local id = cluster.tag(host_id)
-            assert(cluster.configure(mine))
-            return id
-        end
+        local id_of = require("clustertest").id
         local host_id = string.rep("0123456789abcdef", 3)
         local own = cluster.tag(host_id)
         ngx.say("own id: ", own:find("^" .. host_id .. "%-%x+%-" .. string.rep("%x", 32) .. "$") ~= nil)
@@ -139,13 +130,8 @@ huge: nil
 location = /t {
     content_by_lua_block {
         local cluster = require("apisix.plugins.mcp.bridge.cluster")
-        local mine = cluster.settings()
         local function try(changes)
-            local s = {}
-            for k, v in pairs(mine) do s[k] = v end
-            for k, v in pairs(changes) do s[k] = v end
-            if changes.node_address == false then s.node_address = nil end
-            ngx.say(select(2, cluster.check(s)) or "ok")
+            ngx.say(require("clustertest").check(changes))
         end
         try({ name = "a b" })
         try({ node_address = false })
@@ -200,13 +186,8 @@ location = /t {
         local t = require("mcptest")
         local cjson = require("cjson.safe")
         local cluster = require("apisix.plugins.mcp.bridge.cluster")
-        local mine = cluster.settings()
-        local s = {}
-        for k, v in pairs(mine) do s[k] = v end
-        s.node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_1"
-        assert(cluster.configure(s))
-        local id = cluster.tag(string.rep("ab", 24))
-        assert(cluster.configure(mine))
+        local id = require("clustertest").id(string.rep("ab", 24),
+                                             { node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_1" })
         local seen = ngx.shared.owner
         local function last() return cjson.decode(seen:get("last")) end
 
@@ -267,16 +248,8 @@ requests at the owner: 5
 location = /t {
     content_by_lua_block {
         local t = require("mcptest")
-        local cluster = require("apisix.plugins.mcp.bridge.cluster")
-        local mine = cluster.settings()
         local function id_of(changes)
-            local s = {}
-            for k, v in pairs(mine) do s[k] = v end
-            for k, v in pairs(changes) do s[k] = v end
-            assert(cluster.configure(s))
-            local id = cluster.tag(string.rep("cd", 24))
-            assert(cluster.configure(mine))
-            return id
+            return require("clustertest").id(string.rep("cd", 24), changes)
         end
         local owner = "127.0.0.1:$TEST_NGINX_RAND_PORT_1"
         local good = id_of({ node_address = owner })
@@ -328,14 +301,8 @@ mcp_bridge_forward_refusals_total{route="mcp",reason="loop"} 2
 location = /t {
     content_by_lua_block {
         local t = require("mcptest")
-        local cluster = require("apisix.plugins.mcp.bridge.cluster")
-        local mine = cluster.settings()
-        local s = {}
-        for k, v in pairs(mine) do s[k] = v end
-        s.node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_3"
-        assert(cluster.configure(s))
-        local id = cluster.tag(string.rep("ef", 24))
-        assert(cluster.configure(mine))
+        local id = require("clustertest").id(string.rep("ef", 24),
+                                             { node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_3" })
         local c = t.client("/mcp")
         c.session = id
         ngx.update_time()
@@ -411,13 +378,7 @@ location = /t {
     content_by_lua_block {
         local t = require("mcptest")
         local cluster = require("apisix.plugins.mcp.bridge.cluster")
-        local mine = cluster.settings()
-        local s = {}
-        for k, v in pairs(mine) do s[k] = v end
-        s.node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_1"
-        assert(cluster.configure(s))
-        local prefix = cluster.state_prefix()
-        assert(cluster.configure(mine))
+        local prefix = require("clustertest").state_prefix({ node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_1" })
         ngx.say("own prefix names this node: ", (cluster.resolve_state(cluster.state_prefix() .. "x")))
         local c = t.client("/mcp")
         local function retry(state)
