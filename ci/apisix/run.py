@@ -1990,7 +1990,9 @@ def s14_cluster(run, a, b, redis_port, pid_dir):
     # kill -9 of A: its sessions are gone, B answers 404 at once, and A
     # leaves the registry within its lease.
     # Every process of A: master, worker, APISIX's privileged agent (which
-    # renews the node's lease as the workers do), hosts and backends.
+    # renews the node's lease as the workers do), hosts and backends. Its
+    # host's directory (in the default runtime directory) stays behind.
+    run.tmp_tokens.add(s.sid[:16])
     for p in processes_of(a.home):
         try:
             os.kill(p, signal.SIGKILL)
