@@ -36,7 +36,6 @@ import argparse
 import datetime
 import glob
 import hashlib
-import http.client
 import json
 import os
 import platform
@@ -1051,33 +1050,21 @@ def failures(results):
 
 # ---- cluster mode: a forwarded request next to a local one ------------------
 
-def cluster_echo(port, sid, warmup, duration):
-    """Round trips of one Streamable session's echo calls, one after another
-    on a keep-alive connection to `port`: {median_us, p99_us, per_s}."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-               "MCP-Protocol-Version": cluster.LEGACY_VERSION, "Mcp-Session-Id": sid}
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                       "params": {"name": "echo", "arguments": {"text": "x" * 32}}})
-    samples = []
-    try:
-        started = time.monotonic()
-        while time.monotonic() - started < warmup + duration:
-            t0 = time.perf_counter()
-            conn.request("POST", cluster.BASE_URI, body=body, headers=headers)
-            r = conn.getresponse()
-            answer = r.read()
-            if r.status != 200 or b'"xxxx' not in answer:
-                raise Failure(f"echo on :{port}: {r.status} {answer[:160]!r}")
-            if time.monotonic() - started >= warmup:
-                samples.append(time.perf_counter() - t0)
-    finally:
-        conn.close()
-    samples.sort()
-    if not samples:
-        raise Failure(f"no round trip on :{port} within {duration} s")
-    return {"median_us": samples[len(samples) // 2] * 1e6, "p99_us": samples[int(len(samples) * 0.99)] * 1e6,
-            "per_s": len(samples) / sum(samples), "round_trips": len(samples)}
+class ClusterNode:
+    """A node of the cluster rows, as run_load wants a gateway: mcp-load
+    opens its sessions on `opened_on`, and (`posted_to`) sends their requests
+    to another node, which forwards them."""
+
+    def __init__(self, key, opened_on, posted_to=None):
+        self.key = key
+        self.opened_on = opened_on
+        self.posted_to = posted_to
+
+    def target(self, transport):
+        args = [f"--{transport}", f"http://127.0.0.1:{self.opened_on.port}{cluster.BASE_URI}"]
+        if self.posted_to:
+            args += ["--post-to", f"http://127.0.0.1:{self.posted_to.port}{cluster.BASE_URI}"]
+        return args
 
 
 def run_cluster(plan):
@@ -1101,14 +1088,17 @@ def run_cluster(plan):
         redis.start()
         for n in nodes:
             n.start()
-        session = cluster.open_on(nodes[0], "bench")
-        for key, node in (("local", nodes[0]), ("forwarded", nodes[1])):
-            results[key] = cluster_echo(node.port, session.sid, plan["warmup"], plan["duration"])
-        session.delete()
-        moved = nodes[1].forwarded()
-        if moved < results["forwarded"]["round_trips"]:
-            raise Failure(f"the second node counts {moved:.0f} forwarded requests, "
-                          f"{results['forwarded']['round_trips']} were sent to it")
+        timing = ["--warmup", str(plan["warmup"]), "--duration", str(plan["duration"])]
+        limit = plan["warmup"] + plan["duration"] + 60
+        for key, gw in (("local", ClusterNode("cluster, local", nodes[0])),
+                        ("forwarded", ClusterNode("cluster, forwarded", nodes[0], nodes[1]))):
+            before = nodes[1].forwarded()
+            for sessions in (1, 16):
+                results[key, sessions] = run_load(gw, "streamable", "echo", ["--sessions", str(sessions)] + timing,
+                                                  limit)
+            moved = nodes[1].forwarded() - before
+            if (key == "forwarded") != (moved > 0):
+                raise Failure(f"the second node forwarded {moved:.0f} requests in the {key} runs")
     except (Failure, cluster.Failed, RuntimeError, OSError) as e:
         return f"Not measured in this run: {e}", f"cluster: {e}"
     finally:
@@ -1120,12 +1110,15 @@ def run_cluster(plan):
         shutil.rmtree(workdir, ignore_errors=True)
     if left:
         return "Not measured in this run: processes left.", f"cluster: left running: {left}"
-    rows = ["| cluster: 2 nodes, Redis, Streamable echo (1 session, 32 bytes) | median / p99 | round trips/s |",
-            "|---|---|---|"]
-    for key, label in (("local", "POST to the session's node"),
-                       ("forwarded", "POST to the other node, forwarded to the session's")):
-        r = results[key]
-        rows.append(f"| {label} | {fmt_us(r['median_us'])} / {fmt_us(r['p99_us'])} | {r['per_s']:,.0f} |")
+    rows = ["| cluster: 2 nodes, Redis, Streamable echo (32 bytes) | 1 session: median / p99 "
+            "| 16 sessions: round trips/s | 16 sessions: median / p99 |",
+            "|---|--:|--:|--:|"]
+    for key, label in (("local", "POSTs to the session's node"),
+                       ("forwarded", "POSTs to the other node, forwarded to the session's")):
+        one, many = results[key, 1]["latency_us"], results[key, 16]
+        rows.append(f"| {label} | {fmt_us(one['median'])} / {fmt_us(one['p99'])} "
+                    f"| {many['throughput_per_s']:,.0f} "
+                    f"| {fmt_us(many['latency_us']['median'])} / {fmt_us(many['latency_us']['p99'])} |")
     return "\n".join(rows), None
 
 
@@ -1325,11 +1318,11 @@ the columns compare; the absolute numbers depend on the machine, and on anything
 
 {cluster_text}
 
-Two `mcp-bridge serve` nodes (2 workers each) in one cluster (`--cluster`, a local redis-server),
-one Streamable HTTP session opened on the first: its `echo` calls posted, one after another on a
-keep-alive connection from a Python client, to the first node (local), then to the second, which
-forwards each to the first. The difference between the rows is what forwarding costs; the client
-is the same for both.
+Two `mcp-bridge serve` nodes (2 workers each) in one cluster (`--cluster`, a local redis-server).
+`mcp-load echo` opens its Streamable HTTP sessions on the first node and posts their `echo` calls
+there (local), or, with `--post-to`, to the second node, which forwards each to the first. The
+difference between the rows is what forwarding costs: one more HTTP hop, through a second nginx
+worker, on the same cores.
 
 ## Instructions per round trip
 

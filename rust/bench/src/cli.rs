@@ -51,6 +51,9 @@ options:
   --concurrency N     idle: sessions being opened at once [64]
   --timeout SECS      limit of every single wait [30]
   --label TEXT        copied into the output
+  --post-to URL       Streamable sessions: after the handshake, send every
+                      request to this endpoint instead (another node of a
+                      cluster, which forwards it to the session's own)
   -h, --help          this help
 ";
 
@@ -77,6 +80,8 @@ pub struct Options {
     pub concurrency: usize,
     pub timeout: Duration,
     pub label: Option<String>,
+    /// Where a Streamable session's requests go after its handshake.
+    pub post_to: Option<Url>,
 }
 
 /// Parses the arguments (without argv[0]). `None`: show the help.
@@ -86,7 +91,7 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
     let (mut sessions, mut count, mut size) = (1usize, 100usize, 32usize);
     let (mut warmup, mut duration) = (Duration::from_secs(1), Duration::from_secs(5));
     let (mut pid_dir, mut hold, mut concurrency) = (None, None, 64usize);
-    let (mut limit, mut label) = (Duration::from_secs(30), None);
+    let (mut limit, mut label, mut post_to) = (Duration::from_secs(30), None, None);
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -113,6 +118,7 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
             "--concurrency" => concurrency = positive(&flag, &value("a number")?)?,
             "--timeout" => limit = seconds(&flag, &value("seconds")?)?,
             "--label" => label = Some(value("a text")?),
+            "--post-to" => post_to = Some(Url::parse(&value("a URL")?)?),
             "--" => {
                 command.extend(args.by_ref());
                 break;
@@ -149,6 +155,9 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
     if matches!(target, Target::Stateless(_)) && !matches!(scenario, Scenario::Echo | Scenario::Steps) {
         return Err("stateless requests have no session: --stateless only goes with echo and steps".into());
     }
+    if post_to.is_some() && !matches!(target, Target::Streamable(_)) {
+        return Err("--post-to only goes with --streamable (sessions)".into());
+    }
     if duration.is_zero() {
         return Err("--duration must be more than 0".into());
     }
@@ -165,6 +174,7 @@ pub fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
         concurrency,
         timeout: limit,
         label,
+        post_to,
     }))
 }
 
@@ -223,6 +233,13 @@ mod tests {
     }
 
     #[test]
+    fn post_to_moves_a_streamable_sessions_requests() {
+        let o = options(&["echo", "--streamable", "http://h:1/mcp", "--post-to", "http://g:2/mcp"]);
+        assert_eq!(o.post_to.map(|u| u.port), Some(2));
+        assert!(options(&["echo", "--streamable", "http://h:1/mcp"]).post_to.is_none());
+    }
+
+    #[test]
     fn rejects_bad_input() {
         for bad in [
             &["echo"][..],
@@ -241,6 +258,9 @@ mod tests {
             &["echo", "--streamable", "http://h/mcp", "--stdio", "--", "x"],
             &["setup", "--stateless", "http://h/mcp"],
             &["teardown", "--stateless", "http://h/mcp"],
+            &["echo", "--sse", "http://h/sse", "--post-to", "http://g/mcp"],
+            &["echo", "--stateless", "http://h/mcp", "--post-to", "http://g/mcp"],
+            &["echo", "--streamable", "http://h/mcp", "--post-to", "https://g/mcp"],
         ] {
             assert!(parse_list(bad).is_err(), "{bad:?} accepted");
         }

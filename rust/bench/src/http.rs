@@ -320,6 +320,10 @@ impl Poster {
         &self.server
     }
 
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
     /// POSTs `body` as JSON to `target` and reads the whole response.
     pub async fn post(&mut self, target: &str, body: &[u8]) -> Result<Response, String> {
         self.request("POST", target, &[], body, &mut Keep).await

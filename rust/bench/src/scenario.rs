@@ -39,11 +39,15 @@ async fn open_many(o: &Options, n: usize, concurrency: usize, handshake: bool, e
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let (target, limit, gate) = (o.target.clone(), o.timeout, Rc::clone(&gate));
+            let post_to = o.post_to.clone();
             spawn_local(async move {
                 let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
                 let (mut s, _) = Session::open(&target, limit).await?;
                 if handshake {
                     s.initialize().await?;
+                    if let Some(url) = &post_to {
+                        s.post_to(url);
+                    }
                 }
                 Ok::<_, String>(s)
             })

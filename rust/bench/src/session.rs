@@ -229,6 +229,13 @@ impl Session {
         Ok(arrival.at)
     }
 
+    /// See `streamable::Link::post_to`; nothing for other transports.
+    pub fn post_to(&mut self, url: &Url) {
+        if let Link::Streamable(link) = &mut self.link {
+            link.post_to(url);
+        }
+    }
+
     pub fn stdio_child(&self) -> Option<u32> {
         match &self.link {
             Link::Stdio { child, .. } => child.id(),

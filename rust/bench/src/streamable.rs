@@ -84,6 +84,13 @@ impl Link {
         self.session_id.as_deref()
     }
 
+    /// Sends the session's later requests to `url` (another node of a
+    /// cluster) on a connection of their own.
+    pub fn post_to(&mut self, url: &Url) {
+        self.poster.disconnect();
+        self.poster = Poster::new(url.clone(), self.poster.limit());
+    }
+
     /// The revision the session agreed on in `initialize`, for the
     /// `MCP-Protocol-Version` of every later request.
     pub fn set_protocol(&mut self, version: String) {
