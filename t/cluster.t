@@ -45,6 +45,21 @@ server {
             if method == "DELETE" then
                 return ngx.exit(200)
             end
+            if method == "GET" and h["x-slow"] then
+                -- A stream that would go on for 10 s: when its client (the
+                -- forwarding node) goes, it says so.
+                ngx.on_abort(function()
+                    seen:set("aborted", ngx.now())
+                    ngx.exit(499)
+                end)
+                ngx.header["Content-Type"] = "text/event-stream"
+                for i = 1, 100 do
+                    ngx.print("event: message\ndata: {\"n\":", i, "}\n\n")
+                    ngx.flush(true)
+                    ngx.sleep(0.1)
+                end
+                return
+            end
             if method == "GET" then
                 ngx.header["Content-Type"] = "text/event-stream"
                 ngx.header["X-Owner"] = "yes"
@@ -441,3 +456,32 @@ forwarded by a node: 200
 DELETE, forwarded: 200
 processes left: none
 idle: true
+
+
+
+=== TEST 10: a client that leaves a forwarded stream closes the connection to the owner, which sees it leave
+--- config
+location = /t {
+    content_by_lua_block {
+        local t = require("mcptest")
+        local c = t.client("/mcp")
+        c.session = require("clustertest").id(string.rep("ab", 24),
+                                              { node_address = "127.0.0.1:$TEST_NGINX_RAND_PORT_1" })
+        local stream = c:get({ headers = { "X-Slow: 1" } })
+        ngx.say("GET: ", stream.status, ", first event ", stream:next_message().n)
+        ngx.update_time()
+        local left = ngx.now()
+        stream:close()
+        local seen = ngx.shared.owner
+        for _ = 1, 40 do
+            if seen:get("aborted") then break end
+            ngx.sleep(0.05)
+        end
+        local aborted = seen:get("aborted")
+        ngx.say("the owner saw its client leave: ", aborted ~= nil,
+                ", within a second: ", aborted ~= nil and aborted - left < 1)
+    }
+}
+--- response_body
+GET: 200, first event 1
+the owner saw its client leave: true, within a second: true
