@@ -593,6 +593,14 @@ class Node:
                 pass
         if self.proc:
             self.proc.wait()
+        # A SIGKILL is delivered, not done: until the kernel has closed the
+        # node's listening socket a load balancer's connect still succeeds,
+        # and its POST is then reset (the front answers 502, not retrying a
+        # POST). The test is of what follows the death.
+        def dead(pid):
+            p = read_proc(pid)
+            return p is None or p.state == "Z"
+        wait_for(lambda: all(dead(pid) for pid in victims), 5, 0.01)
         self.master = None
 
     def kill(self):
