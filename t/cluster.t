@@ -140,7 +140,7 @@ huge: nil
 
 
 
-=== TEST 2: the cluster settings are checked, each problem named
+=== TEST 2: the cluster settings are checked, each problem named (the Redis URL as the registry reads it)
 --- config
 location = /t {
     content_by_lua_block {
@@ -154,21 +154,23 @@ location = /t {
         try({ node_address = "10.0.0.1:70000" })
         try({ secret = "short" })
         try({ redis = "http://x" })
+        try({ redis = "redis://127.0.0.1:notaport" })
         try({ lease_ms = 100 })
         try({ lease_ms = 1500 })
         ngx.say(select(2, cluster.check("x")))
     }
 }
 --- response_body
-cluster.name must be letters, digits, '.', '_' or '-'
-cluster.node_address must be host:port, the address the other nodes reach this one at
-cluster.node_address must be host:port, the address the other nodes reach this one at
-cluster.node_address has no valid port
+cluster.name must be 1 to 64 letters, digits, '.', '_' or '-'
+cluster.node_address is required ("host:port" where the other nodes reach this node)
+cluster.node_address must be "host:port", got "10.0.0.1"
+cluster.node_address must be "host:port", got "10.0.0.1:70000"
 cluster.secret must be at least 16 bytes
-cluster.redis must be a redis:// URL
-cluster.lease_ms must be a whole number of at least 500
+cluster.redis bad Redis URL "http://x": the scheme must be redis:// (expected redis://[:password@]host:port[/db])
+cluster.redis bad Redis URL "redis://127.0.0.1:notaport": missing or invalid host (expected redis://[:password@]host:port[/db])
+cluster.lease_ms must be an integer from 500 to 3600000, got 100
 ok
-cluster must be a table
+cluster settings must be a table
 
 
 

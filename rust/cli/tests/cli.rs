@@ -466,6 +466,18 @@ fn cluster_mode_needs_a_long_secret_and_an_address_the_other_nodes_reach() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("is a wildcard address: give --node-address"), "{err}");
+    // A Redis URL the registry cannot read: refused, not cluster mode without a registry.
+    let (code, err) = run(&[
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--cluster",
+        "redis://127.0.0.1:x",
+        "--cluster-secret-file",
+        &secret_arg,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid settings: cluster.redis bad Redis URL"), "{err}");
     // Redis need not be up for the node to start and serve.
     let gateway = Gateway::start(&["--cluster", "redis://127.0.0.1:1", "--cluster-secret-file", &secret_arg], |_| {});
     let line = gateway.banner.iter().find(|l| l.contains("this node at")).cloned().unwrap_or_default();

@@ -10,10 +10,11 @@
 -- a node connect to an address of its choosing. The MAC also covers the
 -- cluster's name, so an id of another cluster (another secret or name) is
 -- refused like a forged one.
+local registry = require("apisix.plugins.mcp.bridge.registry")
+
 local byte = string.byte
 local char = string.char
 local concat = table.concat
-local find = string.find
 local format = string.format
 local gsub = string.gsub
 local hmac_sha1 = ngx.hmac_sha1
@@ -23,9 +24,6 @@ local tonumber = tonumber
 local type = type
 
 local _M = {
-    DEFAULT_NAME = "mcp-bridge",
-    DEFAULT_LEASE_MS = 5000,
-    MIN_LEASE_MS = 500,
     MIN_SECRET_BYTES = 16,
 }
 
@@ -75,48 +73,36 @@ local function is_address(s)
            and (match(s, "^[%w%.%-]+:%d+$") or match(s, "^%[[%x:%.]+%]:%d+$")) ~= nil
 end
 
--- Checks the `cluster` settings; returns true, or nil and what is wrong.
+-- Checks the `cluster` settings: the secret here, the rest by the registry
+-- (which fills in the defaults). Returns what the registry made of them
+-- (true for none), or nil and what is wrong.
 function _M.check(c)
     if c == nil then
         return true
     end
-    if type(c) ~= "table" then
-        return nil, "cluster must be a table"
-    end
-    if c.name ~= nil and (type(c.name) ~= "string" or not match(c.name, "^[%w%._%-]+$")) then
-        return nil, "cluster.name must be letters, digits, '.', '_' or '-'"
-    end
-    if not is_address(c.node_address) then
-        return nil, "cluster.node_address must be host:port, the address the other nodes "
-                    .. "reach this one at"
-    end
-    local port = tonumber(match(c.node_address, ":(%d+)$"))
-    if port < 1 or port > 65535 then
-        return nil, "cluster.node_address has no valid port"
-    end
-    if type(c.secret) ~= "string" or #c.secret < _M.MIN_SECRET_BYTES then
+    if type(c) == "table" and (type(c.secret) ~= "string" or #c.secret < _M.MIN_SECRET_BYTES) then
         return nil, "cluster.secret must be at least " .. _M.MIN_SECRET_BYTES .. " bytes"
     end
-    if type(c.redis) ~= "string" or not find(c.redis, "^redis://") then
-        return nil, "cluster.redis must be a redis:// URL"
+    local checked, err = registry.check(c)
+    if not checked then
+        return nil, err
     end
-    local lease = c.lease_ms
-    if lease ~= nil and (type(lease) ~= "number" or lease % 1 ~= 0 or lease < _M.MIN_LEASE_MS) then
-        return nil, "cluster.lease_ms must be a whole number of at least " .. _M.MIN_LEASE_MS
+    if not is_address(checked.address) then
+        return nil, "cluster.node_address is longer than a session id may carry"
     end
-    return true
+    return checked
 end
 
 -- Takes the `cluster` settings (nil: cluster mode off). Returns true, or
 -- nil and what is wrong (cluster mode is off then).
 function _M.configure(c)
     settings, own_address, own_tag_prefix, own_state_prefix = nil, nil, nil, ""
-    local ok, err = _M.check(c)
-    if not ok or c == nil then
-        return ok, err
+    local checked, err = _M.check(c)
+    if not checked or c == nil then
+        return checked, err
     end
-    settings = { name = c.name or _M.DEFAULT_NAME, node_address = c.node_address,
-                 secret = c.secret, redis = c.redis, lease_ms = c.lease_ms or _M.DEFAULT_LEASE_MS }
+    settings = { name = checked.name, node_address = checked.address, secret = c.secret,
+                 redis = c.redis, lease_ms = checked.lease_ms }
     own_address = c.node_address
     own_tag_prefix = "-" .. to_hex(own_address) .. "-"
     own_state_prefix = to_hex(own_address) .. "-" .. node_mac(own_address) .. "~"

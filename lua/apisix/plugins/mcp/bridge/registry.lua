@@ -148,11 +148,10 @@ end
 local instance = {}
 instance.__index = instance
 
--- registry.new(cluster [, { counts = function() -> { [route] = n } | nil }]):
--- an independent registry for the settings `cluster`. `counts` replaces
--- node_slots as the source of this node's counts (tests run several nodes
--- in one nginx).
-function _M.new(cluster, opts)
+-- Checks the registry's part of the `cluster` settings (name,
+-- node_address, redis, lease_ms). Returns { name =, address =, conn =,
+-- lease_ms = } with the defaults filled in, or nil and what is wrong.
+function _M.check(cluster)
     if type(cluster) ~= "table" then
         return nil, "cluster settings must be a table"
     end
@@ -186,6 +185,19 @@ function _M.new(cluster, opts)
         return field_error("lease_ms", "must be an integer from " .. MIN_LEASE_MS .. " to "
                            .. MAX_LEASE_MS .. ", got " .. tostring(lease_ms))
     end
+    return { name = name, address = address, conn = conn, lease_ms = lease_ms }
+end
+
+-- registry.new(cluster [, { counts = function() -> { [route] = n } | nil }]):
+-- an independent registry for the settings `cluster`. `counts` replaces
+-- node_slots as the source of this node's counts (tests run several nodes
+-- in one nginx).
+function _M.new(cluster, opts)
+    local checked, err = _M.check(cluster)
+    if not checked then
+        return nil, err
+    end
+    local name, address, lease_ms = checked.name, checked.address, checked.lease_ms
     local counts = opts and opts.counts or node_slots_counts
     if type(counts) ~= "function" then
         return nil, "opts.counts must be a function"
@@ -201,7 +213,7 @@ function _M.new(cluster, opts)
         lease_ms = lease_ms,
         period_ms = period_ms,
         backoff = min(period_ms, MAX_BACKOFF_MS) / 1000,
-        client = redis.new(conn),
+        client = redis.new(checked.conn),
         counts = counts,
         lock_key = shm_prefix .. "lock",
         report_key = shm_prefix .. "report",

@@ -38,7 +38,14 @@ function _M.set(opts)
     settings = opts or {}
     configured = false
     local ok, err = cluster.configure(settings.cluster)
-    registry.configure(ok and cluster.settings() or nil)
+    if ok then
+        ok, err = registry.configure(cluster.settings())
+        if not ok then
+            cluster.configure(nil)
+        end
+    else
+        registry.configure(nil)
+    end
     return ok, err
 end
 
