@@ -292,10 +292,7 @@ location = /t {
                               { "Content-Type: application/json", "X-MCP-Bridge-Forwarded: 127.0.0.1:1" })
         ngx.say("looped: ", t.refusal(looped), "; SSE POST ", status)
         ngx.say("requests at the owner: ", ngx.shared.owner:get("requests") or 0)
-        local _, _, text = t.http("GET", "/-/metrics")
-        for line in text:gmatch("[^\n]+") do
-            if line:find("^mcp_bridge_forward_refusals_total") then ngx.say(line) end
-        end
+        require("clustertest").say_metrics("mcp_bridge_forward_refusals_total")
     }
 }
 location = /-/metrics {
@@ -332,10 +329,7 @@ location = /t {
         ngx.say("GET: ", t.refusal(get))
         ngx.say("SSE POST: ", status)
         ngx.say("at once: ", ngx.now() - started < 1)
-        local _, _, text = t.http("GET", "/-/metrics")
-        for line in text:gmatch("[^\n]+") do
-            if line:find("^mcp_bridge_forward") then ngx.say(line) end
-        end
+        require("clustertest").say_metrics("mcp_bridge_forward")
     }
 }
 location = /-/metrics {

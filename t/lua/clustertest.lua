@@ -20,12 +20,30 @@ end
 
 -- The id the node `changes` describe would give the host's `host_id`.
 function _M.id(host_id, changes)
-    return _M.as(changes, function() return cluster.tag(host_id) end)
+    -- Says each line of this gateway's metrics that starts with `prefix` (the
+-- block serves them at /-/metrics).
+function _M.say_metrics(prefix)
+    local _, _, text = require("mcptest").http("GET", "/-/metrics")
+    for line in text:gmatch("[^\n]+") do
+        if line:find(prefix, 1, true) == 1 then ngx.say(line) end
+    end
+end
+
+return _M.as(changes, function() return cluster.tag(host_id) end)
 end
 
 -- That node's prefix of input_required states.
 function _M.state_prefix(changes)
-    return _M.as(changes, cluster.state_prefix)
+    -- Says each line of this gateway's metrics that starts with `prefix` (the
+-- block serves them at /-/metrics).
+function _M.say_metrics(prefix)
+    local _, _, text = require("mcptest").http("GET", "/-/metrics")
+    for line in text:gmatch("[^\n]+") do
+        if line:find(prefix, 1, true) == 1 then ngx.say(line) end
+    end
+end
+
+return _M.as(changes, cluster.state_prefix)
 end
 
 -- The settings check's message for this node's settings changed by `changes`.
@@ -35,6 +53,15 @@ function _M.check(changes)
     for k, v in pairs(changes) do s[k] = v end
     if changes.node_address == false then s.node_address = nil end
     return select(2, cluster.check(s)) or "ok"
+end
+
+-- Says each line of this gateway's metrics that starts with `prefix` (the
+-- block serves them at /-/metrics).
+function _M.say_metrics(prefix)
+    local _, _, text = require("mcptest").http("GET", "/-/metrics")
+    for line in text:gmatch("[^\n]+") do
+        if line:find(prefix, 1, true) == 1 then ngx.say(line) end
+    end
 end
 
 return _M
