@@ -163,16 +163,17 @@ function _M.deliver(route, binding)
             return refuse(400, "missing sessionId query parameter")
         end
     end
-    local where, owner = cluster.resolve(session_id)
+    -- The owner's address, or this node's host's id.
+    local where, found = cluster.resolve(session_id)
     if where == "remote" then
-        return forward_message(route, owner)
+        return forward_message(route, found)
     elseif not where then
         metrics.forward_refused(route.key, "forged")
         return refuse(404, "session not found")
     end
-    if owner ~= session_id then
+    if found ~= session_id then
         -- The host's part of a cluster id, checked with it.
-        session_id, checked = owner, true
+        session_id, checked = found, true
     end
     -- The session is looked for first: a client gets 404 for a session
     -- that is gone whatever its body. Its connection waits in the pool
