@@ -10,8 +10,6 @@
 -- a node connect to an address of its choosing. The MAC also covers the
 -- cluster's name, so an id of another cluster (another secret or name) is
 -- refused like a forged one.
-local registry = require("apisix.plugins.mcp.bridge.registry")
-
 local byte = string.byte
 local char = string.char
 local concat = table.concat
@@ -19,6 +17,7 @@ local format = string.format
 local gsub = string.gsub
 local hmac_sha1 = ngx.hmac_sha1
 local match = string.match
+local require = require
 local sub = string.sub
 local tonumber = tonumber
 local type = type
@@ -83,7 +82,10 @@ function _M.check(c)
     if type(c) == "table" and (type(c.secret) ~= "string" or #c.secret < _M.MIN_SECRET_BYTES) then
         return nil, "cluster.secret must be at least " .. _M.MIN_SECRET_BYTES .. " bytes"
     end
-    local checked, err = registry.check(c)
+    -- Required here, not at load: config.lua loads this module and is read
+    -- outside nginx too (the schema's defaults, tests/defaults.rs), where
+    -- the registry's Redis client cannot load.
+    local checked, err = require("apisix.plugins.mcp.bridge.registry").check(c)
     if not checked then
         return nil, err
     end
