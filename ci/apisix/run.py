@@ -2187,9 +2187,11 @@ def s11_suites(run, started):
     m = re.search(r"^Files=(\d+), Tests=(\d+), +(\d+) wallclock", log, re.M)
     summary = f"{m.group(1)} files, {m.group(2)} tests, {m.group(3)} s" if m else "no summary"
     if p.returncode != 0:
-        failed = re.findall(r"^#   Failed test '(.*?)'\n#   at .*?\n((?:#  .*\n)*)", log, re.M)
+        # A failed error-log check names the log line, newline included.
+        failed = re.findall(r"^#   Failed test '(.*?)'\n#   at [^\n]*\n((?:# [^\n]*\n)*)", log, re.M | re.S)
         say(log[-6000:])
-        raise Failed(f"{summary}; failed: " + " | ".join(f[0] for f in failed)[:900])
+        raise Failed(f"{summary}; failed: "
+                     + " | ".join(" ".join((name + " " + diff).split()) for name, diff in failed)[:1500])
     return (summary + ", all passed (TEST_NGINX_BINARY = the testbed's nginx"
             + (", in a PID namespace of their own)" if isolated else ")"))
 
