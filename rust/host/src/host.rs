@@ -139,9 +139,10 @@ pub struct Host {
     spawned: Cell<u64>,
     ended: Cell<u64>,
     next_session: Cell<u64>,
-    /// Spawn requests already parsed, by their text: a stateless request
-    /// carries its route's with every call.
-    specs: RefCell<HashMap<Vec<u8>, SpawnSpec>>,
+    /// Spawn requests already parsed, with their text: a stateless request
+    /// carries its route's with every call. Few routes send one, so a
+    /// search by comparison costs less than hashing the text.
+    specs: RefCell<Vec<(Vec<u8>, Rc<SpawnSpec>)>>,
     idle: tokio::sync::Notify,
 }
 
@@ -187,17 +188,17 @@ impl Host {
     /// Resolves (at once, if it already has) when the host starts shutting down.
     /// The spawn request `text` says (see [`SpawnSpec::parse`]), parsed once
     /// for as long as routes keep sending it.
-    pub fn spec(&self, text: &[u8]) -> Result<SpawnSpec, String> {
-        if let Some(spec) = self.specs.borrow().get(text) {
-            return Ok(spec.clone());
+    pub fn spec(&self, text: &[u8]) -> Result<Rc<SpawnSpec>, String> {
+        if let Some((_, spec)) = self.specs.borrow().iter().rev().find(|(known, _)| known.as_slice() == text) {
+            return Ok(Rc::clone(spec));
         }
-        let spec = SpawnSpec::parse(text)?;
+        let spec = Rc::new(SpawnSpec::parse(text)?);
         let mut specs = self.specs.borrow_mut();
         if specs.len() >= MAX_SPECS {
             // Routes changed many times: start over rather than grow.
             specs.clear();
         }
-        specs.insert(text.to_vec(), spec.clone());
+        specs.push((text.to_vec(), Rc::clone(&spec)));
         Ok(spec)
     }
 

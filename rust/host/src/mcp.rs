@@ -138,7 +138,7 @@ impl Message {
 
     /// The message `value` is.
     pub fn of_value(value: &Value) -> Result<Message, (i64, String)> {
-        let text = value.to_string().into_bytes();
+        let text = message::to_bytes(value);
         match scan::scan_serialized(&text) {
             Some(Scanned { top: Top::Object(members), .. }) => {
                 let message = Message { text, members };
@@ -246,7 +246,7 @@ pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value
 
 /// `error` as bytes.
 pub fn error_bytes(id: &Value, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
-    error(id, code, message, data).to_string().into_bytes()
+    message::to_bytes(&error(id, code, message, data))
 }
 
 /// `params._meta` of a message, if it has one.

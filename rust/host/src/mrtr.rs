@@ -25,6 +25,7 @@
 use crate::binding::Binding;
 use crate::log;
 use crate::mcp::{self, code};
+use crate::message;
 use crate::pool::{CallEvent, Lease};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Map, Value};
@@ -173,7 +174,7 @@ impl CallRun {
         let requests: Map<String, Value> =
             self.waiting.iter().map(|a| (a.key.clone(), json!({"method": a.method, "params": a.params}))).collect();
         let result = json!({"resultType": "input_required", "inputRequests": requests, "requestState": state});
-        json!({"jsonrpc": "2.0", "id": client_id, "result": result}).to_string().into_bytes()
+        message::to_bytes(&json!({"jsonrpc": "2.0", "id": client_id, "result": result}))
     }
 
     /// Gives the call up: its questions get errors and the call is

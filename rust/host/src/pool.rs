@@ -17,6 +17,7 @@ use crate::host::Host;
 use crate::limits::limits_note;
 use crate::log;
 use crate::mcp::{self, Shape};
+use crate::message;
 use crate::reaper::Exit;
 use crate::spec::SpawnSpec;
 use serde_json::{json, Value};
@@ -119,16 +120,16 @@ pub struct Listener {
 /// The backends of one route and consumer.
 pub struct Pool {
     pub key: Binding,
-    spec: RefCell<SpawnSpec>,
+    spec: RefCell<Rc<SpawnSpec>>,
     idle: RefCell<Vec<Rc<Member>>>,
     members: Cell<usize>,
-    init: RefCell<Option<Value>>,
+    init: RefCell<Option<Rc<Value>>>,
     listeners: RefCell<Vec<Listener>>,
 }
 
 impl Pool {
     /// The latest `initialize` result of one of its backends.
-    pub fn init_result(&self) -> Option<Value> {
+    pub fn init_result(&self) -> Option<Rc<Value>> {
         self.init.borrow().clone()
     }
 
@@ -186,21 +187,24 @@ impl Pools {
         }
     }
 
-    fn pool(&self, key: &Binding, spec: SpawnSpec) -> Rc<Pool> {
-        let mut pools = self.pools.borrow_mut();
-        let pool = pools.entry(key.clone()).or_insert_with(|| {
-            Rc::new(Pool {
-                key: key.clone(),
-                spec: RefCell::new(spec.clone()),
-                idle: RefCell::default(),
-                members: Cell::new(0),
-                init: RefCell::default(),
-                listeners: RefCell::default(),
-            })
+    fn pool(&self, key: &Binding, spec: &Rc<SpawnSpec>) -> Rc<Pool> {
+        if let Some(pool) = self.pools.borrow().get(key) {
+            // The route may have been changed since: new members follow it.
+            if !Rc::ptr_eq(&pool.spec.borrow(), spec) {
+                *pool.spec.borrow_mut() = Rc::clone(spec);
+            }
+            return Rc::clone(pool);
+        }
+        let pool = Rc::new(Pool {
+            key: key.clone(),
+            spec: RefCell::new(Rc::clone(spec)),
+            idle: RefCell::default(),
+            members: Cell::new(0),
+            init: RefCell::default(),
+            listeners: RefCell::default(),
         });
-        // The route may have been changed since: new members follow it.
-        *pool.spec.borrow_mut() = spec;
-        Rc::clone(pool)
+        self.pools.borrow_mut().insert(key.clone(), Rc::clone(&pool));
+        pool
     }
 
     /// The pool of `key`, with its initialize result: a backend is started
@@ -209,9 +213,9 @@ impl Pools {
         self: &Rc<Self>,
         host: &Rc<Host>,
         key: &Binding,
-        spec: SpawnSpec,
-    ) -> Result<(Rc<Pool>, Value), Refusal> {
-        let pool = self.pool(key, spec.clone());
+        spec: &Rc<SpawnSpec>,
+    ) -> Result<(Rc<Pool>, Rc<Value>), Refusal> {
+        let pool = self.pool(key, spec);
         if let Some(init) = pool.init_result() {
             return Ok((pool, init));
         }
@@ -223,8 +227,13 @@ impl Pools {
 
     /// Lends a backend of `key`, starting one if the bounds allow, else
     /// waiting for one (at most `pool_wait_ms`).
-    pub async fn lease(self: &Rc<Self>, host: &Rc<Host>, key: &Binding, spec: SpawnSpec) -> Result<Lease, Refusal> {
-        let pool = self.pool(key, spec.clone());
+    pub async fn lease(
+        self: &Rc<Self>,
+        host: &Rc<Host>,
+        key: &Binding,
+        spec: &Rc<SpawnSpec>,
+    ) -> Result<Lease, Refusal> {
+        let pool = self.pool(key, spec);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.pool_wait_ms);
         loop {
             let freed = self.freed.notified();
@@ -255,7 +264,7 @@ impl Pools {
 
     /// Starts backends in the background until `pool_min_idle` are idle.
     fn keep_warm(self: &Rc<Self>, host: &Rc<Host>, pool: &Rc<Pool>) {
-        let spec = pool.spec.borrow().clone();
+        let spec = Rc::clone(&pool.spec.borrow());
         let wanted = spec.pool_min_idle.saturating_sub(pool.idle.borrow().len());
         for _ in 0..wanted {
             if pool.members.get() >= spec.pool_max_per_key || self.total.get() >= spec.pool_max_per_worker {
@@ -288,7 +297,7 @@ impl Pools {
 
     /// Starts and initializes a backend for `pool`; returns it lent.
     async fn start(self: &Rc<Self>, host: &Rc<Host>, pool: &Rc<Pool>) -> Result<Rc<Member>, String> {
-        let spec = pool.spec.borrow().clone();
+        let spec = SpawnSpec::clone(&pool.spec.borrow());
         pool.members.set(pool.members.get() + 1);
         self.total.set(self.total.get() + 1);
         let mut child = match Child::spawn(host, spec) {
@@ -302,7 +311,7 @@ impl Pools {
         let id = format!("pool-{}", child.pid);
         host.events.session_started(&pool.key, TRANSPORT, &id);
         match initialize(&mut child).await {
-            Ok(result) => *pool.init.borrow_mut() = Some(result),
+            Ok(result) => *pool.init.borrow_mut() = Some(Rc::new(result)),
             Err(why) => {
                 let (pid, tail) = (child.pid, child.tail.describe());
                 let (_, took, exit) = child.end(host, Instant::now()).await;
@@ -345,7 +354,7 @@ async fn initialize(child: &mut Child) -> Result<Value, &'static str> {
             "clientInfo": {"name": "mcp-bridge", "version": env!("CARGO_PKG_VERSION")},
         },
     });
-    if child.send(request.to_string().into_bytes()).is_err() {
+    if child.send(message::to_bytes(&request)).is_err() {
         return Err("stopped reading its input");
     }
     let answer = tokio::time::timeout(INITIALIZE_LIMIT, async {
@@ -371,7 +380,7 @@ async fn initialize(child: &mut Child) -> Result<Value, &'static str> {
     };
     let Some(result) = response.get("result").cloned() else { return Err("refused to initialize") };
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let _ = child.send(initialized.to_string().into_bytes());
+    let _ = child.send(message::to_bytes(&initialized));
     Ok(result)
 }
 
@@ -418,7 +427,7 @@ impl MemberTask {
                 command = commands.recv() => match command {
                     Some(Command::Call { message, events }) => {
                         let id = message.get("id").and_then(Value::as_u64).unwrap_or(0);
-                        let bytes = message.to_string().into_bytes();
+                        let bytes = message::to_bytes(&message);
                         let len = bytes.len();
                         if self.child.send(bytes).is_err() {
                             let _ = events.send(CallEvent::Ended("the MCP server stopped reading its input".into())).await;
@@ -433,14 +442,14 @@ impl MemberTask {
                             self.cancelled.push(id);
                             let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                                 "params": {"requestId": id, "reason": "the client closed its stream"}});
-                            let _ = self.child.send(cancel.to_string().into_bytes());
+                            let _ = self.child.send(message::to_bytes(&cancel));
                             let now = Instant::now();
                             self.draining =
                                 Some(Drain { _member: member, quiet_until: now + QUIET_AFTER_CANCEL, limit: now + DRAIN_LIMIT });
                         }
                     }
                     Some(Command::Answer { message }) => {
-                        let bytes = message.to_string().into_bytes();
+                        let bytes = message::to_bytes(&message);
                         let len = bytes.len();
                         if self.child.send(bytes).is_ok() {
                             self.host.events.message_in(&self.pool.key.route, len);
@@ -562,7 +571,7 @@ impl MemberTask {
                         None,
                     ),
                 };
-                let _ = self.child.send(answer.to_string().into_bytes());
+                let _ = self.child.send(message::to_bytes(&answer));
                 false
             }
             Shape::Notification { method } => {

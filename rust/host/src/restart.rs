@@ -11,6 +11,7 @@
 //! exits with status 0, or that the bridge ended, is never restarted.
 
 use crate::mcp::{Form, Message};
+use crate::message;
 use crate::reaper::Exit;
 use crate::spec::SpawnSpec;
 use serde_json::{json, Value};
@@ -114,7 +115,7 @@ impl Restarts {
         let Some(initialize) = &self.initialize else { return Vec::new() };
         let mut initialize = initialize.clone();
         initialize["id"] = serde_json::from_str(replay_id).unwrap_or(Value::Null);
-        let mut lines = vec![initialize.to_string().into_bytes()];
+        let mut lines = vec![message::to_bytes(&initialize)];
         lines.extend(self.initialized.clone());
         lines
     }

@@ -10,6 +10,7 @@ use crate::endpoint::VERSION_KEY;
 use crate::host::Host;
 use crate::http::{relay, Body, Item, Reply, Request};
 use crate::mcp::{self, code, Shape};
+use crate::message;
 use crate::mrtr::{self, Answers, CallRun, Input};
 use crate::pool::{CallEvent, Listener, Refusal as PoolRefusal};
 use crate::spec::SpawnSpec;
@@ -238,11 +239,11 @@ fn pool_refusal(refusal: PoolRefusal, id: &Value) -> Refusal {
 async fn discover<W: AsyncWrite + Unpin>(
     host: &Rc<Host>,
     request: &Request<'_>,
-    spec: SpawnSpec,
+    spec: Rc<SpawnSpec>,
     id: &Value,
     reply: &mut Reply<W>,
 ) -> Result<bool, Refusal> {
-    let (_, init) = host.pools.with_init(host, &request.binding, spec).await.map_err(|r| pool_refusal(r, id))?;
+    let (_, init) = host.pools.with_init(host, &request.binding, &spec).await.map_err(|r| pool_refusal(r, id))?;
     let mut capabilities = init.get("capabilities").cloned().unwrap_or_else(|| json!({}));
     if let Some(caps) = capabilities.as_object_mut() {
         // logging/setLevel and resources/subscribe are gone in 2026-07-28.
@@ -293,7 +294,7 @@ fn honoured(filter: Option<&Map<String, Value>>, init: &Value) -> (Map<String, V
 async fn listen<R, W>(
     host: &Rc<Host>,
     request: &Request<'_>,
-    spec: SpawnSpec,
+    spec: Rc<SpawnSpec>,
     message: &Value,
     id: &Value,
     reader: &mut R,
@@ -304,7 +305,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let keepalive = spec.keepalive_interval();
-    let (pool, init) = host.pools.with_init(host, &request.binding, spec).await.map_err(|r| pool_refusal(r, id))?;
+    let (pool, init) = host.pools.with_init(host, &request.binding, &spec).await.map_err(|r| pool_refusal(r, id))?;
     let filter = message.get("params").and_then(|p| p.get("notifications")).and_then(Value::as_object);
     let (honoured, methods) = honoured(filter, &init);
     let (tx, mut changes) = mpsc::channel(CALL_QUEUE);
@@ -313,7 +314,7 @@ where
     let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                      "params": {"_meta": tag, "notifications": honoured}});
     let (items, stream) = mpsc::channel(CALL_QUEUE);
-    let _ = items.try_send(Item::Message(ack.to_string().into_bytes()));
+    let _ = items.try_send(Item::Message(message::to_bytes(&ack)));
     let mut shutdown = host.shutdown_watch();
     let forward = async {
         loop {
@@ -321,7 +322,7 @@ where
                 change = changes.recv() => {
                     let Some(method) = change else { break };
                     let n = json!({"jsonrpc": "2.0", "method": method, "params": {"_meta": tag}});
-                    if items.send(Item::Message(n.to_string().into_bytes())).await.is_err() {
+                    if items.send(Item::Message(message::to_bytes(&n))).await.is_err() {
                         return;
                     }
                 }
@@ -330,7 +331,7 @@ where
         }
         // A graceful end: the listen request's response.
         let done = json!({"jsonrpc": "2.0", "id": id, "result": {"resultType": "complete", "_meta": tag}});
-        let _ = items.send(Item::Final(200, done.to_string().into_bytes())).await;
+        let _ = items.send(Item::Final(200, message::to_bytes(&done))).await;
     };
     if reply.head(200, Body::Sse, None).await.is_err() {
         return Ok(false);
@@ -360,7 +361,7 @@ struct CallContext<'a> {
     binding: &'a Binding,
     client_id: &'a Value,
     method: &'a str,
-    init: Value,
+    init: Rc<Value>,
     declared: Value,
     log_level: Option<usize>,
     answers: Answers,
@@ -386,7 +387,7 @@ enum Driven {
 async fn call<R, W>(
     host: &Rc<Host>,
     request: &Request<'_>,
-    spec: SpawnSpec,
+    spec: Rc<SpawnSpec>,
     mut message: Value,
     client_id: Value,
     method: String,
@@ -423,11 +424,8 @@ where
             .resume(&state, &request.binding, &method, message.get("params"))
             .map_err(|why| refuse(400, &client_id, code::INVALID_PARAMS, why, None))?,
         None => {
-            let lease = host
-                .pools
-                .lease(host, &request.binding, spec.clone())
-                .await
-                .map_err(|r| pool_refusal(r, &client_id))?;
+            let lease =
+                host.pools.lease(host, &request.binding, &spec).await.map_err(|r| pool_refusal(r, &client_id))?;
             let call_id = next_call_id();
             message["id"] = json!(call_id);
             let params = match multi_round {
@@ -513,7 +511,7 @@ async fn drive(run: &mut CallRun, items: mpsc::Sender<Item>, cx: &CallContext<'_
                 } else if method != "notifications/progress" {
                     continue;
                 }
-                Item::Message(n.to_string().into_bytes())
+                Item::Message(message::to_bytes(&n))
             }
             CallEvent::Asked { id, method, params } => {
                 if !multi_round {
@@ -605,7 +603,7 @@ fn complete(mut response: Value, client_id: &Value, method: &str, init: &Value, 
             error.insert("code".into(), json!(code::INVALID_PARAMS));
         }
         let status = if code == Some(code::METHOD_NOT_FOUND) { 404 } else { 200 };
-        return (status, response.to_string().into_bytes());
+        return (status, message::to_bytes(&response));
     }
     if let Some(result) = response.get_mut("result").and_then(Value::as_object_mut) {
         result.entry("resultType").or_insert(json!("complete"));
@@ -620,7 +618,7 @@ fn complete(mut response: Value, client_id: &Value, method: &str, init: &Value, 
             }
         }
     }
-    (200, response.to_string().into_bytes())
+    (200, message::to_bytes(&response))
 }
 
 #[cfg(test)]

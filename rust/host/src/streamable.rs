@@ -361,7 +361,7 @@ where
     };
     let started = Instant::now();
     message["id"] = json!(INITIALIZE_ID);
-    let _ = child.send(message.to_string().into_bytes());
+    let _ = child.send(message::to_bytes(&message));
     let mut restarts = Restarts::new(&child.spec);
     if let Some(r) = &mut restarts {
         r.record_initialize(message);
@@ -394,7 +394,7 @@ where
         Ok(Some(mut response)) => {
             // The backend refused: its error goes to the client, and no session is made.
             response["id"] = client_id.clone();
-            let body = response.to_string().into_bytes();
+            let body = message::to_bytes(&response);
             let (_, _, exit) = child.end(host, Instant::now()).await;
             log!(
                 Info,
@@ -656,7 +656,7 @@ impl Session {
             .rev()
             .find(|b| self.pending.get(b).is_some_and(|p| mcp::canonical(p.client_id.as_bytes()) == client_id))?;
         value["params"]["requestId"] = json!(backend_id);
-        Some(value.to_string().into_bytes())
+        Some(message::to_bytes(&value))
     }
 
     /// Routes one line of the backend's output. Returns why the session

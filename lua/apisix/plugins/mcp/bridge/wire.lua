@@ -30,8 +30,12 @@ end
 
 -- Frames up to this long are sent as one string: concatenating a few small
 -- pieces costs less than the socket's walk over a table of them. Longer
--- ones (a large message) are not copied once more for that.
-local JOIN_MAX = 8192
+-- ones go as the table: a joined string is interned, and a LuaJIT built
+-- without CRC32 string hashing (Debian's) hashes a long string by a few
+-- of its bytes only, so frames that share their route's spawn request
+-- (every stateless request) hash alike, and each new one would be compared
+-- byte by byte with every earlier one not yet collected.
+local JOIN_MAX = 512
 
 -- The pieces of a long frame being sent. One table serves every send: a
 -- cosocket copies the pieces before send() returns or yields.
