@@ -1683,6 +1683,10 @@ def s4_kill_master(run, inst, pid_dir):
                 pass
         ended = all(s.stream.ended_within(3) for s in live) and all(g.ended_within(3) for g in gets)
         gone = wait_fixture_gone(pid_dir, 3)
+        # A host exits once its backends are gone, a moment after them;
+        # before the sweep below, which would end it anyway.
+        wait_for(lambda: not any(alive(h) for h in hosts), 3)
+        hosts_left = [h for h in hosts if alive(h)]
         dt = time.monotonic() - t0
     finally:
         for s in live:
@@ -1697,7 +1701,7 @@ def s4_kill_master(run, inst, pid_dir):
                 pass
     check(ended, "streams did not end once the workers were killed")
     check(gone is not None, f"left: {fixture_left(pid_dir)}")
-    check(not any(alive(h) for h in hosts), "hosts survived their workers")
+    check(not hosts_left, f"hosts survived their workers by 3 s: {hosts_left}")
     check(not any(alive(p) for p in pooled), "pooled backends survived")
     posts = ", ".join(f"{n}x{c}" for c, n in sorted(codes.items()))
     sposts = ", ".join(f"{n}x{c}" for c, n in sorted(scodes.items()))
