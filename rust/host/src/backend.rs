@@ -227,15 +227,11 @@ mod tests {
 
     #[test]
     fn environment_is_minimal_and_configuration_wins() {
-        let spec = SpawnSpec::parse(
-            br#"{"command":"x","args":[],"env":{"LANG":"en_US.UTF-8","TOKEN":"t","MCP_BRIDGE_SESSION":"forged"},
-                "kill_grace_ms":0,"max_message_bytes":1024,"stderr":"log","keepalive_interval_ms":0,
-                "session_home":false,"session_idle_timeout_ms":1000,"session_max_lifetime_ms":1000,"restart_on_crash":false,"max_restarts":3,"restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":1,
-                "pool_max_per_worker":1,"pool_idle_timeout_ms":1000,"pool_max_requests":1,"pool_max_age_ms":1000,
-                "pool_wait_ms":1000,"input_wait_ms":60000,"max_parked_per_consumer":16,"max_parked_per_worker":256,
-                "limits":{"memory_mb":null,"processes":null,"cpu_seconds":null,"open_files":null}}"#,
-        )
-        .expect("spec");
+        let mut spec = SpawnSpec::for_tests();
+        spec.env = [("LANG", "en_US.UTF-8"), ("TOKEN", "t"), ("MCP_BRIDGE_SESSION", "forged")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let defaults = Defaults { home: PathBuf::from("/h"), dir: PathBuf::from("/d"), descriptor_limit: None };
         let env = environment(&spec, &defaults, "1-2.3", None);
         let keys: Vec<_> = env.keys().cloned().collect();

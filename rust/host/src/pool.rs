@@ -611,3 +611,24 @@ impl MemberTask {
         log!(Info, "pooled backend {pid} of {} ended: {why}{status}{limits}; {teardown}", self.pool.key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_shares_its_routes_spawn_request_and_follows_a_change() {
+        let pools = Pools::new();
+        let key = Binding { route: "r".into(), consumer: String::new() };
+        let first = Rc::new(SpawnSpec::for_tests());
+        let pool = pools.pool(&key, &first);
+        assert!(Rc::ptr_eq(&pools.pool(&key, &first), &pool), "one pool per route and consumer");
+        assert!(Rc::ptr_eq(&pool.spec.borrow(), &first), "shared, not copied");
+        let mut changed = SpawnSpec::for_tests();
+        changed.command = "changed".into();
+        assert!(Rc::ptr_eq(&pools.pool(&key, &Rc::new(changed)), &pool), "the same pool");
+        assert_eq!(pool.spec.borrow().command, "changed", "its new members follow the route");
+        let other = Binding { route: "r".into(), consumer: "c".into() };
+        assert!(!Rc::ptr_eq(&pools.pool(&other, &first), &pool), "another consumer, another pool");
+    }
+}

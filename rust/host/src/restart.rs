@@ -142,17 +142,8 @@ mod tests {
     use super::*;
 
     fn restarts(max: u32, window_ms: u64) -> Restarts {
-        let mut spec: SpawnSpec = serde_json::from_value(json!({
-            "command": "x", "args": [], "env": {}, "kill_grace_ms": 0, "max_message_bytes": 1024,
-            "stderr": "log", "keepalive_interval_ms": 0, "session_home": false,
-            "session_idle_timeout_ms": 1000, "session_max_lifetime_ms": 1000,
-            "restart_on_crash": true, "max_restarts": max, "restart_window_ms": window_ms,
-            "pool_min_idle": 0, "pool_max_per_key": 1, "pool_max_per_worker": 1,
-            "pool_idle_timeout_ms": 1000, "pool_max_requests": 1, "pool_max_age_ms": 1000, "pool_wait_ms": 0,
-            "input_wait_ms": 1000, "max_parked_per_consumer": 1, "max_parked_per_worker": 1,
-            "limits": {"memory_mb": null, "processes": null, "cpu_seconds": null, "open_files": null}
-        }))
-        .expect("spec");
+        let mut spec = SpawnSpec::for_tests();
+        (spec.restart_on_crash, spec.max_restarts, spec.restart_window_ms) = (true, max, window_ms);
         let on = Restarts::new(&spec).expect("on");
         spec.restart_on_crash = false;
         assert!(Restarts::new(&spec).is_none());

@@ -103,10 +103,18 @@ impl SpawnSpec {
 }
 
 #[cfg(test)]
+impl SpawnSpec {
+    /// A whole spawn request (of `cat`), for tests to change what they test.
+    pub fn for_tests() -> SpawnSpec {
+        SpawnSpec::parse(tests::FULL.as_bytes()).expect("the tests' spawn request parses")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    const FULL: &str = r#"{"command":"cat","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,
+    pub(super) const FULL: &str = r#"{"command":"cat","args":[],"env":{},"kill_grace_ms":2000,"max_message_bytes":4194304,
         "stderr":"notify","keepalive_interval_ms":15000,"session_home":false,
         "session_idle_timeout_ms":1800000,"session_max_lifetime_ms":86400000,"restart_on_crash":false,"max_restarts":3,
         "restart_window_ms":60000,"pool_min_idle":0,"pool_max_per_key":4,"pool_max_per_worker":16,"pool_idle_timeout_ms":300000,"pool_max_requests":1000,
