@@ -185,9 +185,8 @@ impl Host {
         *self.shutdown.borrow()
     }
 
-    /// Resolves (at once, if it already has) when the host starts shutting down.
     /// The spawn request `text` says (see [`SpawnSpec::parse`]), parsed once
-    /// for as long as routes keep sending it.
+    /// for as long as routes keep sending it, and shared by whoever uses it.
     pub fn spec(&self, text: &[u8]) -> Result<Rc<SpawnSpec>, String> {
         if let Some((_, spec)) = self.specs.borrow().iter().rev().find(|(known, _)| known.as_slice() == text) {
             return Ok(Rc::clone(spec));
@@ -202,6 +201,7 @@ impl Host {
         Ok(spec)
     }
 
+    /// Resolves (at once, if it already has) when the host starts shutting down.
     pub fn shutdown_watch(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
