@@ -418,7 +418,7 @@ qr/the MCP server did not answer initialize: .*exited with status 3.*fatal: no c
 
 
 
-=== TEST 8: a foreign Host (allowed_hosts) or Origin gets 403 on {base_uri}, /sse and /message alike; allowed ones pass
+=== TEST 8: a foreign Host (allowed_hosts) or Origin gets 403 on {base_uri}, /sse and /message alike; allowed ones pass, however many Hosts came before
 --- config
 location = /t {
     content_by_lua_block {
@@ -456,6 +456,17 @@ location = /t {
             ngx.say("allowed ", label, ": ", reply.status,
                     ", DELETE ", c:delete().status)
         end
+        -- More Hosts than the bridge keeps verdicts on: each still judged.
+        local unknown = "/guarded/message?sessionId=" .. string.rep("0", 48)
+        local refused = 0
+        for i = 1, 100 do
+            if t.http("POST", unknown, "{}", { "Host: h" .. i .. ".example" }) == 403 then
+                refused = refused + 1
+            end
+        end
+        ngx.say("100 foreign Hosts refused: ", refused, "; then evil.example: ",
+                (t.http("POST", unknown, "{}", { "Host: evil.example" })), ", LocalHost:<port>: ",
+                (t.http("POST", unknown, "{}", { "Host: LocalHost:" .. port })))
         t.say_cleanup("$TEST_NGINX_PID_DIR", "guarded")
     }
 }
@@ -480,6 +491,7 @@ allowed localhost:<port>: 200, DELETE 200
 allowed http://localhost:<port>: 200, DELETE 200
 allowed https://app.example: 200, DELETE 200
 allowed without Origin: 200, DELETE 200
+100 foreign Hosts refused: 100; then evil.example: 403, LocalHost:<port>: 404
 processes left: none
 idle: true
 

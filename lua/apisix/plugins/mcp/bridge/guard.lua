@@ -3,11 +3,14 @@
 -- them), or whose Origin is neither one of `allowed_origins` nor an origin
 -- on an allowed host, is refused with 403. A request without Origin (any
 -- client that is not a browser) passes the Origin check.
+local new_memo = require("apisix.plugins.mcp.bridge.memo").new
+
 local find = string.find
 local ipairs = ipairs
 local lower = string.lower
 local match = string.match
 local ngx = ngx
+local setmetatable = setmetatable
 
 local _M = {}
 
@@ -39,12 +42,31 @@ local function listed(list, authority)
     return false
 end
 
+-- Verdicts on Host values, by list of allowed hosts (a route's
+-- configuration holds its list while it is in force): a client sends the
+-- same Host with every request, so each is worked out once.
+local verdicts = setmetatable({}, { __mode = "k" })
+local MAX_VERDICTS = 64
+
+local function host_allowed(list, host)
+    local memo = verdicts[list]
+    if not memo then
+        memo = new_memo(MAX_VERDICTS)
+        verdicts[list] = memo
+    end
+    local verdict = memo:get(host)
+    if verdict == nil then
+        verdict = memo:set(host, listed(list, host))
+    end
+    return verdict
+end
+
 -- nil when the request may go on; else a message for the 403.
 function _M.check(conf)
     local hosts = conf.allowed_hosts
     if hosts and #hosts > 0 then
         local host = ngx.var.http_host
-        if not host or not listed(hosts, host) then
+        if not host or not host_allowed(hosts, host) then
             return "Host \"" .. (host or "") .. "\" is not allowed (allowed_hosts)"
         end
     end

@@ -12,6 +12,7 @@
 -- as it always was, so a host that is gone is never connected to (no
 -- [crit] from nginx) and a socket someone else put there never reached.
 local config = require("apisix.plugins.mcp.bridge.config")
+local new_memo = require("apisix.plugins.mcp.bridge.memo").new
 local native = require("apisix.plugins.mcp.bridge.native")
 local wire = require("apisix.plugins.mcp.bridge.wire")
 local worker = require("apisix.plugins.mcp.bridge.worker")
@@ -52,8 +53,18 @@ local REQUEST_POOL_PREFIX = "mcp-bridge request "
 -- killed, and something still holds its end of the control channel).
 local HOST_RETRY_DELAYS = { 0, 0.01, 0.05 }
 
+-- Verdicts on ids: a client sends its session's id with every request.
+local id_verdicts = new_memo(MAX_REMEMBERED)
+
 function _M.is_session_id(s)
-    return #s == _M.SESSION_ID_LEN and not find(s, "[^0-9a-f]")
+    if #s ~= _M.SESSION_ID_LEN then
+        return false
+    end
+    local verdict = id_verdicts:get(s)
+    if verdict == nil then
+        verdict = id_verdicts:set(s, not find(s, "[^0-9a-f]"))
+    end
+    return verdict
 end
 
 -- Hosts' sockets by token, as native.socket_path found them.
@@ -65,19 +76,11 @@ worker.on_configure(function()
 end)
 
 -- The address and pool options of requests to `path`, made once.
-local targets, targeted = {}, 0
+local targets = new_memo(MAX_REMEMBERED)
 
 local function target_of(path)
-    local target = targets[path]
-    if not target then
-        if targeted >= MAX_REMEMBERED then
-            targets, targeted = {}, 0
-        end
-        target = { "unix:" .. path, { pool = REQUEST_POOL_PREFIX .. path } }
-        targets[path] = target
-        targeted = targeted + 1
-    end
-    return target
+    return targets:get(path)
+           or targets:set(path, { "unix:" .. path, { pool = REQUEST_POOL_PREFIX .. path } })
 end
 
 local function new_socket()

@@ -2,6 +2,8 @@
 -- (error bodies and the spawn request). Written by hand because Debian's
 -- lua-cjson cannot tell an empty array from an empty object and escapes
 -- every "/".
+local new_memo = require("apisix.plugins.mcp.bridge.memo").new
+
 local byte = string.byte
 local concat = table.concat
 local find = string.find
@@ -27,11 +29,23 @@ local function escape_char(c)
     return ESCAPES[c] or format("\\u%04x", byte(c))
 end
 
-function _M.string(s)
+local function encode_string(s)
     if not find(s, '[%c"\\]') then
         return '"' .. s .. '"'
     end
     return '"' .. gsub(s, '[%c"\\]', escape_char) .. '"'
+end
+
+-- Short strings (header values every request of a client repeats) are
+-- encoded once.
+local MAX_KEPT_LEN = 128
+local encoded = new_memo(256)
+
+function _M.string(s)
+    if #s > MAX_KEPT_LEN then
+        return encode_string(s)
+    end
+    return encoded:get(s) or encoded:set(s, encode_string(s))
 end
 
 function _M.array_of_strings(list)
