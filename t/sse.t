@@ -137,7 +137,7 @@ Content-Type: application/json
 
 
 
-=== TEST 4: a body over max_message_bytes gets 413, declared or chunked; one at the limit passes, chunked too
+=== TEST 4: a body over max_message_bytes gets 413, declared or chunked; one at the limit passes, chunked too; a gone host's session gets 404 whatever its body
 --- config
 location = /t {
     content_by_lua_block {
@@ -152,10 +152,10 @@ location = /t {
         status, _, body = t.http("POST", s.endpoint, over)
         ngx.say(#over, ": ", status, " ", body)
         -- chunked: no Content-Length to refuse early; counted as it comes
-        local function chunked(chunks, tail)
+        local function chunked(chunks, tail, endpoint)
             local sock = ngx.socket.tcp()
             assert(sock:connect("127.0.0.1", tonumber(ngx.var.server_port)))
-            local parts = { "POST " .. s.endpoint .. " HTTP/1.1\r\nHost: x\r\n"
+            local parts = { "POST " .. (endpoint or s.endpoint) .. " HTTP/1.1\r\nHost: x\r\n"
                             .. "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" }
             for _, c in ipairs(chunks) do
                 parts[#parts + 1] = string.format("%x", #c) .. ";ext=1\r\n" .. c .. "\r\n"
@@ -169,7 +169,13 @@ location = /t {
                 local k, v = (h or ""):match("^([^:]+):%s*(.*)$")
                 if k then headers[k:lower()] = v end
             until not h or h == ""
-            local content = sock:receive(tonumber(headers["content-length"] or 0))
+            local content
+            if headers["transfer-encoding"] == "chunked" then
+                -- One chunk: every answer here is written at once.
+                content = sock:receive(tonumber(sock:receive("*l"), 16))
+            else
+                content = sock:receive(tonumber(headers["content-length"] or 0))
+            end
             sock:close()
             return line .. " " .. (content or ""):gsub("\n$", "")
         end
@@ -181,6 +187,18 @@ location = /t {
         repeat reply = assert(s:next_message()) until reply.id == 7
         ngx.say("echoed: ", reply.id, " ", reply.result.content[1].text)
         ngx.say("chunked malformed: ", chunked({ call }, "zz\r\n\r\n"))
+        -- A session whose host is gone gets 404 whatever its body, read or
+        -- not; one gone from a live host, once its body passed.
+        local prefix = s.endpoint:sub(1, -49)
+        for _, gone in ipairs({ { "session gone", s.endpoint:sub(1, -33) .. string.rep("0", 32) },
+                                { "host gone", prefix .. string.rep("0", 48) } }) do
+            for _, case in ipairs({ { "at the limit", at_limit }, { "over", over }, { "empty", "" } }) do
+                status, _, body = t.http("POST", gone[2], case[2])
+                ngx.say(gone[1], ", ", case[1], ": ", status, " ", (body:gsub("\n$", "")))
+            end
+            ngx.say(gone[1], ", chunked over: ", chunked({ over }, nil, gone[2]))
+            ngx.say(gone[1], ", chunked: ", chunked({ call }, nil, gone[2]))
+        end
         s:close()
     }
 }
@@ -192,6 +210,16 @@ chunked over: HTTP/1.1 413 Payload Too Large {"error":"request body is larger th
 chunked in pieces: HTTP/1.1 202 Accepted 
 echoed: 7 in pieces
 chunked malformed: HTTP/1.1 400 Bad Request {"error":"the chunked request body is malformed"}
+session gone, at the limit: 404 {"error":"session not found"}
+session gone, over: 413 {"error":"request body is larger than max_message_bytes (1024)"}
+session gone, empty: 400 {"error":"request body is empty; expected a JSON-RPC message"}
+session gone, chunked over: HTTP/1.1 413 Payload Too Large {"error":"request body is larger than max_message_bytes (1024)"}
+session gone, chunked: HTTP/1.1 404 Not Found {"error":"session not found"}
+host gone, at the limit: 404 {"error":"session not found"}
+host gone, over: 404 {"error":"session not found"}
+host gone, empty: 404 {"error":"session not found"}
+host gone, chunked over: HTTP/1.1 404 Not Found {"error":"session not found"}
+host gone, chunked: HTTP/1.1 404 Not Found {"error":"session not found"}
 
 
 

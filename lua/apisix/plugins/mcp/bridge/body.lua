@@ -100,8 +100,9 @@ end
 -- Reads the request body. Returns it; or nil, 413 when it is larger than
 -- `max`, or nil, 400 and why when it is empty or malformed. A body refused
 -- for its size is not read any further: nginx discards the rest.
-function _M.read(max)
-    local declared = tonumber(ngx.var.http_content_length)
+-- `declared`: its Content-Length, when the caller read it already.
+function _M.read(max, declared)
+    declared = declared or tonumber(ngx.var.http_content_length)
     if declared and declared > max then
         -- nginx reads and drops the rest, so the client gets the answer
         -- instead of a reset.

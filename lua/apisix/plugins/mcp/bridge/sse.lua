@@ -27,6 +27,7 @@ local ngx_log = ngx.log
 local ngx_print = ngx.print
 local req = ngx.req
 local sub = string.sub
+local tonumber = tonumber
 local type = type
 
 local _M = {}
@@ -117,9 +118,9 @@ local ACK_STATUS = {
 
 -- The POST's body, bounded by max_message_bytes; ends the request with 413
 -- or 400 when it cannot be had.
-local function read_message(route)
+local function read_message(route, declared)
     local conf = route.conf
-    local body, status, why = request_body.read(conf.max_message_bytes)
+    local body, status, why = request_body.read(conf.max_message_bytes, declared)
     if body then
         return body
     end
@@ -175,18 +176,22 @@ function _M.deliver(route, binding)
         -- The host's part of a cluster id, checked with it.
         session_id, checked = found, true
     end
-    -- The session is looked for first: a client gets 404 for a session
-    -- that is gone whatever its body. Its connection waits in the pool
-    -- while the body arrives, which may take long.
-    local sock = hosts.connect_session(session_id, checked)
-    if not sock then
-        return refuse(404, "session not found")
+    -- A client gets 404 for a session that is gone whatever its body. A
+    -- body of a declared length within the bound (every client's message)
+    -- cannot be refused, so it is read first and one connection serves;
+    -- any other body is read only once the session was found.
+    local declared = tonumber(ngx.var.http_content_length)
+    if not declared or declared == 0 or declared > route.conf.max_message_bytes then
+        local sock = hosts.connect_session(session_id, checked)
+        if not sock then
+            return refuse(404, "session not found")
+        end
+        -- Back to the pool while the body arrives, which may take long.
+        hosts.done(sock, true)
     end
-    hosts.done(sock, true)
 
-    local body = read_message(route)
-    local path
-    sock, path = hosts.connect_session(session_id, true)
+    local body = read_message(route, declared)
+    local sock, path = hosts.connect_session(session_id, checked)
     if not sock then
         return respond.error(404, "session not found")
     end
