@@ -92,13 +92,14 @@ impl Headers<'_> {
     /// that are not UTF-8 are read as U+FFFD, so such a value names no
     /// version or method and gets the same answer as any other wrong one.
     fn parse(block: &[u8]) -> Result<Headers<'_>, String> {
-        match serde_json::from_slice(block) {
-            Ok(headers) => Ok(headers),
-            Err(_) if std::str::from_utf8(block).is_err() => {
+        match std::str::from_utf8(block) {
+            // Checked whole, once: serde_json then checks no string again
+            // (from a slice, it would check each).
+            Ok(text) => serde_json::from_str(text).map_err(|e| format!("headers: {e}")),
+            Err(_) => {
                 let text = String::from_utf8_lossy(block);
                 serde_json::from_str(&text).map(Headers::into_owned).map_err(|e| format!("headers: {e}"))
             }
-            Err(e) => Err(format!("headers: {e}")),
         }
     }
 }

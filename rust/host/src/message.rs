@@ -57,7 +57,8 @@ fn ids_of(bytes: &[u8], scanned: Scanned) -> Ids {
     let mut sort = |m: Members| {
         let Some(id) = m.id else { return };
         // The scanner accepted the text, so this is UTF-8.
-        let id = String::from_utf8_lossy(&bytes[id]).into_owned();
+        let id = String::from_utf8(bytes[id].to_vec())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         match m.method {
             Some(_) => ids.requests.push(id),
             None => ids.responses.push(id),
