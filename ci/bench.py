@@ -227,8 +227,9 @@ def tail(path, lines=5):
 
 
 def task_times(pids):
-    """{(pid, tid): (comm, ns on a CPU)} of every thread of `pids` ({pid:
-    comm}): the first field of /proc/PID/task/TID/schedstat."""
+    """{(pid, tid): (comm, ns on a CPU, clock ticks in user mode, in the
+    kernel)} of every thread of `pids` ({pid: comm}): the first field of
+    /proc/PID/task/TID/schedstat, and fields 14 and 15 of its stat."""
     out = {}
     for pid, comm in pids.items():
         try:
@@ -238,10 +239,19 @@ def task_times(pids):
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    out[(pid, tid)] = (comm, int(f.read().split()[0]))
+                    ns = int(f.read().split()[0])
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    # The name in parentheses may hold spaces: count after it.
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[(pid, tid)] = (comm, ns, int(fields[11]), int(fields[12]))
             except (OSError, ValueError, IndexError):
                 pass
     return out
+
+
+# Fewer clock ticks than this over a window divide its CPU time too coarsely
+# between user mode and the kernel to be shown.
+MIN_TICKS = 20
 
 
 class CpuMeter:
@@ -268,22 +278,29 @@ class CpuMeter:
 
     def result(self, round_trips):
         """What goes into the scenario's result: CPU µs per round trip, in
-        all and by process name."""
+        all, by process name, and the part spent in the kernel."""
         if not self.pids or self.start is None or self.end is None or not round_trips:
             return {}
         by_comm = {}
-        for key, (comm, ns) in self.end.items():
+        user = kernel = 0
+        for key, (comm, ns, utime, stime) in self.end.items():
             # A thread started within the window counts whole; one that
             # ended within it is lost (threads of these gateways live long).
-            ns0 = self.start[key][1] if key in self.start else 0
+            _, ns0, utime0, stime0 = self.start.get(key, (comm, 0, 0, 0))
             by_comm[comm] = by_comm.get(comm, 0) + max(0, ns - ns0)
+            user += max(0, utime - utime0)
+            kernel += max(0, stime - stime0)
         total = sum(by_comm.values())
-        return {
+        res = {
             "gateway_cpu_us": round(total / 1000, 1),
             "gateway_cpu_us_per_round_trip": round(total / 1000 / round_trips, 2),
             "gateway_cpu_us_per_round_trip_by_process": {
                 comm: round(ns / 1000 / round_trips, 2) for comm, ns in sorted(by_comm.items())},
         }
+        if user + kernel >= MIN_TICKS:
+            # Ticks say how the time divides; schedstat says how much it is.
+            res["gateway_kernel_us_per_round_trip"] = round(total * kernel / (user + kernel) / 1000 / round_trips, 2)
+        return res
 
 
 class Lines:
@@ -847,7 +864,9 @@ def cpu_cell(res):
     parts = [(PROCESS_NAMES.get(comm, comm), us) for comm, us in
              sorted(res["gateway_cpu_us_per_round_trip_by_process"].items(), key=lambda kv: -kv[1])]
     shown = [f"{name} {us:.0f}" if len(parts) > 1 else name for name, us in parts if us >= 0.5]
-    return f"{res['gateway_cpu_us_per_round_trip']:.0f} µs ({' + '.join(shown)})"
+    kernel = res.get("gateway_kernel_us_per_round_trip")
+    in_kernel = f"; in the kernel {kernel:.0f}" if kernel is not None else ""
+    return f"{res['gateway_cpu_us_per_round_trip']:.0f} µs ({' + '.join(shown)}{in_kernel})"
 
 
 def idle_label(results):
@@ -1203,7 +1222,13 @@ How to read it:
   (`mcp-bridge-host`), `serve` (`mcp-bridge serve`, when it shows);
   supergateway's `node`; `mcp-proxy` (its Python process). Backends are
   never counted. On a loaded machine this stays meaningful where latency
-  does not: it is work done, not time waited.
+  does not: it is work done, not time waited. **In the kernel** is the part
+  of it spent in system calls and the network stack on the gateway's
+  behalf (the window's clock ticks, fields 14 and 15 of
+  `/proc/PID/task/TID/stat`, divide it between user mode and the kernel;
+  shown when at least 20 ticks fell in the window). It is the cost of the
+  hops themselves, which no change to the gateway's own code cuts: only
+  fewer hops or fewer system calls per hop do.
 - **setup** starts a fresh session each time. SSE: connect, `GET …/sse`,
   the `endpoint` event, `initialize`. Streamable: connect, POST
   `initialize` until its response with the session's id (then, unmeasured,
@@ -1282,7 +1307,13 @@ def run_profile():
                        timeout=900)
     if r.returncode != 0:
         return f"Not measured in this run: ci/profile.py failed: {' '.join(r.stderr.split())[:300]}"
-    return "\n".join(line for line in r.stdout.splitlines() if line.startswith("|"))
+    # Its tables come first, one blank line apart; the lists of functions follow.
+    tables = []
+    for line in r.stdout.splitlines():
+        if not line.startswith("|") and line.strip():
+            break
+        tables.append(line)
+    return "\n".join(tables).strip()
 
 
 def write_doc(table_text, info, plan, gateways, results, duration_s, profile_text, cluster_text):
@@ -1338,7 +1369,13 @@ Unlike the CPU times above, these figures do not move with machine noise or with
 so they are the ones to compare from one change to the next; `make profile` also lists the
 functions that cost most. They count instructions in the processes' own code and libraries
 (LuaJIT's included), not the kernel's work for their system calls, which is much of their CPU
-time per round trip above.
+time per round trip above ("in the kernel").
+
+The second table sorts the host's instructions by what they are for, by the names of the
+functions that execute them: checking JSON (the one validating pass of `scan.rs` over each
+message, and serde_json where the bridge builds or parses trees), tokio's tasks, wakers and I/O
+readiness, memory allocation and copies, libc's wrappers of system calls, the bridge's own code,
+and the rest (the standard library, hashing, hash tables).
 
 ## Where mcp-bridge is behind
 

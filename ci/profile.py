@@ -146,6 +146,32 @@ def top_functions(path, n):
     return sorted(((ir, name) for name, ir in own.items()), reverse=True)[:n]
 
 
+# What the host's instructions go to, by the names of its functions: the
+# first kind whose test a name passes.
+KINDS = (
+    ("checking JSON", lambda n: n.startswith(("mcp_bridge_host::scan::", "serde_json::"))),
+    ("tokio: tasks, wakers, I/O readiness", lambda n: n.startswith(("tokio::", "mio::", "<tokio::", "<mio::"))),
+    ("memory: allocation, copies", lambda n: n.split("'")[0] in ALLOCATION or n.startswith(
+        ("__mem", "alloc::", "<alloc::", "__rust_", "_int_", "core::ptr::drop_in_place")) or "RawVec" in n),
+    ("system call wrappers (libc)", lambda n: n.split("'")[0] in SYSCALL_WRAPPERS or n.startswith(
+        ("__libc_", "__pthread_", "__GI_", "__internal_syscall"))),
+    ("the bridge's own code", lambda n: "mcp_bridge_host::" in n),
+    ("everything else: std, hashing, hash tables", lambda n: True),
+)
+ALLOCATION = {"malloc", "free", "realloc", "calloc", "cfree", "malloc_consolidate", "tcache_get", "tcache_put"}
+SYSCALL_WRAPPERS = {"send", "sendto", "sendmsg", "recv", "recvfrom", "recvmsg", "read", "write", "writev",
+                    "readv", "epoll_wait", "epoll_ctl", "syscall", "close", "fcntl", "ioctl", "clock_gettime",
+                    "__clock_gettime", "__send", "__recv", "__write", "__read", "__libc_write", "__libc_read"}
+
+
+def by_kind(functions):
+    """[(instructions, name)] summed by KINDS, in their order."""
+    sums = dict((kind, 0) for kind, _ in KINDS)
+    for ir, name in functions:
+        sums[next(kind for kind, test in KINDS if test(name))] += ir
+    return list(sums.items())
+
+
 def parent(pid):
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -268,6 +294,8 @@ def measure(transport, tmp, out, nginx, args):
             "host_instructions": host_ir, "per_round_trip": round(host_ir / rts),
             "nginx_per_round_trip": round(nginx_ir / extra),
             "top": [(ir / rts, name) for ir, name in top_functions(host_dump, args.top)],
+            "host_by_kind": [(kind, round(ir / rts)) for kind, ir in
+                             by_kind(top_functions(host_dump, 1_000_000))],
             "nginx_top": [(ir / extra, name) for ir, name in nginx_top]}
 
 
@@ -298,6 +326,12 @@ def main():
     for r in results:
         print(f"| {r['transport']} echo, {r['sessions']} sessions | {r['per_round_trip']:,} | "
               f"{r['nginx_per_round_trip']:,} |")
+    print()
+    print("| the host's instructions per round trip, by kind | "
+          + " | ".join(f"{r['transport']} echo" for r in results) + " |")
+    print("|---|" + "--:|" * len(results))
+    for i, (kind, _) in enumerate(KINDS):
+        print(f"| {kind} | " + " | ".join(f"{r['host_by_kind'][i][1]:,}" for r in results) + " |")
     for r in results:
         for who, key in (("host", "top"), ("nginx worker", "nginx_top")):
             print(f"\n{r['transport']}: the {who}'s own instructions per round trip, by function")
