@@ -1001,6 +1001,12 @@ def comparable(kind, res):
 
 # Why mcp-bridge can be behind a peer on a row, where the reason is in how
 # the gateways work: (key, kind or None for any) -> explanation.
+TWO_WORKERS_ONE_SESSION = (
+    "likely, where it is mcp-bridge with 2 workers: nginx spreads connections over its workers, not "
+    "sessions, so a session's stream and the connection of its POSTs often sit on different workers, and "
+    "each message then wakes both workers from sleep where one worker would wake once; at one session "
+    "nothing else keeps them awake, so those wake-ups are most of the cost (see \"in the kernel\").")
+
 WHY_BEHIND = {
     ("setup", "endpoint"):
         "the peers run one backend for all sessions and start nothing for a new one; mcp-bridge starts the "
@@ -1019,6 +1025,7 @@ WHY_BEHIND = {
         "likely: right after the SIGTERM, mcp-bridge's host reads /proc once for the session's escaped "
         "descendants (on a thread of its own), which competes with the exiting backend for the cores; "
         "supergateway only signals the group and polls it.",
+    **{(key, "cpu"): TWO_WORKERS_ONE_SESSION for key in ("echo1", *(f"size {label}" for label, _ in SIZES))},
     ("idle", "idle_cpu"):
         "mcp-bridge writes an SSE keepalive comment every 15 s per session, each a frame from the host to "
         "the nginx worker and a write to the client; supergateway writes none, mcp-proxy writes its own "
