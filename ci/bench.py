@@ -1001,11 +1001,13 @@ def comparable(kind, res):
 
 # Why mcp-bridge can be behind a peer on a row, where the reason is in how
 # the gateways work: (key, kind or None for any) -> explanation.
+# Rows of one session, where the CPU per message is mostly waking processes.
+ONE_SESSION_KEYS = ("echo1", "streamable echo1", *(f"size {label}" for label, _ in SIZES))
 TWO_WORKERS_ONE_SESSION = (
-    "likely, where it is mcp-bridge with 2 workers: nginx spreads connections over its workers, not "
-    "sessions, so a session's stream and the connection of its POSTs often sit on different workers, and "
-    "each message then wakes both workers from sleep where one worker would wake once; at one session "
-    "nothing else keeps them awake, so those wake-ups are most of the cost (see \"in the kernel\").")
+    "likely: nginx spreads connections over its workers, not sessions, so with 2 workers a session's "
+    "stream and the connection of its POSTs often sit on different workers, and each message then wakes "
+    "both workers from sleep where one worker would wake once; at one session nothing else keeps them "
+    "awake, so those wake-ups are most of the cost (see \"in the kernel\").")
 
 WHY_BEHIND = {
     ("setup", "endpoint"):
@@ -1025,7 +1027,6 @@ WHY_BEHIND = {
         "likely: right after the SIGTERM, mcp-bridge's host reads /proc once for the session's escaped "
         "descendants (on a thread of its own), which competes with the exiting backend for the cores; "
         "supergateway only signals the group and polls it.",
-    **{(key, "cpu"): TWO_WORKERS_ONE_SESSION for key in ("echo1", *(f"size {label}" for label, _ in SIZES))},
     ("idle", "idle_cpu"):
         "mcp-bridge writes an SSE keepalive comment every 15 s per session, each a frame from the host to "
         "the nginx worker and a write to the client; supergateway writes none, mcp-proxy writes its own "
@@ -1036,7 +1037,11 @@ WHY_BEHIND = {
 }
 
 
-def why_behind(key, kind):
+def why_behind(key, kind, behind_ones):
+    """Why the bridges in `behind_ones` are behind on the row `key`, if
+    that is known."""
+    if kind == "cpu" and key in ONE_SESSION_KEYS and all(b.workers == 2 for b in behind_ones):
+        return TWO_WORKERS_ONE_SESSION
     return WHY_BEHIND.get((key, kind)) or WHY_BEHIND.get((key, None))
 
 
@@ -1060,7 +1065,8 @@ def behind(gateways, results):
         fmt = {"throughput": lambda v: f"{v:,.0f}/s", "idle_cpu": lambda v: f"{v:.2f} s",
                "idle_mem": lambda v: f"{v:.0f} KiB"}.get(kind if isinstance(kind, str) else "", fmt_us)
         what = "; ".join(f"{b.name} {fmt(m)} against {p.name} {fmt(t)}" for b, p, m, t in found)
-        why = why_behind(key, kind) or "no reason in how the gateways work is known: see the figures."
+        why = (why_behind(key, kind, [b for b, _, _, _ in found])
+               or "no reason in how the gateways work is known: see the figures.")
         lines.append(f"**{scenario}** ({metric.split(' /')[0]}): {what}. Why: {why}")
     return lines
 
@@ -1382,7 +1388,10 @@ The second table sorts the host's instructions by what they are for, by the name
 functions that execute them: checking JSON (the one validating pass of `scan.rs` over each
 message, and serde_json where the bridge builds or parses trees), tokio's tasks, wakers and I/O
 readiness, memory allocation and copies, libc's wrappers of system calls, the bridge's own code,
-and the rest (the standard library, hashing, hash tables).
+and the rest (the standard library, hashing, hash tables). The third sorts the nginx worker's by
+the file they run in: nginx itself (parsing requests, its event loop, buffers and writing
+responses: what any gateway on nginx spends), libc, the lua module, and LuaJIT (the bridge's Lua
+code and OpenResty's resty.core, interpreted, with LuaJIT's runtime; and the traces it compiled).
 
 ## Where mcp-bridge is behind
 

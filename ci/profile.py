@@ -120,10 +120,11 @@ def totals(path):
     raise Failure(f"{path}: no totals line")
 
 
-def top_functions(path, n):
+def top_functions(path, n, by_object=False):
     """The `n` functions with the most instructions of their own (callees
     not included), from a callgrind output file written with uncompressed
-    names: [(instructions, name)]."""
+    names: [(instructions, name)]; or, `by_object`, the same by the file
+    (program or library) the functions are in."""
     own, fn, after_call, obj = {}, "?", False, ""
     with open(path) as f:
         for line in f:
@@ -131,7 +132,9 @@ def top_functions(path, n):
                 obj = os.path.basename(line[3:].strip())
             elif line.startswith("fn="):
                 fn = line[3:].strip()
-                if fn.startswith("0x"):
+                if by_object:
+                    fn = obj
+                elif fn.startswith("0x"):
                     # No symbol (nginx is stripped): at least its file.
                     fn = f"{fn} in {obj}"
             elif line.startswith("calls="):
@@ -296,7 +299,29 @@ def measure(transport, tmp, out, nginx, args):
             "top": [(ir / rts, name) for ir, name in top_functions(host_dump, args.top)],
             "host_by_kind": [(kind, round(ir / rts)) for kind, ir in
                              by_kind(top_functions(host_dump, 1_000_000))],
-            "nginx_top": [(ir / extra, name) for ir, name in nginx_top]}
+            "nginx_top": [(ir / extra, name) for ir, name in nginx_top],
+            "nginx_by_part": nginx_parts(short_run, long_run, extra)}
+
+
+# The parts of an nginx worker, by the file its instructions run in.
+NGINX_PARTS = (
+    ("nginx itself: HTTP, events, buffers", lambda obj: obj == "nginx"),
+    ("libc", lambda obj: obj.startswith("libc")),
+    ("the lua module (ngx_http_lua_module)", lambda obj: obj.startswith("ngx_http_lua")),
+    ("LuaJIT's interpreter and runtime: the bridge's Lua, resty.core", lambda obj: obj.startswith("libluajit")),
+    ("LuaJIT: compiled traces", lambda obj: obj in ("???", "")),
+    ("everything else", lambda obj: True),
+)
+
+
+def nginx_parts(short_run, long_run, extra):
+    """The nginx worker's instructions per round trip by NGINX_PARTS, by the
+    difference of its two runs."""
+    short = dict((obj, ir) for ir, obj in top_functions(short_run, 100_000, by_object=True))
+    sums = dict((part, 0) for part, _ in NGINX_PARTS)
+    for ir, obj in top_functions(long_run, 100_000, by_object=True):
+        sums[next(part for part, test in NGINX_PARTS if test(obj))] += ir - short.get(obj, 0)
+    return [(part, round(ir / extra)) for part, ir in sums.items()]
 
 
 def main():
@@ -332,6 +357,12 @@ def main():
     print("|---|" + "--:|" * len(results))
     for i, (kind, _) in enumerate(KINDS):
         print(f"| {kind} | " + " | ".join(f"{r['host_by_kind'][i][1]:,}" for r in results) + " |")
+    print()
+    print("| the nginx worker's instructions per round trip, by part | "
+          + " | ".join(f"{r['transport']} echo" for r in results) + " |")
+    print("|---|" + "--:|" * len(results))
+    for i, (part, _) in enumerate(NGINX_PARTS):
+        print(f"| {part} | " + " | ".join(f"{r['nginx_by_part'][i][1]:,}" for r in results) + " |")
     for r in results:
         for who, key in (("host", "top"), ("nginx worker", "nginx_top")):
             print(f"\n{r['transport']}: the {who}'s own instructions per round trip, by function")
