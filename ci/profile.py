@@ -324,6 +324,16 @@ def nginx_parts(short_run, long_run, extra):
     return [(part, round(ir / extra)) for part, ir in sums.items()]
 
 
+def print_breakdown(title, results, key):
+    """A table of one row per part of `key` ([(part, instructions)] in
+    each result, in the same order), one column per workload."""
+    print()
+    print(f"| {title} | " + " | ".join(f"{r['transport']} echo" for r in results) + " |")
+    print("|---|" + "--:|" * len(results))
+    for i, (part, _) in enumerate(results[0][key]):
+        print(f"| {part} | " + " | ".join(f"{r[key][i][1]:,}" for r in results) + " |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=16)
@@ -351,18 +361,8 @@ def main():
     for r in results:
         print(f"| {r['transport']} echo, {r['sessions']} sessions | {r['per_round_trip']:,} | "
               f"{r['nginx_per_round_trip']:,} |")
-    print()
-    print("| the host's instructions per round trip, by kind | "
-          + " | ".join(f"{r['transport']} echo" for r in results) + " |")
-    print("|---|" + "--:|" * len(results))
-    for i, (kind, _) in enumerate(KINDS):
-        print(f"| {kind} | " + " | ".join(f"{r['host_by_kind'][i][1]:,}" for r in results) + " |")
-    print()
-    print("| the nginx worker's instructions per round trip, by part | "
-          + " | ".join(f"{r['transport']} echo" for r in results) + " |")
-    print("|---|" + "--:|" * len(results))
-    for i, (part, _) in enumerate(NGINX_PARTS):
-        print(f"| {part} | " + " | ".join(f"{r['nginx_by_part'][i][1]:,}" for r in results) + " |")
+    print_breakdown("the host's instructions per round trip, by kind", results, "host_by_kind")
+    print_breakdown("the nginx worker's instructions per round trip, by part", results, "nginx_by_part")
     for r in results:
         for who, key in (("host", "top"), ("nginx worker", "nginx_top")):
             print(f"\n{r['transport']}: the {who}'s own instructions per round trip, by function")
