@@ -176,10 +176,10 @@ function _M.deliver(route, binding)
         -- The host's part of a cluster id, checked with it.
         session_id, checked = found, true
     end
-    -- A client gets 404 for a session that is gone whatever its body. A
-    -- body of a declared length within the bound (every client's message)
-    -- cannot be refused, so it is read first and one connection serves;
-    -- any other body is read only once the session was found.
+    -- A client gets 404 for a session whose host is gone whatever its
+    -- body. A body of a declared length within the bound (every client's
+    -- message) cannot be refused, so it is read first and one connection
+    -- serves; any other body is read only once the host was found.
     local declared = tonumber(ngx.var.http_content_length)
     if not declared or declared == 0 or declared > route.conf.max_message_bytes then
         local sock = hosts.connect_session(session_id, checked)
