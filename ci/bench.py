@@ -999,8 +999,6 @@ def comparable(kind, res):
     return None
 
 
-# Why mcp-bridge can be behind a peer on a row, where the reason is in how
-# the gateways work: (key, kind or None for any) -> explanation.
 # Rows of one session, where the CPU per message is mostly waking processes.
 ONE_SESSION_KEYS = ("echo1", "streamable echo1", *(f"size {label}" for label, _ in SIZES))
 TWO_WORKERS_ONE_SESSION = (
@@ -1009,6 +1007,8 @@ TWO_WORKERS_ONE_SESSION = (
     "both workers from sleep where one worker would wake once; at one session nothing else keeps them "
     "awake, so those wake-ups are most of the cost (see \"in the kernel\").")
 
+# Why mcp-bridge can be behind a peer on a row, where the reason is in how
+# the gateways work: (key, kind or None for any) -> explanation.
 WHY_BEHIND = {
     ("setup", "endpoint"):
         "the peers run one backend for all sessions and start nothing for a new one; mcp-bridge starts the "
