@@ -741,3 +741,36 @@ idle: true
 mcp_bridge_sessions_ended_total{route="limited",transport="pool",reason="limit_cpu"} 1
 mcp_bridge_sessions_ended_total{route="limited",transport="streamable",reason="limit_cpu"} 1
 --- timeout: 30
+
+
+
+=== TEST 16: what a worker remembers of strings clients send stays within its bound, and what it keeps is right
+--- config
+location = /t {
+    content_by_lua_block {
+        local memo = require("apisix.plugins.mcp.bridge.memo").new(3)
+        for i = 1, 3 do memo:set("k" .. i, i) end
+        memo:set("k3", 30)
+        ngx.say("set again, not counted twice: ", memo.count, " k1=", memo:get("k1"), " k3=", memo:get("k3"))
+        ngx.say("forgotten: ", memo:forget("k2"), ", again: ", tostring(memo:forget("k2")),
+                ", count ", memo.count)
+        memo:set("k4", 4)
+        memo:set("k5", 5)
+        ngx.say("over the bound, all forgotten but the newest: k1=", tostring(memo:get("k1")),
+                " k5=", memo:get("k5"), " count ", memo.count)
+        local most = 0
+        for i = 1, 10000 do
+            memo:set("endless" .. i, i)
+            most = math.max(most, memo.count)
+        end
+        ngx.say("10000 new strings, most kept at once: ", most)
+        memo:clear()
+        ngx.say("cleared: ", tostring(memo:get("endless10000")), " count ", memo.count)
+    }
+}
+--- response_body
+set again, not counted twice: 3 k1=1 k3=30
+forgotten: 2, again: nil, count 2
+over the bound, all forgotten but the newest: k1=nil k5=5 count 1
+10000 new strings, most kept at once: 3
+cleared: nil count 0

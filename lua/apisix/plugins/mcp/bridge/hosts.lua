@@ -68,11 +68,11 @@ function _M.is_session_id(s)
 end
 
 -- Hosts' sockets by token, as native.socket_path found them.
-local socket_of, remembered = {}, 0
+local socket_of = new_memo(MAX_REMEMBERED)
 
 -- The settings (runtime_dir) may name another directory now.
 worker.on_configure(function()
-    socket_of, remembered = {}, 0
+    socket_of:clear()
 end)
 
 -- The address and pool options of requests to `path`, made once.
@@ -98,7 +98,7 @@ function _M.connect_session(id, checked)
     end
     local token = sub(id, 1, TOKEN_LEN)
     local sock = new_socket()
-    local path = socket_of[token]
+    local path = socket_of:get(token)
     -- The options go third: APISIX's wrapper of connect drops them second.
     if path and sock:connect(POOLED_ONLY, nil, target_of(path)[2]) then
         return sock, path
@@ -106,19 +106,10 @@ function _M.connect_session(id, checked)
     -- A new connection (see the top of this file).
     path = native.socket_path(token)
     if not path then
-        if socket_of[token] then
-            socket_of[token] = nil
-            remembered = remembered - 1
-        end
+        socket_of:forget(token)
         return nil
     end
-    if not socket_of[token] then
-        if remembered >= MAX_REMEMBERED then
-            socket_of, remembered = {}, 0
-        end
-        socket_of[token] = path
-        remembered = remembered + 1
-    end
+    socket_of:set(token, path)
     local target = target_of(path)
     if not sock:connect(target[1], nil, target[2]) then
         -- The host of that session is gone, and the session with it.

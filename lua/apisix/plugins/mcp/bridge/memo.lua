@@ -1,7 +1,7 @@
--- Answers worked out once per worker from a string a client sends again
--- and again (a Host, a session id, a header value), kept up to a bound and
--- then forgotten all at once, so a client sending endless new strings
--- costs memory that stays bounded.
+-- Answers worked out once per worker from a string that comes again and
+-- again (a Host, a session id, a header value, a host's token), kept up
+-- to a bound and then forgotten all at once, so endless new strings cost
+-- memory that stays bounded.
 local setmetatable = setmetatable
 
 local _M = {}
@@ -20,12 +20,29 @@ end
 
 -- Keeps `answer` (not nil) for `key`, and returns it.
 function Memo:set(key, answer)
-    if self.count >= self.max then
-        self.answers, self.count = {}, 0
+    if self.answers[key] == nil then
+        if self.count >= self.max then
+            self:clear()
+        end
+        self.count = self.count + 1
     end
     self.answers[key] = answer
-    self.count = self.count + 1
     return answer
+end
+
+-- Forgets the answer for `key`, and returns it (nil when there was none).
+function Memo:forget(key)
+    local answer = self.answers[key]
+    if answer ~= nil then
+        self.answers[key] = nil
+        self.count = self.count - 1
+    end
+    return answer
+end
+
+-- Forgets every answer.
+function Memo:clear()
+    self.answers, self.count = {}, 0
 end
 
 return _M

@@ -16,6 +16,7 @@ local eventstream = require("apisix.plugins.mcp.bridge.eventstream")
 local forward = require("apisix.plugins.mcp.bridge.forward")
 local hosts = require("apisix.plugins.mcp.bridge.hosts")
 local json = require("apisix.plugins.mcp.bridge.json")
+local new_memo = require("apisix.plugins.mcp.bridge.memo").new
 local metrics = require("apisix.plugins.mcp.bridge.metrics")
 local native = require("apisix.plugins.mcp.bridge.native")
 local has_cjson, cjson = pcall(require, "cjson.safe")
@@ -91,8 +92,7 @@ local UNANSWERED = "mcp-bridge.streamable.unanswered"
 local kept = {}
 -- Sessions whose end was told before their slot was kept (a race with
 -- the reply to initialize), by id.
-local ended_early, ended_early_count = {}, 0
-local ENDED_EARLY_MAX = 1000
+local ended_early = new_memo(1000)
 
 -- Frees the slot kept for session `id`, and forgets the session unless
 -- `deleted` (then its host's "ended" event, which comes once its processes
@@ -118,11 +118,7 @@ watcher.on("ended", function(fields)
     end
     local id = fields[5]
     if not release(id) then
-        if ended_early_count >= ENDED_EARLY_MAX then
-            ended_early, ended_early_count = {}, 0
-        end
-        ended_early[id] = true
-        ended_early_count = ended_early_count + 1
+        ended_early:set(id, true)
     end
 end)
 
@@ -150,9 +146,7 @@ watcher.on("changed", function(fields, own)
 end)
 
 local function keep(id, slot, path)
-    if ended_early[id] then
-        ended_early[id] = nil
-        ended_early_count = ended_early_count - 1
+    if ended_early:forget(id) then
         session_limit.release(slot)
         return
     end
