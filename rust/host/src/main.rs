@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         }
         if libc::getppid() != args.parent {
             // The worker died before we started: nothing to serve.
-            rundir::remove(&args.dir);
+            rundir::retire_then_remove(&args.dir);
             return ExitCode::SUCCESS;
         }
         // Backends must inherit neither the control channel nor the listener.
@@ -127,7 +127,8 @@ fn run(args: Args) -> Result<(), String> {
         prepare(&listener, &control).map_err(|e| format!("descriptors from the worker: {e}"))?;
         let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
         let control = tokio::net::UnixStream::from_std(control).map_err(|e| format!("control channel: {e}"))?;
-        rundir::sweep_stale(&args.dir, &args.token);
+        let retired = rundir::sweep_stale(&args.dir, &args.token);
+        tokio::task::spawn_local(rundir::remove_retired(retired));
         let identity = procfs::identity(std::process::id() as i32).ok_or("cannot read /proc/self/stat")?;
         let namespace = procfs::pid_namespace(std::process::id() as i32).ok_or("cannot read /proc/self/ns/pid")?;
         let defaults = Defaults { home: args.home, dir: args.dir.clone(), descriptor_limit };
@@ -135,8 +136,8 @@ fn run(args: Args) -> Result<(), String> {
         log!(Info, "started for worker {} on {}", args.parent, socket_path.display());
         server::serve(host, listener, control, socket_path, Peers::of(worker)).await.map_err(|e| format!("serve: {e}"))
     });
-    // The socket is gone already; what else the directory holds (private
-    // session homes) goes with it.
-    rundir::remove(&dir);
+    // The socket was retired already (see rundir); once its grace is over,
+    // what else the directory holds (private session homes) goes with it.
+    rundir::retire_then_remove(&dir);
     served
 }

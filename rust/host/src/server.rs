@@ -118,7 +118,9 @@ pub async fn serve(
         }
     };
     // New connections fail at once from here; sessions end below.
-    let _ = std::fs::remove_file(&socket_path);
+    if let Some(dir) = socket_path.parent() {
+        crate::rundir::retire(dir);
+    }
     drop(listener);
     let live = host.live_sessions();
     let reason = match why {
