@@ -403,7 +403,12 @@ fn ending_sessions_on_request_keeps_the_host_until_its_worker_exits() {
         other => panic!("expected an exit frame, got {other:?}"),
     }
     assert!(wait_until(Duration::from_secs(3), || !exists(s.pid)), "backend left");
-    assert!(!socket.exists(), "new sessions are refused: the socket is gone");
+    // Retired: a plain file in its place, so connects are refused (never
+    // ENOENT, which nginx logs as [crit]) and workers do not even try.
+    use std::os::unix::fs::FileTypeExt;
+    let refused = std::os::unix::net::UnixStream::connect(&socket).err().map(|e| e.kind());
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused), "new sessions are refused");
+    assert!(!std::fs::symlink_metadata(&socket).expect("still there").file_type().is_socket());
     std::thread::sleep(Duration::from_millis(200));
     let mut status = 0;
     // SAFETY: polling our own child without blocking.
