@@ -10,7 +10,10 @@
 -- again: a pooled connection goes to the host it was checked for. Only a
 -- new connection needs the check, and it is made just before connecting,
 -- as it always was, so a host that is gone is never connected to (no
--- [crit] from nginx) and a socket someone else put there never reached.
+-- [crit] from nginx) and a socket someone else put there never reached. A
+-- host's socket is retired (a plain file takes its place) well before its
+-- directory goes, so a connect that races a host's exit is refused rather
+-- than meeting a missing path.
 local config = require("apisix.plugins.mcp.bridge.config")
 local new_memo = require("apisix.plugins.mcp.bridge.memo").new
 local native = require("apisix.plugins.mcp.bridge.native")
