@@ -37,20 +37,12 @@ fi
 # As root, in a PID namespace of their own: a host ends what dead hosts of
 # its user left behind, so hostile.t's check of that would race the hosts
 # of any other mcp-bridge of this user on the machine. The namespace's
-# first process reaps (the suites' nginx daemonizes) and takes everything
-# in it down when the suites end.
+# first process (ci/reaper.py) reaps, as the suites' nginx daemonizes, and
+# takes what is left in it down when the suites and the hosts' last
+# clean-ups have ended.
 isolated=()
 if [[ $(id -u) -eq 0 ]] && command -v unshare >/dev/null && unshare --pid --fork --mount-proc true 2>/dev/null; then
-    isolated=(unshare --pid --fork --mount-proc --kill-child python3 -c '
-import os, sys
-child = os.fork()
-if child == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-while True:
-    pid, status = os.waitpid(-1, 0)
-    if pid == child:
-        sys.exit(os.waitstatus_to_exitcode(status) % 256)
-')
+    isolated=(unshare --pid --fork --mount-proc --kill-child python3 ci/reaper.py)
 fi
 if perl -MTest::Nginx::Socket::Lua -e 1 2>/dev/null; then
     echo "(using the installed Test::Nginx)"

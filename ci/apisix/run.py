@@ -2153,27 +2153,13 @@ def start_suites(run):
         # checks of that (hostile.t) would race the hosts of any other
         # mcp-bridge of that user on this machine (a make test in another
         # checkout). The suites' nginx daemonizes, so the namespace's init
-        # must reap; everything in the namespace dies with it.
-        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-c", REAPER,
-               *cmd]
+        # must reap (ci/reaper.py); what is left in the namespace dies with it.
+        cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable,
+               os.path.join(ROOT, "ci", "reaper.py"), *cmd]
     out = open(os.path.join(d, "prove.log"), "w")
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     run.children.append(p)
     return p, os.path.join(d, "prove.log"), time.monotonic(), isolated
-
-
-# PID 1 of the suites' namespace: runs the command, reaps every process
-# that ends up its child, exits with the command's status.
-REAPER = r"""
-import os, sys
-child = os.fork()
-if child == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-while True:
-    pid, status = os.waitpid(-1, 0)
-    if pid == child:
-        sys.exit(os.waitstatus_to_exitcode(status) % 256)
-"""
 
 
 def s11_suites(run, started):

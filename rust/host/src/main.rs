@@ -114,6 +114,8 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let local = tokio::task::LocalSet::new();
     let dir = args.dir.clone();
+    let swept = rundir::sweep_stale(&args.dir, &args.token);
+    let removing = swept.clone();
     let served = local.block_on(&runtime, async move {
         // SAFETY: descriptors 0 and 3 were set up for us by the launcher and
         // nothing else in this process owns them.
@@ -127,8 +129,7 @@ fn run(args: Args) -> Result<(), String> {
         prepare(&listener, &control).map_err(|e| format!("descriptors from the worker: {e}"))?;
         let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
         let control = tokio::net::UnixStream::from_std(control).map_err(|e| format!("control channel: {e}"))?;
-        let retired = rundir::sweep_stale(&args.dir, &args.token);
-        tokio::task::spawn_local(rundir::remove_retired(retired));
+        tokio::task::spawn_local(rundir::remove_retired(removing));
         let identity = procfs::identity(std::process::id() as i32).ok_or("cannot read /proc/self/stat")?;
         let namespace = procfs::pid_namespace(std::process::id() as i32).ok_or("cannot read /proc/self/ns/pid")?;
         let defaults = Defaults { home: args.home, dir: args.dir.clone(), descriptor_limit };
@@ -138,6 +139,9 @@ fn run(args: Args) -> Result<(), String> {
     });
     // The socket was retired already (see rundir); once its grace is over,
     // what else the directory holds (private session homes) goes with it.
-    rundir::retire_then_remove(&dir);
+    // So do the directories swept at the start, if their grace outlasted us.
+    for retired in swept.iter().chain([&dir]) {
+        rundir::retire_then_remove(retired);
+    }
     served
 }

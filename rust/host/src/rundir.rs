@@ -40,8 +40,14 @@ pub fn retire(dir: &Path) {
         return;
     }
     let tombstone = dir.join(".retired");
-    let placed =
-        std::fs::File::create(&tombstone).and_then(|_| std::fs::rename(&tombstone, dir.join(runtime::SOCKET_NAME)));
+    use std::os::unix::fs::OpenOptionsExt;
+    let placed = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tombstone)
+        .and_then(|_| std::fs::rename(&tombstone, dir.join(runtime::SOCKET_NAME)));
     match placed {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -323,6 +323,26 @@ fn stopping_the_host_ends_every_session_and_removes_its_socket() {
 }
 
 #[test]
+fn a_host_that_stops_at_once_still_removes_its_directory_and_those_it_swept() {
+    use mcp_bridge_core::runtime::SOCKET_NAME;
+    let mut dead = None;
+    let mut host = TestHost::start_after("swept", |layout| {
+        // A host killed outright: its socket left behind, refusing.
+        let (token, staging) = layout.create_host_dir().expect("create");
+        let dir = layout.publish(&staging, &token).expect("publish");
+        drop(std::os::unix::net::UnixListener::bind(dir.join(SOCKET_NAME)).expect("bind"));
+        dead = Some(dir);
+    });
+    let dead = dead.expect("prepared");
+    let own = host.host_dir();
+    assert_eq!(host.stats()["sessions"], 0, "the host serves");
+    // Well within the half second a retired directory stays.
+    host.stop();
+    assert!(!own.exists(), "the host's own directory is left");
+    assert!(!dead.exists(), "the directory of the dead host it swept is left");
+}
+
+#[test]
 fn when_the_worker_is_killed_the_host_and_its_backends_die_too() {
     let out = std::env::temp_dir().join(format!("mcp-host-test-worker-{}.pids", std::process::id()));
     let _ = std::fs::remove_file(&out);

@@ -19,9 +19,15 @@ pub struct TestHost {
 
 impl TestHost {
     pub fn start(name: &str) -> TestHost {
+        TestHost::start_after(name, |_| {})
+    }
+
+    /// Starts a host once `prepare` has set up its runtime directory.
+    pub fn start_after(name: &str, prepare: impl FnOnce(&Layout)) -> TestHost {
         let dir = std::env::temp_dir().join(format!("mcp-host-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let layout = Layout::new(Some(dir.clone()));
+        prepare(&layout);
         let config = LaunchConfig { program: PathBuf::from(HOST_BIN), layout, log_level: "info".into() };
         let host = Host::launch(&config).expect("launch host");
         TestHost { host: Some(host), dir }
