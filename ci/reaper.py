@@ -3,7 +3,7 @@ command given, reaps every process that ends up its child (the suites'
 nginx daemonizes, and a worker's host outlives it briefly), and exits with
 the command's status. Before it exits, and so takes the namespace down, it
 lets what is still ending end, for a few seconds at most: a host removes
-its directory half a second after its nginx stopped."""
+its directory 200 ms after its nginx stopped."""
 import os
 import signal
 import sys

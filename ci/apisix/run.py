@@ -738,6 +738,9 @@ class Apisix:
         if self.master():
             self.cli("stop", check_rc=False)
             wait_for(lambda: not self.master(), 10, 0.05)
+            # As systemd does: the rest may end first (a host removes its
+            # directory a moment after its worker exited).
+            wait_for(lambda: not processes_of(self.home), 3, 0.05)
         # Without a master (killed), nothing else would stop what is left.
         for p in processes_of(self.home):
             try:
@@ -894,8 +897,7 @@ class Run:
                     child.kill()
                 child.wait()
         for inst in self.started:
-            if inst.master():
-                inst.cli("stop", check_rc=False)
+            inst.stop()
         for _ in range(3):
             left = processes_of(self.scratch)
             if not left:

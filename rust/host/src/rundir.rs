@@ -21,8 +21,10 @@ use std::time::{Duration, SystemTime};
 const STAGING_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long a retired directory stays before it is removed: far longer than
-/// a worker takes from its check of a socket to its connect.
-pub const RETIRED_GRACE: Duration = Duration::from_millis(500);
+/// a worker takes from its check of a socket to its connect (a few
+/// microseconds, or a few scheduler time slices on a machine under load),
+/// and short enough not to hold up a host's exit.
+pub const RETIRED_GRACE: Duration = Duration::from_millis(200);
 
 /// Removes `dir` and everything in it; a directory already gone is fine.
 pub fn remove(dir: &Path) {

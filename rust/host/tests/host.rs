@@ -336,7 +336,7 @@ fn a_host_that_stops_at_once_still_removes_its_directory_and_those_it_swept() {
     let dead = dead.expect("prepared");
     let own = host.host_dir();
     assert_eq!(host.stats()["sessions"], 0, "the host serves");
-    // Well within the half second a retired directory stays.
+    // Well within the grace a retired directory is given.
     host.stop();
     assert!(!own.exists(), "the host's own directory is left");
     assert!(!dead.exists(), "the directory of the dead host it swept is left");
