@@ -13,6 +13,7 @@
 use crate::log;
 use mcp_bridge_core::runtime::{self, Layout};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -42,7 +43,6 @@ pub fn retire(dir: &Path) {
         return;
     }
     let tombstone = dir.join(".retired");
-    use std::os::unix::fs::OpenOptionsExt;
     let placed = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -65,8 +65,9 @@ fn grace_started(dir: &Path) -> Option<SystemTime> {
         .and_then(|m| m.modified().ok())
 }
 
-/// The host's own directory at its exit: retired if it is not yet, then
-/// removed once its grace is over (the host has nothing else to do).
+/// A directory the host removes as it exits (its own, or one it swept):
+/// retired if it is not yet, then removed once its grace is over (the host
+/// has nothing else left to do).
 pub fn retire_then_remove(dir: &Path) {
     retire(dir);
     let age = grace_started(dir).and_then(|t| SystemTime::now().duration_since(t).ok());
